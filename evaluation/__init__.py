@@ -1,0 +1,1 @@
+"""Scoring, timing, orchestration and tables. Modules here import no toolchain at import time."""

@@ -1,0 +1,176 @@
+"""One virtualenv per toolchain, created on demand from requirements/ and reused while unchanged.
+
+Stdlib only: this runs under the bare system Python that starts the bench and test commands.
+An environment is rebuilt when the text of any of its requirements files (or the
+constraints file) changes; an optional part (e.g. TensorRT, which the public registry only
+ships as a stub) may fail to install, which is recorded once and not retried until the
+requirements change.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.paths import REPO_ROOT, REQUIREMENTS_DIR, VENVS_DIR
+
+
+@dataclass(frozen=True)
+class Part:
+    file: str
+    pip_args: tuple[str, ...] = ()
+    optional: bool = False
+
+
+ENVS: dict[str, tuple[Part, ...]] = {
+    "report": (Part("report.txt"),),
+    "torch": (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))),
+    "onnxruntime": (Part("onnxruntime.txt"),),
+    "modelopt-onnx": (Part("modelopt-onnx.txt"),),
+    "modelopt-tripy": (Part("modelopt-tripy.txt"), Part("modelopt-tripy-gpu.txt", optional=True)),
+    "tensorrt": (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)),
+}
+CONSTRAINTS = "constraints.txt"
+STAMP = "suite-env.json"
+
+
+class EnvError(RuntimeError):
+    pass
+
+
+def _included(path: Path) -> list[Path]:
+    """The file plus every `-r other.txt` it includes (recursively)."""
+    out = [path]
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith(("-r ", "--requirement ")):
+            out += _included(path.parent / line.split(None, 1)[1].strip())
+    return out
+
+
+def requirements_hash(name: str) -> str:
+    h = hashlib.sha256(sys.version.encode())
+    files = [REQUIREMENTS_DIR / CONSTRAINTS]
+    for part in ENVS[name]:
+        p = REQUIREMENTS_DIR / part.file
+        if p.exists():
+            files += _included(p)
+        h.update(repr((part.file, part.pip_args, part.optional)).encode())
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def env_dir(name: str) -> Path:
+    return VENVS_DIR / name
+
+
+def env_python(name: str) -> Path:
+    return env_dir(name) / "bin" / "python"
+
+
+def read_stamp(name: str) -> dict | None:
+    try:
+        return json.loads((env_dir(name) / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_ready(name: str) -> bool:
+    stamp = read_stamp(name)
+    return bool(stamp) and stamp.get("hash") == requirements_hash(name) and env_python(name).exists()
+
+
+def _log(msg: str) -> None:
+    print(f"[envs] {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_env(name: str, *, quiet: bool = False) -> dict:
+    """Create (or reuse) the environment; return its stamp. Raises EnvError with a one-line reason."""
+    if name not in ENVS:
+        raise EnvError(f"unknown environment {name!r}; valid: {', '.join(ENVS)}")
+    if is_ready(name):
+        return read_stamp(name)
+    d = env_dir(name)
+    log = VENVS_DIR / f"{name}.log"
+    VENVS_DIR.mkdir(parents=True, exist_ok=True)
+    if d.exists():
+        shutil.rmtree(d)
+    t0 = time.time()
+    _log(f"creating environment '{name}' in {d} (pip log: {log}) ...")
+    with open(log, "w") as fh:
+        subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, stdout=fh, stderr=subprocess.STDOUT)
+        stamp = {"hash": requirements_hash(name), "optional_failed": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for part in ENVS[name]:
+            req = REQUIREMENTS_DIR / part.file
+            if not req.exists():
+                if part.optional:
+                    continue
+                raise EnvError(f"environment '{name}': {req} is missing")
+            cmd = [
+                str(env_python(name)), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
+                "-c", str(REQUIREMENTS_DIR / CONSTRAINTS), *part.pip_args, "-r", str(req),
+            ]
+            fh.write(f"\n$ {' '.join(cmd)}\n")
+            fh.flush()
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+            if rc != 0:
+                reason = _last_error(log) or f"pip exited {rc}"
+                if part.optional:
+                    stamp["optional_failed"][part.file] = reason
+                    _log(f"optional part {part.file} of '{name}' did not install: {reason}")
+                    continue
+                raise EnvError(f"environment '{name}' could not be created ({part.file}): {reason}")
+    from utils.atomic import atomic_write_json
+
+    atomic_write_json(d / STAMP, stamp)
+    _log(f"environment '{name}' ready in {time.time() - t0:.0f} s")
+    return stamp
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errs = [ln for ln in lines if ln.startswith("ERROR") or "Error" in ln.split(":")[0]]
+    return (errs[-1] if errs else lines[-1] if lines else "")[:300]
+
+
+def run_in_env(name: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run `<env python> <args>` from the repository root (so `-m package.module` resolves)."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env["PYTHONPATH"] else "")
+    if "HF_HUB_OFFLINE" not in env:  # nothing may hang on a hub look-up unless asked to go online
+        env["HF_HUB_OFFLINE"] = "0" if env.get("SUITE_ONLINE") else "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return subprocess.run([str(env_python(name)), *args], cwd=REPO_ROOT, env=env, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python3 -m evaluation.envs", description="Create or reuse toolchain virtualenvs.")
+    ap.add_argument("names", nargs="*", default=list(ENVS), help=f"environments (default: all): {', '.join(ENVS)}")
+    args = ap.parse_args(argv)
+    rc = 0
+    for n in args.names:
+        try:
+            stamp = ensure_env(n)
+            print(f"{n}: ready ({env_dir(n)})" + (f"; optional parts missing: {stamp['optional_failed']}" if stamp.get("optional_failed") else ""))
+        except EnvError as exc:
+            print(f"{n}: error: {exc}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The environment record stored in every result row."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from functools import lru_cache
+from importlib import metadata
+
+from utils.paths import REPO_ROOT, RESULTS_DIR
+
+DEVICE_FILE = RESULTS_DIR / "device.json"  # ceilings measured once per bench run (evaluation.ceilings)
+COMMON_PACKAGES = ("numpy", "torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx", "onnxruntime",
+                   "onnxruntime-gpu", "nvidia-modelopt", "tensorrt", "tensorrt-cu12", "nvtripy", "cuda-python",
+                   "scikit-learn")
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions(names=COMMON_PACKAGES) -> dict[str, str]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def device_ceilings() -> dict:
+    try:
+        return json.loads(DEVICE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def environment_record(threads: int | None = None, gpu: str | None = None, **extra) -> dict:
+    rec = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ceilings": device_ceilings(),
+    }
+    rec.update(extra)
+    return rec

@@ -1,0 +1,123 @@
+"""The result row: one frozen dataclass per measurement, written as one JSON file, atomically.
+
+Tables are rendered from these rows (evaluation.aggregate), never from printed output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from utils.atomic import atomic_write_json
+from utils.paths import RUNS_DIR
+
+STATUSES = ("ok", "skipped", "failed")
+METRICS = ("top1", "ppl")
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    # identity: one row per (model, weights, toolchain, method, precision, device, batch)
+    model: str
+    weights: str
+    dataset: str
+    toolchain: str
+    method: str
+    precision: str
+    device: str
+    batch: int
+    # accuracy (top1 in percent for classifiers, token perplexity for language models)
+    metric: str
+    value: float | None = None
+    top5: float | None = None
+    # latency through evaluation.harness (raw samples are in `extra`)
+    latency_kind: str | None = None
+    latency_p10_ms: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+    first_call_ms: float | None = None
+    throughput: float | None = None  # items/s (images/s or tokens/s)
+    throughput_unit: str | None = None
+    # work per item counted from the model itself, and the precision its matmuls run in
+    ops_per_item: float | None = None
+    compute_precision: str | None = None
+    size_mb: float | None = None
+    calib_samples: int | None = None
+    calib_seconds: float | None = None
+    calib_method: str | None = None
+    status: str = "ok"
+    reason: str = ""
+    notes: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.status != "ok" and not self.reason:
+            raise ValueError("a skipped or failed row needs a reason")
+        if self.status == "ok" and self.value is None and self.latency_p50_ms is None:
+            raise ValueError("an ok row needs an accuracy value or a latency")
+        if int(self.batch) < 1:
+            raise ValueError("batch must be >= 1")
+
+    @property
+    def key(self) -> str:
+        parts = [self.model, self.weights, self.toolchain, self.method, self.precision, self.device, f"b{self.batch}"]
+        return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ResultRow":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes: Any) -> "ResultRow":
+        return dataclasses.replace(self, **changes)
+
+
+def write_row(row: ResultRow, runs_dir: Path | str = RUNS_DIR) -> Path:
+    """Write one row as `<runs_dir>/<key>.json`, atomically (replaces the previous row of that key)."""
+    return atomic_write_json(Path(runs_dir) / f"{row.key}.json", row.to_dict())
+
+
+def read_rows(runs_dir: Path | str = RUNS_DIR) -> list[ResultRow]:
+    rows = []
+    for path in sorted(Path(runs_dir).glob("*.json")):
+        with open(path, encoding="utf-8") as fh:
+            rows.append(ResultRow.from_dict(json.load(fh)))
+    return rows
+
+
+def status_rows(
+    *,
+    status: str,
+    reason: str,
+    model: str,
+    weights: str,
+    dataset: str,
+    toolchain: str,
+    variants: Iterable[tuple[str, str]],
+    device: str,
+    batches: Iterable[int],
+    metric: str,
+    environment: dict[str, Any] | None = None,
+) -> list[ResultRow]:
+    """`skipped`/`failed` rows for every (method, precision) x batch a route could not measure."""
+    return [
+        ResultRow(
+            model=model, weights=weights, dataset=dataset, toolchain=toolchain, method=method,
+            precision=precision, device=device, batch=b, metric=metric, status=status,
+            reason=reason, environment=dict(environment or {}),
+        )
+        for method, precision in variants
+        for b in batches
+    ]

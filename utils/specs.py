@@ -1,0 +1,84 @@
+"""Which model, which weights, which data: the cache key and the manifest every route reads.
+
+`python -m models.prepare` (torch environment) trains or loads the model, tokenises the
+text, exports the FP32 ONNX and counts operations, then writes `manifest.json` in the
+model's cache folder. Every route reads that manifest, so all of them score the same
+weights on the same samples.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from utils.atomic import config_key
+from utils.errors import SuiteError
+from utils.paths import CACHE_DIR
+from utils.registry import MODELS, WEIGHTS, check_choice
+
+EMBEDDED = {
+    "resnet50": {
+        "arch": "torchvision.models.resnet50", "num_classes": 10, "data": "sklearn-digits", "resolution": 32,
+        "epochs": 6, "batch_size": 64, "lr": 0.05, "seed": 0, "version": 1,
+    },
+    "gpt2": {
+        "arch": "transformers.GPT2LMHeadModel", "n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 128,
+        "vocab_size": 2048, "corpus": "pydoc_data.topics", "tokenizer": "tokenizers.ByteLevelBPE",
+        "epochs": 4, "batch_size": 16, "lr": 2e-3, "seed": 0, "version": 1,
+    },
+}
+DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-32px", ("gpt2", "embedded"): "pydoc-topics"}
+PPL_STRIDE = {"embedded": 64, "pretrained": 512}
+DEFAULT_CALIB = {"resnet50": 128, "gpt2": 64}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    model: str
+    weights: str = "embedded"
+    weights_path: str | None = None  # resnet50: a state-dict file; gpt2: hub id or local dir
+    data: str | None = None  # resnet50: ImageNet-layout folder; gpt2: text file or 'wikitext-2'
+
+    def __post_init__(self) -> None:
+        check_choice("model", self.model, MODELS)
+        check_choice("weights", self.weights, WEIGHTS)
+        if self.weights == "embedded" and (self.weights_path or self.data):
+            raise SuiteError("--weights-path/--data apply to --weights pretrained only")
+        if self.weights == "pretrained" and not self.data:
+            what = "an ImageNet-layout folder (--data PATH)" if self.model == "resnet50" else \
+                "WikiText-2 (--data wikitext-2, needs HF datasets online or cached) or a local text file (--data FILE)"
+            raise SuiteError(f"--weights pretrained needs {what}")
+
+    @property
+    def key(self) -> str:
+        if self.weights == "embedded":
+            return config_key(EMBEDDED[self.model], 10)
+        return config_key([self.weights_path, _abs(self.data)], 10)
+
+    @property
+    def cache_dir(self) -> Path:
+        return CACHE_DIR / f"{self.model}-{self.weights}-{self.key}"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.cache_dir / "manifest.json"
+
+    def load_manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise SuiteError(
+                f"{self.model} ({self.weights}) is not prepared yet: run `python3 -m evaluation.bench --models "
+                f"{self.model}` or, in the torch environment, `python -m models.prepare --model {self.model}`"
+            ) from None
+        except ValueError:
+            raise SuiteError(f"{self.manifest_path} is corrupt; delete {self.cache_dir} and prepare again") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _abs(p: str | None) -> str | None:
+    if p is None or not Path(p).exists():
+        return p
+    return str(Path(p).resolve())

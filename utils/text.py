@@ -1,0 +1,50 @@
+"""Offline English corpus and token-id helpers for the language-model routes (NumPy only).
+
+The embedded corpus is CPython's `pydoc_data.topics` (about 465 kB of reference text that
+ships with every Python). Documents are split train/validation by a seeded permutation, so
+calibration text (drawn from train) never overlaps evaluation text.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from utils.errors import SuiteError
+
+CORPUS_SEED = 0
+VAL_FRACTION = 0.1
+LM_CALIB_SEED = 4321
+
+
+def embedded_corpus() -> dict[str, str]:
+    """{'train': text, 'validation': text} from pydoc_data.topics, split by document."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    perm = np.random.default_rng(CORPUS_SEED).permutation(len(names))
+    n_val = int(round(len(names) * VAL_FRACTION))
+    val = sorted(names[i] for i in perm[:n_val])
+    train = sorted(names[i] for i in perm[n_val:])
+    join = lambda keys: "\n\n".join(topics[k].strip() for k in keys)  # noqa: E731
+    return {"train": join(train), "validation": join(val), "train_docs": train, "validation_docs": val}
+
+
+def lm_calibration(train_ids: np.ndarray, n: int, seq_len: int, seed: int = LM_CALIB_SEED) -> np.ndarray:
+    """n non-overlapping windows of seq_len tokens from the training ids, seeded: (n, seq_len) int64."""
+    train_ids = np.asarray(train_ids, dtype=np.int64).reshape(-1)
+    available = train_ids.size // seq_len
+    if n <= 0:
+        raise SuiteError(f"calibration size must be >= 1 (got {n})")
+    if n > available:
+        raise SuiteError(f"calibration size {n} is larger than the train split ({available} windows of {seq_len} tokens)")
+    starts = np.sort(np.random.default_rng(seed).permutation(available)[:n]) * seq_len
+    return np.stack([train_ids[s:s + seq_len] for s in starts])
+
+
+def ids_sha(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def lm_latency_input(batch: int, seq_len: int, vocab_size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab_size, size=(batch, seq_len), dtype=np.int64)
