@@ -1,0 +1,3 @@
+from quantization.tensorrt_route.route import main
+
+raise SystemExit(main())
