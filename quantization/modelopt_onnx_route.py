@@ -1,0 +1,236 @@
+"""ModelOpt ONNX PTQ route: `modelopt.onnx.quantization.quantize` on the FP32 ONNX, evaluated with ONNX Runtime.
+
+    python -m quantization.modelopt_onnx_route --model resnet50 --methods max,entropy
+
+Methods: `max` / `entropy` (INT8, calibrated on the shared calibration subset), `fp8`
+(FP8 E4M3 Q/DQ), `int4` (block-wise INT4 weights, AWQ-clip by default). On CPU the route
+passes calibration_eps=["cpu"] and high_precision_dtype="fp32".
+
+ModelOpt rewrites the .onnx it is given, so it only ever sees a private copy; the cached
+source file's sha256 is checked after each run. Its Q/DQ placement targets TensorRT (Q/DQ
+on the inputs of each quantized op, none on outputs); ONNX Runtime's CPU EP cannot fuse
+that into integer kernels, so on CPU these models run FP32 compute plus (de)quantize work
+and are slower than the FP32 ONNX. The rows say so (notes), and `--mo-option` exposes
+quantize() options for placements ORT can fuse (see docs/routes/onnx.md).
+
+Quantized files are listed in `<model cache>/modelopt-onnx/index.json` for the TensorRT
+route (explicit-quantization engines from these Q/DQ models).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from quantization import onnx_common as oc
+from quantization.common import RouteConfig, load_data, route_parser
+from utils.atomic import atomic_write_json, sha256_file
+from utils.errors import SuiteError, cli_main, setup_logging
+
+log = logging.getLogger(__name__)
+
+TOOLCHAIN = "modelopt-onnx"
+# method -> (quantize_mode, calibration_method)
+MODES = {"max": ("int8", "max"), "entropy": ("int8", "entropy"), "fp8": ("fp8", "max"), "int4": ("int4", "awq_clip")}
+INT4_METHODS = ("awq_clip", "awq_lite", "rtn_dq")
+# quantize() keyword options a user may set with --mo-option (value parsed as JSON, else a comma list / string)
+OPTION_NAMES = ("dq_only", "use_zero_point", "calibrate_per_node", "op_types_to_quantize", "op_types_to_exclude",
+                "nodes_to_exclude", "op_types_needing_output_quant", "disable_mha_qdq", "simplify", "block_size",
+                "high_precision_dtype", "opset", "direct_io_types")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = route_parser(TOOLCHAIN, "NVIDIA ModelOpt ONNX PTQ (INT8 max/entropy, FP8, INT4) evaluated with ONNX Runtime "
+                                 "(CPU EP; CUDA/TensorRT EPs when this ORT build has them and a GPU is present).")
+    ap.add_argument("--devices", default="auto",
+                    help="comma list of cpu,cuda; auto: cpu plus cuda when this ORT build lists the CUDA/TensorRT EP")
+    ap.add_argument("--calibration-eps", default="cpu",
+                    help="ModelOpt calibration_eps (comma list, e.g. cpu or trt,cuda:0,cpu)")
+    ap.add_argument("--high-precision-dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                    help="ModelOpt high_precision_dtype (fp16 makes models ORT's CPU EP runs slowly)")
+    ap.add_argument("--int4-method", default="awq_clip", choices=INT4_METHODS, help="calibration method of `int4`")
+    ap.add_argument("--mo-option", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"extra quantize() option (repeatable), KEY one of: {', '.join(OPTION_NAMES)}; "
+                         "e.g. dq_only=true, op_types_needing_output_quant=Conv,Gemm")
+    return ap
+
+
+def parse_options(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in OPTION_NAMES:
+            raise SuiteError(f"bad --mo-option {item!r}; expected KEY=VALUE with KEY one of: {', '.join(OPTION_NAMES)}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = [v for v in value.split(",") if v] if "," in value or key.startswith(("op_types", "nodes")) \
+                else value
+    return out
+
+
+@contextlib.contextmanager
+def _in_dir(path: Path):
+    """ModelOpt's INT4 path builds a C++ extension with cppimport/setuptools, which reads the current
+    directory's layout (and exits the process on this repository's flat layout): run it elsewhere."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def modelopt_quantize(src: Path, out: Path, reader, *, mode: str, calibration_method: str, calibration_eps: list[str],
+                      high_precision_dtype: str, options: dict | None = None) -> float:
+    """Quantize a private copy of `src` into `out`; returns seconds. `src` is never handed to ModelOpt."""
+    before = sha256_file(src)
+    with tempfile.TemporaryDirectory(prefix="modelopt-") as tmp:
+        work = oc.copy_for_tool(src, Path(tmp), "model.onnx")
+        with _in_dir(Path(tmp)):
+            try:
+                from modelopt.onnx.quantization import quantize
+                if mode == "int4":
+                    import modelopt.onnx.quantization.extensions  # noqa: F401 - compile/load it here, not in the repo
+            except SystemExit as exc:  # setuptools exits instead of raising
+                raise RuntimeError(f"ModelOpt extension build exited ({exc})") from None
+            kw = dict(high_precision_dtype=high_precision_dtype)
+            kw.update(options or {})
+            t0 = time.perf_counter()
+            try:
+                quantize(onnx_path=str(work), quantize_mode=mode, calibration_method=calibration_method,
+                         calibration_data_reader=reader, calibration_eps=list(calibration_eps),
+                         output_path=str(out.resolve()), log_level="WARNING", **kw)
+            except SystemExit as exc:
+                raise RuntimeError(f"ModelOpt exited ({exc})") from None
+            secs = time.perf_counter() - t0
+    if sha256_file(src) != before:  # would mean a copy was not used: never let this pass silently
+        raise RuntimeError(f"ModelOpt modified its input {src}")
+    if not out.is_file():
+        raise RuntimeError("ModelOpt wrote no output model")
+    return secs
+
+
+def qdq_counts(path: Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    ops = [n.op_type for n in m.graph.node]
+    return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear"),
+            "nodes": len(ops), "opset": max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
+                                             default=None)}
+
+
+def write_index(cache_root: Path, method: str, entry: dict) -> Path:
+    """`<cache>/modelopt-onnx/index.json`: method -> {path, calib_sha, calib_samples, ...} for the TensorRT route."""
+    path = cache_root / "index.json"
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    index[method] = entry
+    atomic_write_json(path, index)
+    return path
+
+
+def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
+    src, src_sha = oc.source_onnx(manifest, model)
+    cache_root = cfg.source(model).cache_dir / TOOLCHAIN
+    calib = oc.calib_key(data)
+    eps = [e.strip() for e in args.calibration_eps.split(",") if e.strip()]
+    options = parse_options(args.mo_option)
+    in_name = "input" if model == "resnet50" else "input_ids"
+
+    def make(method: str, precision: str) -> oc.Artifact:
+        mode, cal = MODES[method]
+        if mode == "int4":
+            cal = args.int4_method
+        key = {"src": src_sha, "mode": mode, "calibration_method": cal, **calib, "eps": eps,
+               "high_precision_dtype": args.high_precision_dtype, "options": options, "modelopt": _version()}
+        out = oc.artifact_path(cache_root, method, key)
+
+        def build(tmp_out: Path) -> dict:
+            reader = oc.ArrayCalibrationReader(in_name, oc.calibration_batches(data))
+            secs = modelopt_quantize(src, tmp_out, reader, mode=mode, calibration_method=cal, calibration_eps=eps,
+                                     high_precision_dtype=args.high_precision_dtype, options=options)
+            oc.check_onnx(tmp_out)
+            return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "qdq": qdq_counts(tmp_out), **key}
+
+        path, meta, reused = oc.cached_artifact(out, build)
+        qdq = meta.get("qdq", {})
+        if not qdq.get("QuantizeLinear") and not qdq.get("DequantizeLinear"):
+            raise oc.SkipVariant(f"ModelOpt {mode} ({cal}) quantized no node of this model on CPU "
+                                 f"(calibration_eps={eps}); output has no Q/DQ")
+        write_index(cache_root, method, {"path": str(path), "calib_sha": calib["calib_sha"],
+                                         "calib_samples": calib["n_calib"], "quantize_mode": mode,
+                                         "calibration_method": cal, "src_onnx_sha": src_sha,
+                                         "high_precision_dtype": args.high_precision_dtype, "options": options})
+        notes = [f"ModelOpt quantize_mode={mode} calibration_method={cal} calibration_eps={eps} "
+                 f"high_precision_dtype={args.high_precision_dtype}" + (f" options={options}" if options else ""),
+                 f"Q {qdq.get('QuantizeLinear')} / DQ {qdq.get('DequantizeLinear')} nodes (opset {qdq.get('opset')})"]
+        if reused:
+            notes.append("cached artifact reused (calib_seconds from the run that made it)")
+        return oc.Artifact(path, method, precision, calib_method=cal, calib_samples=calib["n_calib"],
+                           calib_seconds=round(meta["calib_seconds"], 3), notes=notes,
+                           extra={"modelopt": key, "qdq": qdq, "calib_samples_fed": meta.get("calib_samples_fed")},
+                           float_precision=args.high_precision_dtype)
+
+    return make
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("nvidia-modelopt")
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def slow_reason(rec: oc.ProviderRecord) -> str | None:
+    if rec.main_provider == oc.CPU_EP and rec.int_kernels == 0 and rec.dq_kernels:
+        return ("slower than FP32 on ORT CPU: ModelOpt places Q/DQ for TensorRT (inputs/weights only, no output Q), "
+                "which ORT's CPU EP cannot fuse into QLinearConv/QLinearMatMul; it runs FP32 convs/matmuls plus "
+                f"{rec.dq_kernels} standalone DequantizeLinear kernels")
+    if rec.main_provider == oc.CPU_EP and rec.dq_kernels:
+        return (f"partly fused on ORT CPU: {rec.int_kernels} integer kernels, {rec.dq_kernels} standalone "
+                "DequantizeLinear kernels")
+    return None
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = RouteConfig.from_args(TOOLCHAIN, args)
+    parse_options(args.mo_option)  # bad option -> one-line error before any work
+    devices = oc.devices_to_run(args.devices)
+    try:
+        import modelopt.onnx.quantization  # noqa: F401
+    except ImportError as exc:
+        for model in cfg.models:
+            from quantization.common import RowWriter
+
+            RowWriter(cfg, model, None).status("skipped", f"nvidia-modelopt[onnx] is not installed ({exc})",
+                                               cfg.variants(model))
+        return 0
+    for model in cfg.models:
+        source = cfg.source(model)
+        manifest = source.load_manifest()
+        oc.source_onnx(manifest, model)
+        data = load_data(source, manifest, cfg.calib_samples[model], cfg.eval_limit)
+        make = make_artifact_fn(cfg, model, manifest, data, args)
+        rows = oc.run_variants(cfg, model, manifest, data, make_artifact=make, devices=devices,
+                               slow_reason=slow_reason)
+        log.info("%s: %d rows (%d ok) in %s", model, len(rows), sum(r.status == "ok" for r in rows), cfg.runs_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

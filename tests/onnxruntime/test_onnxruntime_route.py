@@ -1,0 +1,164 @@
+"""ONNX Runtime route on tiny offline models: real ORT quantization, numbers asserted."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from evaluation.metrics import relative_error
+from quantization import onnx_common as oc
+from quantization import onnxruntime_route as route
+from utils.errors import SuiteError
+
+
+
+def _calib_images(n=20, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+def test_reader_feeds_exactly_the_configured_samples(convnet_path, tmp_path):
+    x = _calib_images(37)
+    batches = [x[i:i + 16] for i in range(0, 37, 16)]  # 16 + 16 + 5
+    reader = oc.ArrayCalibrationReader("input", batches)
+    route.quantize_static_onnx(convnet_path, tmp_path / "q.onnx", reader, method="minmax", model_kind="resnet50")
+    # ORT's MinMax calibrator makes one pass over the reader: every sample exactly once
+    assert reader.passes == [37]
+    assert reader.batches_fed == 3
+    assert reader.n_samples == 37
+
+
+def test_calibration_batches_cover_the_shared_subset():
+    from quantization.common import ImageData
+    from utils.data import Split
+
+    x = _calib_images(35)
+    split = Split("calibration", x, np.zeros(35, np.int64), np.arange(35))
+    data = ImageData(split, split, 32)
+    bs = oc.calibration_batches(data, 16)
+    assert [b.shape[0] for b in bs] == [16, 16, 3]
+    np.testing.assert_array_equal(np.concatenate(bs), x)
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_static_int8_has_qdq_and_small_error(convnet_path, tmp_path, method):
+    out = tmp_path / f"{method}.onnx"
+    x = _calib_images(32)
+    reader = oc.ArrayCalibrationReader("input", [x[:16], x[16:]])
+    route.quantize_static_onnx(convnet_path, out, reader, method=method, model_kind="resnet50")
+    ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    assert ops["QuantizeLinear"] >= 3 and ops["DequantizeLinear"] >= 6, ops  # activations + per-channel weights
+    # per-channel S8 weights: the conv weight scales are vectors, one per output channel
+    m = onnx.load(str(out))
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer if i.name.endswith("_scale")}
+    assert any(v.ndim == 1 and v.size == 8 for v in scales.values())
+    xe = np.random.default_rng(7).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    ref = oc.make_session(convnet_path, 1).run(None, {"input": xe})[0]
+    q = oc.make_session(out, 1).run(None, {"input": xe})[0]
+    err = relative_error(ref, q)
+    assert err < 0.05, f"{method}: relative error {err:.4f} FP32 vs INT8"
+
+
+def test_cpu_ep_fuses_ort_qdq_into_integer_kernels(convnet_path, tmp_path):
+    out = tmp_path / "q.onnx"
+    x = _calib_images(16)
+    route.quantize_static_onnx(convnet_path, out, oc.ArrayCalibrationReader("input", [x]), method="minmax",
+                               model_kind="resnet50")
+    rec = oc.provider_record(out, 1, [oc.CPU_EP], {"input": x[:1]})
+    assert rec.session[0] == oc.CPU_EP
+    assert rec.nodes_by_provider.get(oc.CPU_EP, 0) > 0
+    assert rec.ops.get("QLinearConv", 0) == 2, rec.ops  # both convs run as integer kernels
+    assert rec.compute_precision() == "int8"
+
+
+def test_gpt2_style_weight_matmuls_only(lm_path, tmp_path):
+    m = onnx.load(str(lm_path))
+    assert sorted(route.weight_matmuls(m)) == ["lm_head", "proj"]  # attention act x act MatMuls excluded
+    assert route.lm_head_nodes(m) == ["lm_head"]
+    ids = np.random.default_rng(0).integers(0, 64, (8, 16), dtype=np.int64)
+    ref = oc.make_session(lm_path, 1).run(None, {"input_ids": ids})[0]
+    errs = {}
+    for head in ("fp32", "int8"):
+        out = tmp_path / f"lm-{head}.onnx"
+        info = route.quantize_static_onnx(lm_path, out, oc.ArrayCalibrationReader("input_ids", [ids]),
+                                          method="minmax", model_kind="gpt2", lm_head=head)
+        q = onnx.load(str(out))
+        quantized = {n.name for n in q.graph.node if n.op_type == "MatMul"
+                     and any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
+        assert ("lm_head" in quantized) == (head == "int8"), quantized
+        assert "attn_qk" not in quantized and "attn_av" not in quantized
+        assert info["quantized_nodes"] == (1 if head == "fp32" else 2)
+        errs[head] = relative_error(ref, oc.make_session(out, 1).run(None, {"input_ids": ids})[0])
+    assert errs["fp32"] < 0.03 and errs["int8"] < 0.05, errs
+
+
+def test_corrupt_onnx_is_one_line_error(tmp_path, h):
+    bad = tmp_path / "bad.onnx"
+    good = h.tiny_convnet(tmp_path / "good.onnx")
+    bad.write_bytes(good.read_bytes()[:200])  # truncated
+    with pytest.raises(SuiteError) as ei:
+        oc.check_onnx(bad)
+    msg = str(ei.value)
+    assert "\n" not in msg and "is not a valid ONNX model" in msg and str(bad) in msg
+
+
+def test_cli_corrupt_onnx_exit_2(tmp_path, h):
+    cache = tmp_path / "cache"
+    d = h.fake_resnet_cache(cache)
+    onnx_file = Path(json.loads((d / "manifest.json").read_text())["onnx"])
+    onnx_file.write_bytes(b"\x08\x07garbage" * 10)
+    r = h.run_route("quantization.onnxruntime_route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "runs")], cache)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "is not a valid ONNX model" in lines[-1], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list((tmp_path / "runs").glob("*.json"))
+
+
+def test_cli_bad_method_lists_valid_ones(tmp_path, h):
+    r = h.run_route("quantization.onnxruntime_route", ["--model", "resnet50", "--methods", "minmax,bogus"],
+                  tmp_path / "cache")
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert err.count("\n") == 0 and "bogus" in err
+    for m in ("fp32", "minmax", "entropy", "percentile"):
+        assert m in err
+
+
+def test_cli_end_to_end_rows_and_cache(tmp_path, h):
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    d = h.fake_resnet_cache(cache)
+    h.fake_gpt2_cache(cache)
+    args = ["--runs-dir", str(runs), "--batches", "1,2", "--min-time", "0.01", "--min-iters", "2",
+            "--calib-samples", "16", "--eval-limit", "64"]
+    r = h.run_route("quantization.onnxruntime_route", args, cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+    assert len(rows) == 2 * 4 * 2  # models x methods x batches
+    assert all(x["status"] == "ok" for x in rows), [x["reason"] for x in rows if x["status"] != "ok"]
+    by = {(x["model"], x["method"], x["batch"]): x for x in rows}
+    fp = by[("resnet50", "fp32", 1)]
+    assert fp["compute_precision"] == "fp32" and fp["latency_kind"] == "host-wall" and fp["throughput_unit"] == "images/s"
+    assert fp["extra"]["n_eval"] == 64 and fp["top5"] >= fp["value"]
+    for m in ("minmax", "entropy", "percentile"):
+        q = by[("resnet50", m, 2)]
+        assert q["compute_precision"] == "int8" and q["calib_samples"] == 16 and q["calib_method"] == m
+        assert q["extra"]["calib_samples_fed"] == [16]
+        assert "CPUExecutionProvider" in q["notes"]
+        assert abs(q["value"] - fp["value"]) <= 100 * 8 / 64  # a few of 64 random-net predictions may flip
+        g = by[("gpt2", m, 2)]
+        assert g["throughput_unit"] == "tokens/s" and g["extra"]["ppl_stride"] == 64
+        gfp = by[("gpt2", "fp32", 2)]
+        assert abs(g["value"] / gfp["value"] - 1) < 0.05, (g["value"], gfp["value"])
+        assert g["throughput"] == pytest.approx(2 * 64 / (g["latency_p50_ms"] / 1000), rel=1e-6)
+    # artifacts cached under <cache>/<model>/onnxruntime and reused by a second run
+    files = sorted(p.name for p in (d / "onnxruntime").glob("*.onnx"))
+    assert any(f.startswith("minmax-int8-") for f in files) and any(f.startswith("preprocessed-") for f in files)
+    r2 = h.run_route("quantization.onnxruntime_route", args[:] + ["--model", "resnet50", "--methods", "minmax"], cache)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    row = json.loads((runs / "resnet50__embedded__onnxruntime__minmax__int8__cpu__b1.json").read_text())
+    assert "cached artifact reused" in row["notes"]
+    assert sorted(p.name for p in (d / "onnxruntime").glob("*.onnx")) == files
