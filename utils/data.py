@@ -19,7 +19,7 @@ from utils.errors import SuiteError
 
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
-DIGITS_RESOLUTION = 32  # 8x8 digits upscaled; the network is fully convolutional
+DIGITS_RESOLUTION = 16  # 8x8 digits upscaled 2x; the network is fully convolutional
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".JPEG")

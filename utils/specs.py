@@ -18,8 +18,8 @@ from utils.registry import MODELS, WEIGHTS, check_choice
 
 EMBEDDED = {
     "resnet50": {
-        "arch": "torchvision.models.resnet50", "num_classes": 10, "data": "sklearn-digits", "resolution": 32,
-        "epochs": 6, "batch_size": 64, "lr": 0.05, "seed": 0, "version": 1,
+        "arch": "torchvision.models.resnet50", "num_classes": 10, "data": "sklearn-digits", "resolution": 16,
+        "epochs": 15, "batch_size": 64, "lr": 0.05, "seed": 0, "version": 1,
     },
     "gpt2": {
         "arch": "transformers.GPT2LMHeadModel", "n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 128,
@@ -27,7 +27,7 @@ EMBEDDED = {
         "epochs": 4, "batch_size": 16, "lr": 2e-3, "seed": 0, "version": 1,
     },
 }
-DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-32px", ("gpt2", "embedded"): "pydoc-topics"}
+DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-16px", ("gpt2", "embedded"): "pydoc-topics"}
 PPL_STRIDE = {"embedded": 64, "pretrained": 512}
 DEFAULT_CALIB = {"resnet50": 128, "gpt2": 64}
 

@@ -1,0 +1,92 @@
+"""The test command: every environment's tests, each inside its own virtualenv.
+
+    python3 -m evaluation.test                 # all environments
+    python3 -m evaluation.test torch report    # some of them
+
+Stdlib only. Creates/reuses each environment (evaluation/envs.py), runs
+`<env python> -m pytest tests/<folder>` and prints one closing line with the totals. Exits
+non-zero if an environment cannot be created or any test fails.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+from evaluation import envs
+from utils.paths import REPO_ROOT, RESULTS_DIR
+
+# environment -> test folder (the shared layer's tests run in the light report env)
+TEST_DIRS = {
+    "report": "tests/common",
+    "torch": "tests/torch",
+    "onnxruntime": "tests/onnxruntime",
+    "modelopt-onnx": "tests/modelopt_onnx",
+    "modelopt-tripy": "tests/modelopt_tripy",
+    "tensorrt": "tests/tensorrt",
+}
+
+
+def counts(junit: str) -> dict:
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    tot = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for s in suites:
+        for k in tot:
+            tot[k] += int(s.get(k, 0))
+    tot["passed"] = tot["tests"] - tot["failures"] - tot["errors"] - tot["skipped"]
+    return tot
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m evaluation.test", description=__doc__.split("\n\n")[0])
+    ap.add_argument("envs", nargs="*", default=list(TEST_DIRS), help=f"environments: {', '.join(TEST_DIRS)}")
+    ap.add_argument("-k", default=None, help="pytest -k expression")
+    ap.add_argument("-x", action="store_true", help="stop each env at its first failure")
+    args = ap.parse_args(argv)
+    bad = [e for e in args.envs if e not in TEST_DIRS]
+    if bad:
+        print(f"error: unknown environment {bad[0]!r}; valid: {', '.join(TEST_DIRS)}", file=sys.stderr)
+        return 2
+    total = {"passed": 0, "failures": 0, "errors": 0, "skipped": 0}
+    problems = []
+    t_all = time.time()
+    for name in args.envs:
+        folder = REPO_ROOT / TEST_DIRS[name]
+        if not folder.is_dir():
+            problems.append(f"{name}: {TEST_DIRS[name]} is missing")
+            continue
+        t0 = time.time()
+        try:
+            envs.ensure_env(name)
+        except envs.EnvError as exc:
+            problems.append(f"{name}: {exc}")
+            print(f"[test] {name}: environment could not be created: {exc}", file=sys.stderr)
+            continue
+        junit = RESULTS_DIR / "junit" / f"{name}.xml"
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ["-m", "pytest", TEST_DIRS[name], "-q", f"--junitxml={junit}"]
+        if args.k:
+            cmd += ["-k", args.k]
+        if args.x:
+            cmd.append("-x")
+        print(f"\n[test] ===== {name}: {TEST_DIRS[name]} =====", flush=True)
+        rc = envs.run_in_env(name, cmd).returncode
+        try:
+            c = counts(str(junit))
+        except (OSError, ET.ParseError):
+            c = {"passed": 0, "failures": 0, "errors": 1, "skipped": 0}
+        for k in total:
+            total[k] += c[k]
+        if rc not in (0, 5) or c["failures"] or c["errors"]:
+            problems.append(f"{name}: pytest exited {rc}")
+        print(f"[test] {name}: {c['passed']} passed, {c['failures'] + c['errors']} failed, {c['skipped']} skipped "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    print(f"\n[test] all environments in {time.time() - t_all:.0f} s" + (f"; problems: {'; '.join(problems)}" if problems else ""))
+    print(f"{total['passed']} passed, {total['failures'] + total['errors']} failed, {total['skipped']} skipped")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

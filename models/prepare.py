@@ -1,0 +1,255 @@
+"""Prepare a model for every route (torch environment): weights, token ids, FP32 ONNX, op count.
+
+    python -m models.prepare --model resnet50            # embedded default, trained on first use
+    python -m models.prepare --model gpt2 --weights pretrained --weights-path gpt2 --data wikitext-2
+
+Writes models/cache/<model>-<weights>-<key>/manifest.json (see docs/architecture.md). Also
+measures the device's FP32/INT8 matmul ceilings once (results/device.json) with --ceilings.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from utils.atomic import atomic_write_json, config_key, sha256_file
+from utils.errors import SuiteError, cli_main, setup_logging
+from utils.registry import MODELS, parse_list
+from utils.specs import EMBEDDED, PPL_STRIDE, ModelSource
+
+log = logging.getLogger("models.prepare")
+ONNX_OPSET = 17
+
+
+def count_flops(model, example) -> float:
+    """Total FLOPs (2 x multiply-accumulates) of one forward pass, counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        model(example)
+    return float(fc.get_total_flops())
+
+
+def export_onnx(model, example, path: Path, input_name: str, dynamic_axes: dict) -> None:
+    """One-file ONNX (opset 17, TorchScript exporter: no external data), written atomically."""
+    import warnings
+
+    import torch
+
+    tmp = path.with_suffix(".onnx.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(tmp), input_names=[input_name], output_names=["logits"],
+                          dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False, do_constant_folding=True)
+    import onnx
+
+    onnx.checker.check_model(str(tmp))
+    tmp.replace(path)
+
+
+class _LogitsOnly:
+    """Wrap a HF causal LM so tracing sees input_ids -> logits only (no cache)."""
+
+    def __new__(cls, model):
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids):
+                return self.m(input_ids=input_ids, use_cache=False).logits
+
+        return Wrapper(model).eval()
+
+
+def prepare_resnet50(src: ModelSource, out: Path, force: bool = False) -> dict:
+    import torch
+
+    from models.embedded import load_resnet50, train_resnet50
+
+    info: dict = {"model": "resnet50", "weights": src.weights}
+    if src.weights == "embedded":
+        cfg = EMBEDDED["resnet50"]
+        ckpt = out / "model.pt"
+        if force or not ckpt.exists():
+            info.update(train_resnet50(out, cfg))
+        model = load_resnet50(ckpt, cfg["num_classes"])
+        info.update(checkpoint=str(ckpt), resolution=cfg["resolution"], num_classes=cfg["num_classes"],
+                    dataset="sklearn-digits-16px")
+    else:
+        model, ckpt = _pretrained_resnet50(src, out)
+        info.update(checkpoint=str(ckpt), resolution=224, num_classes=1000,
+                    dataset=f"imagefolder:{Path(src.data).name}")
+    info["fp32_size_mb"] = Path(info["checkpoint"]).stat().st_size / 1e6
+    info["latency_resolution"] = 224
+    info["ops_per_item"] = count_flops(model, torch.zeros(1, 3, 224, 224))
+    onnx_path = out / "fp32.onnx"
+    if force or not onnx_path.exists():
+        t0 = time.time()
+        export_onnx(model, torch.zeros(2, 3, info["resolution"], info["resolution"]), onnx_path, "input",
+                    {"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
+        log.info("exported %s in %.1f s", onnx_path, time.time() - t0)
+    info.update(onnx=str(onnx_path), onnx_sha=sha256_file(onnx_path)[:16], onnx_opset=ONNX_OPSET)
+    return info
+
+
+def _pretrained_resnet50(src: ModelSource, out: Path):
+    import torch
+
+    from models.embedded import load_resnet50
+
+    if src.weights_path:
+        return load_resnet50(src.weights_path, 1000), Path(src.weights_path)
+    ckpt = out / "resnet50_imagenet1k_v1.pt"
+    if not ckpt.exists():
+        if os.environ.get("HF_HUB_OFFLINE") == "1" and not os.environ.get("SUITE_ONLINE"):
+            raise SuiteError("pretrained ResNet50 weights are not cached and the run is offline: pass --weights-path "
+                             "FILE (a torchvision resnet50 state dict) or run with --online")
+        from utils.torchvision_compat import import_torchvision
+
+        tv = import_torchvision()
+        try:
+            m = tv.models.resnet50(weights=tv.models.ResNet50_Weights.IMAGENET1K_V1)
+        except Exception as exc:  # URLError, HTTPError, ...
+            raise SuiteError(f"could not download torchvision ResNet50 weights ({exc.__class__.__name__}); "
+                             "pass --weights-path FILE") from None
+        torch.save(m.state_dict(), ckpt)
+    return load_resnet50(ckpt, 1000), ckpt
+
+
+def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
+    import torch
+
+    from models.embedded import load_gpt2, train_gpt2
+
+    info: dict = {"model": "gpt2", "weights": src.weights}
+    if src.weights == "embedded":
+        cfg = EMBEDDED["gpt2"]
+        stamp = out / "train.json"
+        if force or not stamp.exists():
+            atomic_write_json(stamp, train_gpt2(out, cfg))
+        import json
+
+        info.update(json.loads(stamp.read_text()))
+        info["dataset"] = "pydoc-topics"
+    else:
+        info.update(_pretrained_gpt2_data(src, out))
+    model = load_gpt2(info["hf_dir"], attn_implementation="eager")
+    L = int(model.config.n_positions) if src.weights == "embedded" else 1024
+    info.update(seq_len=L, vocab_size=int(model.config.vocab_size), ppl_stride=PPL_STRIDE[src.weights])
+    info["fp32_size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    wrapped = _LogitsOnly(model)
+    info["ops_per_item"] = count_flops(wrapped, torch.zeros(1, L, dtype=torch.long)) / L
+    onnx_path = out / "fp32.onnx"
+    if force or not onnx_path.exists():
+        t0 = time.time()
+        export_onnx(wrapped, torch.zeros(2, min(L, 16), dtype=torch.long), onnx_path, "input_ids",
+                    {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}})
+        log.info("exported %s in %.1f s", onnx_path, time.time() - t0)
+    info.update(onnx=str(onnx_path), onnx_sha=sha256_file(onnx_path)[:16], onnx_opset=ONNX_OPSET)
+    return info
+
+
+def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
+    """HF gpt2 (hub id or local dir) + WikiText-2 (HF datasets) or a local text file."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    ident = src.weights_path or "gpt2"
+    try:
+        tok = AutoTokenizer.from_pretrained(ident)
+        model = GPT2LMHeadModel.from_pretrained(ident)
+    except OSError:
+        raise SuiteError(f"GPT-2 weights {ident!r} not found locally and the hub is unreachable or offline "
+                         "(HF_HUB_OFFLINE=1): pass --weights-path DIR with a saved model, or run with --online") from None
+    if src.data == "wikitext-2":
+        try:
+            from datasets import load_dataset
+
+            ds = load_dataset("wikitext", "wikitext-2-raw-v1")
+        except ImportError:
+            raise SuiteError("--data wikitext-2 needs the `datasets` package; or pass a local text file") from None
+        except Exception as exc:
+            raise SuiteError(f"WikiText-2 is not cached and cannot be downloaded ({exc.__class__.__name__}); "
+                             "pass --data FILE (a local text file)") from None
+        train_text, val_text = "\n\n".join(ds["train"]["text"]), "\n\n".join(ds["test"]["text"])
+    else:
+        p = Path(src.data)
+        if not p.is_file():
+            raise SuiteError(f"text file {p} does not exist (or pass --data wikitext-2)")
+        text = p.read_text(encoding="utf-8", errors="replace")
+        cut = int(len(text) * 0.8)  # first 80% for calibration, last 20% for evaluation: disjoint
+        train_text, val_text = text[:cut], text[cut:]
+    hf_dir = out / "hf"
+    if not hf_dir.exists():
+        model.save_pretrained(hf_dir.with_suffix(".tmp"))
+        tok.save_pretrained(hf_dir.with_suffix(".tmp"))
+        hf_dir.with_suffix(".tmp").replace(hf_dir)
+    train_ids = np.asarray(tok(train_text)["input_ids"], dtype=np.int64)
+    val_ids = np.asarray(tok(val_text)["input_ids"], dtype=np.int64)
+    np.save(out / "train_ids.npy", train_ids)
+    np.save(out / "val_ids.npy", val_ids)
+    return {"hf_dir": str(hf_dir), "train_ids": str(out / "train_ids.npy"), "val_ids": str(out / "val_ids.npy"),
+            "dataset": "wikitext-2" if src.data == "wikitext-2" else f"text:{Path(src.data).name}"}
+
+
+def prepare(src: ModelSource, force: bool = False) -> dict:
+    out = src.cache_dir
+    if force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if src.manifest_path.exists() and not force:
+        manifest = src.load_manifest()
+        if all(Path(manifest[k]).exists() for k in ("onnx",) if k in manifest):
+            log.info("%s (%s): cached at %s", src.model, src.weights, out)
+            return manifest
+    t0 = time.time()
+    info = prepare_resnet50(src, out, force) if src.model == "resnet50" else prepare_gpt2(src, out, force)
+    info.update(source=src.to_dict(), key=src.key, embedded_config=EMBEDDED.get(src.model) if src.weights == "embedded"
+                else None, prepared_seconds=time.time() - t0)
+    atomic_write_json(src.manifest_path, info)
+    log.info("%s (%s): prepared in %.0f s -> %s", src.model, src.weights, time.time() - t0, src.manifest_path)
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m models.prepare", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default="resnet50,gpt2", help=f"comma list: {', '.join(MODELS)}")
+    ap.add_argument("--weights", default="embedded", choices=("embedded", "pretrained"))
+    ap.add_argument("--weights-path", default=None, help="ResNet50 state-dict file or GPT-2 hub id / directory")
+    ap.add_argument("--data", default=None, help="ImageNet-layout folder (resnet50); 'wikitext-2' or text file (gpt2)")
+    ap.add_argument("--force", action="store_true", help="retrain / re-export even if cached")
+    ap.add_argument("--ceilings", action="store_true", help="also measure the device's matmul ceilings")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    models = parse_list("model", args.model, MODELS)
+    sources = [ModelSource(m, args.weights, args.weights_path, args.data) for m in models]
+    for src in sources:
+        prepare(src, force=args.force)
+    if args.ceilings:
+        from evaluation.ceilings import measure_and_store
+
+        measure_and_store(args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

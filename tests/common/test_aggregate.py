@@ -1,0 +1,80 @@
+import math
+
+import pandas as pd
+import pytest
+
+from evaluation.aggregate import aggregate, build_table
+from evaluation.metrics import pack_bits
+from utils.errors import SuiteError
+from utils.rows import ResultRow, write_row
+
+CEIL = {"fp32_ops_per_s": 100e9, "int8_ops_per_s": 400e9, "threads": 2}
+
+
+def _row(toolchain, method, precision, p50, value, correct, batch=32, compute=None, **kw):
+    return ResultRow(model="resnet50", weights="embedded", dataset="digits", toolchain=toolchain, method=method,
+                     precision=precision, device="cpu", batch=batch, metric="top1", value=value,
+                     latency_kind="host-wall", latency_p10_ms=p50 * 0.9, latency_p50_ms=p50, latency_p90_ms=p50 * 1.1,
+                     latency_p99_ms=p50 * 1.2, throughput=batch / (p50 / 1000), throughput_unit="images/s",
+                     ops_per_item=4e9, compute_precision=compute or precision,
+                     environment={"ceilings": CEIL, "eval_sha": "abc", "cpu": "test-cpu", "threads": 2},
+                     extra={"n_eval": len(correct), "correct_bits": pack_bits(correct)}, **kw)
+
+
+def _rows():
+    n = 200
+    base = [True] * 190 + [False] * 10
+    slightly = list(base)
+    slightly[0] = False  # one flip: not significant
+    much = [False] * 40 + base[40:]  # 40 flips: significant
+    return [
+        _row("torch", "eager", "fp32", 400.0, 95.0, base),
+        _row("torch", "fx", "int8", 50.0, 94.5, slightly),
+        _row("onnxruntime", "fp32", "fp32", 200.0, 95.0, base),
+        _row("onnxruntime", "minmax", "int8", 80.0, 75.0, much),
+        ResultRow(model="resnet50", weights="embedded", dataset="digits", toolchain="tensorrt", method="int8-entropy",
+                  precision="int8", device="cuda", batch=32, metric="top1", status="skipped",
+                  reason="TensorRT is not installed"),
+    ], n
+
+
+def test_deltas_speedups_efficiency_and_significance():
+    rows, n = _rows()
+    df = build_table(rows).set_index(["toolchain", "method"])
+    fx = df.loc[("torch", "fx")]
+    assert fx["baseline_value"] == 95.0 and fx["delta"] == pytest.approx(-0.5)
+    assert fx["speedup"] == pytest.approx(8.0)  # vs its own eager FP32
+    assert fx["speedup_vs_best_fp32"] == pytest.approx(4.0)  # vs ONNX Runtime FP32, the fastest FP32 row
+    # 4 GFLOP x 640 images/s over the 400 GOP/s INT8 ceiling
+    assert fx["efficiency"] == pytest.approx(100 * 4e9 * 640 / 400e9)
+    assert bool(fx["delta_significant"]) is False
+    mm = df.loc[("onnxruntime", "minmax")]
+    assert mm["speedup"] == pytest.approx(2.5) and bool(mm["delta_significant"]) is True
+    assert mm["delta_p_value"] < 1e-6
+    eager = df.loc[("torch", "eager")]
+    assert eager["efficiency"] == pytest.approx(100 * 4e9 * 80 / 100e9)
+    trt = df.loc[("tensorrt", "int8-entropy")]
+    assert trt["status"] == "skipped" and trt["reason"] == "TensorRT is not installed" and math.isnan(trt["value"])
+
+
+def test_files_written_and_marked(tmp_path):
+    rows, _ = _rows()
+    runs = tmp_path / "runs"
+    for r in rows:
+        write_row(r, runs)
+    aggregate(runs, tmp_path)
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    assert len(csv) == 5 and {"speedup_vs_best_fp32", "efficiency", "delta_significant", "status"} <= set(csv.columns)
+    md = (tmp_path / "summary.md").read_text()
+    assert "| torch | fx | int8 | cpu | 32 | 94.50 | -0.50 ~ |" in md
+    assert "| onnxruntime | minmax | int8 | cpu | 32 | 75.00 | -20.00 |" in md
+    assert "skipped: TensorRT is not installed" in md
+    png = (tmp_path / "accuracy_vs_latency.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_failed_aggregation_leaves_previous_tables_intact(tmp_path):
+    (tmp_path / "summary.md").write_text("previous")
+    with pytest.raises(SuiteError, match="no result rows"):
+        aggregate(tmp_path / "empty-runs", tmp_path)
+    assert (tmp_path / "summary.md").read_text() == "previous"
