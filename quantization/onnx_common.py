@@ -257,6 +257,10 @@ class ArrayCalibrationReader(_reader_base()):
         self.batches_fed += 1
         return {self.input_name: b}
 
+    def get_first(self) -> dict:
+        """The first batch without advancing or counting (ModelOpt probes the model with it)."""
+        return {self.input_name: self.batches[0]}
+
     def rewind(self) -> None:
         self._it = iter(self.batches)
         if self.passes[-1]:
@@ -326,6 +330,21 @@ class Artifact:
     float_precision: str = "fp32"  # what its convs/matmuls compute in when no integer kernel runs
 
 
+def cuda_driver_missing() -> str | None:
+    """Why ORT's CUDA/TensorRT EPs cannot run here, or None when they may (the EP itself confirms later)."""
+    avail = available_providers()
+    if CUDA_EP not in avail and TRT_EP not in avail:
+        return "this ONNX Runtime build has no CUDA/TensorRT execution provider (CPU onnxruntime package)"
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return (f"ONNX Runtime lists {', '.join(p for p in (TRT_EP, CUDA_EP) if p in avail)} but no CUDA driver "
+                "(libcuda.so.1) is present: ORT would silently run every kernel on CPUExecutionProvider")
+    return None
+
+
 def devices_to_run(requested: str) -> list[str]:
     """'auto' -> cpu, plus cuda when this ORT build has the CUDA/TensorRT EP; or an explicit list."""
     if requested == "auto":
@@ -389,6 +408,11 @@ def run_variants(cfg: RouteConfig, model: str, manifest: dict, data, *, make_art
 
     rows = []
     writers = {d: RowWriter(cfg, model, manifest, device=d, data=data, gpu=gpu) for d in devices}
+    if "cuda" in devices:
+        why = cuda_driver_missing()
+        if why:  # one set of skipped rows instead of sessions that fall back to CPU
+            rows += writers["cuda"].status("skipped", why, cfg.variants(model))
+            devices = [d for d in devices if d != "cuda"]
     for method, precision in tqdm(cfg.variants(model), desc=f"{cfg.toolchain}/{model}", unit="variant"):
         try:
             art = make_artifact(method, precision)
@@ -416,8 +440,10 @@ class SkipVariant(Exception):
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    msg = " ".join(str(exc).split()) or "(no message)"
-    return f"{exc.__class__.__name__}: {msg}"[:limit]
+    msg = f"{exc.__class__.__name__}: {' '.join(str(exc).split()) or '(no message)'}"
+    if len(msg) > limit:  # keep the head (what failed) and the tail (why), e.g. of ORT's long C++ messages
+        msg = msg[:limit // 2 - 2] + " ... " + msg[-(limit - limit // 2 - 3):]
+    return msg
 
 
 def source_onnx(manifest: dict, model: str) -> tuple[Path, str]:

@@ -1,0 +1,133 @@
+"""ModelOpt ONNX route on tiny offline models: real ModelOpt quantization evaluated with ONNX Runtime."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from evaluation.metrics import relative_error
+from quantization import modelopt_onnx_route as route
+from quantization import onnx_common as oc
+from utils.atomic import sha256_file
+from utils.errors import SuiteError
+
+pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt[onnx] is not installed")
+
+
+def _images(n, seed=1, res=32):
+    return np.random.default_rng(seed).standard_normal((n, 3, res, res)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def wide_convnet(tmp_path_factory, h):
+    return h.tiny_convnet(tmp_path_factory.mktemp("mo") / "conv.onnx")
+
+
+@pytest.mark.parametrize("method", ["max", "entropy"])
+def test_int8_input_unchanged_qdq_and_error_bound(wide_convnet, tmp_path, method):
+    src = tmp_path / "src.onnx"
+    src.write_bytes(wide_convnet.read_bytes())
+    before = sha256_file(src)
+    x = _images(24)
+    reader = oc.ArrayCalibrationReader("input", [x[:16], x[16:]])
+    out = tmp_path / "q.onnx"
+    secs = route.modelopt_quantize(src, out, reader, mode="int8", calibration_method=method, calibration_eps=["cpu"],
+                                   high_precision_dtype="fp32")
+    assert secs > 0
+    assert sha256_file(src) == before  # ModelOpt rewrites its input: the route must only hand it a copy
+    ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    assert ops["QuantizeLinear"] >= 3 and ops["DequantizeLinear"] >= 3, ops
+    # every complete calibration pass fed exactly the 24 configured samples
+    full = [p for p in reader.passes if p]
+    assert full and full[-1] == 24 and all(p <= 24 for p in full), reader.passes
+    xe = _images(8, seed=5)
+    ref = oc.make_session(src, 1).run(None, {"input": xe})[0]
+    q = oc.make_session(out, 1).run(None, {"input": xe})[0]
+    err = relative_error(ref, q)
+    assert err < 0.05, f"{method}: relative error {err:.4f}"
+
+
+def test_modelopt_placement_is_not_fused_by_ort_cpu(wide_convnet, tmp_path):
+    out = tmp_path / "q.onnx"
+    x = _images(16)
+    route.modelopt_quantize(wide_convnet, out, oc.ArrayCalibrationReader("input", [x]), mode="int8",
+                            calibration_method="max", calibration_eps=["cpu"], high_precision_dtype="fp32")
+    rec = oc.provider_record(out, 1, [oc.CPU_EP], {"input": x[:1]})
+    # Q/DQ only on inputs (TensorRT style): ORT CPU keeps float convs and runs DequantizeLinear kernels
+    assert rec.int_kernels == 0 and rec.dq_kernels >= 2, rec.ops
+    assert rec.compute_precision() == "fp32"
+    assert "slower than FP32" in route.slow_reason(rec)
+    # with output quantization requested for Conv, ORT can fuse some of them into QLinearConv
+    out2 = tmp_path / "q2.onnx"
+    route.modelopt_quantize(wide_convnet, out2, oc.ArrayCalibrationReader("input", [x]), mode="int8",
+                            calibration_method="max", calibration_eps=["cpu"], high_precision_dtype="fp32",
+                            options={"op_types_needing_output_quant": ["Conv", "Gemm"]})
+    rec2 = oc.provider_record(out2, 1, [oc.CPU_EP], {"input": x[:1]})
+    assert rec2.ops.get("QLinearConv", 0) >= 1, rec2.ops
+
+
+def test_mo_option_parsing():
+    assert route.parse_options(["dq_only=true", "op_types_needing_output_quant=Conv,Gemm", "opset=19"]) == {
+        "dq_only": True, "op_types_needing_output_quant": ["Conv", "Gemm"], "opset": 19}
+    assert route.parse_options(["op_types_to_quantize=Conv"]) == {"op_types_to_quantize": ["Conv"]}
+    with pytest.raises(SuiteError, match="dq_only"):
+        route.parse_options(["nonsense=1"])
+
+
+def test_cli_corrupt_onnx_exit_2(tmp_path, h):
+    cache = tmp_path / "cache"
+    d = h.fake_resnet_cache(cache)
+    onnx_file = Path(json.loads((d / "manifest.json").read_text())["onnx"])
+    onnx_file.write_bytes(onnx_file.read_bytes()[:300])  # truncated
+    r = h.run_route("quantization.modelopt_onnx_route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "r")], cache)
+    assert r.returncode == 2, r.stderr[-1500:]
+    last = [ln for ln in r.stderr.splitlines() if ln.strip()][-1]
+    assert last.startswith("error: ") and "is not a valid ONNX model" in last and "Traceback" not in r.stderr
+
+
+def test_cli_bad_method_lists_valid_ones(tmp_path, h):
+    r = h.run_route("quantization.modelopt_onnx_route", ["--model", "gpt2", "--methods", "int3"], tmp_path / "c")
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert "\n" not in err and "int3" in err
+    for m in ("max", "entropy", "fp8", "int4"):
+        assert m in err
+
+
+def test_cli_end_to_end_rows_index_and_unchanged_source(tmp_path, h):
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    d = h.fake_resnet_cache(cache)
+    g = h.fake_gpt2_cache(cache)
+    src = Path(json.loads((d / "manifest.json").read_text())["onnx"])
+    before = sha256_file(src)
+    args = ["--runs-dir", str(runs), "--batches", "1", "--min-time", "0.01", "--min-iters", "2",
+            "--calib-samples", "16", "--eval-limit", "64", "--devices", "cpu"]
+    r = h.run_route("quantization.modelopt_onnx_route", args, cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sha256_file(src) == before
+    rows = {(x["model"], x["method"]): x for x in (json.loads(p.read_text()) for p in runs.glob("*.json"))}
+    assert len(rows) == 8
+    for model in ("resnet50", "gpt2"):
+        for m in ("max", "entropy"):
+            row = rows[(model, m)]
+            assert row["status"] == "ok", row["reason"]
+            assert row["calib_samples"] == 16 and row["calib_method"] == m
+            assert row["extra"]["qdq"]["QuantizeLinear"] > 0
+            assert "CPUExecutionProvider" in row["notes"]
+    assert "slower than FP32 on ORT CPU" in rows[("resnet50", "max")]["notes"]
+    assert rows[("resnet50", "max")]["compute_precision"] == "fp32"  # simulated: no integer kernel ran
+    # the tiny net's 8/16-channel convs are outside ModelOpt's FP8 Conv rule: a precise skipped row
+    assert rows[("resnet50", "fp8")]["status"] == "skipped" and "no Q/DQ" in rows[("resnet50", "fp8")]["reason"]
+    for row in rows.values():
+        assert row["status"] in ("ok", "skipped", "failed") and (row["status"] == "ok" or row["reason"])
+        assert "\n" not in row["reason"]
+    index = json.loads((d / "modelopt-onnx" / "index.json").read_text())
+    for m in ("max", "entropy"):
+        e = index[m]
+        assert Path(e["path"]).is_file() and e["calib_samples"] == 16 and len(e["calib_sha"]) == 16
+        oc.check_onnx(e["path"])
+    assert json.loads((g / "modelopt-onnx" / "index.json").read_text())["max"]["calib_samples"] == 16
