@@ -7,7 +7,7 @@ A relative `path` is read relative to the index's folder first, then to the repo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.paths import REPO_ROOT
@@ -21,6 +21,7 @@ class QdqEntry:
     path: Path
     calib_sha: str | None
     calib_samples: int | None
+    meta: dict = field(default_factory=dict)  # the whole index entry (src_onnx_sha, high_precision_dtype, ...)
 
 
 def index_path(cache_dir: Path) -> Path:
@@ -50,5 +51,5 @@ def find_qdq(cache_dir: Path, model: str, method: str = "max") -> tuple[QdqEntry
     for c in candidates:
         if c.is_file():
             n = entry.get("calib_samples")
-            return QdqEntry(method, c, entry.get("calib_sha"), int(n) if n is not None else None), ""
+            return QdqEntry(method, c, entry.get("calib_sha"), int(n) if n is not None else None, dict(entry)), ""
     return None, f"{idx} lists {entry['path']} for {method!r}, which does not exist; " + run_first(model, method)

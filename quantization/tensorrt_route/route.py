@@ -179,7 +179,12 @@ def run_variant(trt, logger, cfg: RouteConfig, opts: TrtOptions, mc: ModelContex
             return
         onnx_path, onnx_sha = entry.path, sha256_file(entry.path)
         calib_samples, calib_method = entry.calib_samples, f"modelopt-{entry.method}"
-        extra.update(qdq_onnx=str(entry.path), qdq_calib_sha=entry.calib_sha)
+        extra.update(qdq_onnx=str(entry.path), qdq_calib_sha=entry.calib_sha,
+                     qdq_high_precision_dtype=entry.meta.get("high_precision_dtype"))
+        src = entry.meta.get("src_onnx_sha")
+        if src and mc.manifest.get("onnx_sha") and src != mc.manifest["onnx_sha"]:
+            notes.append("the Q/DQ model was made from another FP32 ONNX than the current manifest's "
+                         "(rerun the modelopt-onnx route)")
         if entry.calib_sha and entry.calib_sha != mc.calib_sha:
             notes.append("the Q/DQ model was calibrated on another calibration set than this run's "
                          f"({entry.calib_sha} vs {mc.calib_sha})")

@@ -302,7 +302,8 @@ def add_qdq_index(env, source, calib_sha="other"):
     d.mkdir()
     kind, name = ("lm", "input_ids") if source.model == "gpt2" else ("cls", "input")
     (d / "max.onnx").write_text(json.dumps({"kind": kind, "input": name, "qdq": True}))
-    (d / "index.json").write_text(json.dumps({"max": {"path": "max.onnx", "calib_sha": calib_sha, "calib_samples": 20}}))
+    (d / "index.json").write_text(json.dumps({"max": {"path": "max.onnx", "calib_sha": calib_sha, "calib_samples": 20,
+                                                      "src_onnx_sha": "older-sha", "high_precision_dtype": "fp32"}}))
 
 
 # ------------------------------------------------------------------ tests
@@ -391,7 +392,8 @@ def test_trt11_skips_fp16_and_entropy_builds_fp32_and_qdq(env):
         assert rows[("gpt2", "fp32", b)]["status"] == "ok"
         q = rows[("gpt2", "int8-qdq", b)]
         assert q["status"] == "ok" and q["calib_method"] == "modelopt-max" and q["calib_samples"] == 20
-        assert "another calibration set" in q["notes"]
+        assert "another calibration set" in q["notes"] and "another FP32 ONNX" in q["notes"]
+        assert q["extra"]["qdq_high_precision_dtype"] == "fp32"
     assert all(not b["flags"] and b["network_flags"] == 0 for b in BUILDS)  # strongly typed by default in 11
 
 
