@@ -162,6 +162,49 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow]) -> str:
     return "\n".join(lines)
 
 
+def render_compact(df: pd.DataFrame) -> str:
+    """One line per (model, toolchain, method): accuracy, Δ, p50 at each batch, speedup vs best FP32 at the largest."""
+    out = []
+    for (model, weights, dataset), g in df.groupby(["model", "weights", "dataset"], sort=False):
+        batches = sorted(g["batch"].unique())
+        metric = g["metric"].iloc[0]
+        out += [f"**{model}** ({weights}, {dataset})", "",
+                f"| toolchain | method | prec | dev | {metric} | Δ | " + " | ".join(f"p50 ms b{b}" for b in batches)
+                + f" | vs best FP32 (b{batches[-1]}) | status |",
+                "|---|---|---|---|--:|--:|" + "--:|" * len(batches) + "--:|---|"]
+        for (tc, method, prec, dev), gg in g.groupby(["toolchain", "method", "precision", "device"], sort=False):
+            first = gg.iloc[0]
+            lat = {int(r["batch"]): _fmt(r["latency_p50_ms"], ".1f") for _, r in gg.iterrows()}
+            last = gg[gg["batch"] == gg["batch"].max()].iloc[0]
+            delta = _fmt(first["delta"], "+.2f") + (" ~" if first["delta_significant"] is False and pd.notna(first["delta"]) else "")
+            status = "ok" if first["status"] == "ok" else f"{first['status']}: {str(first['reason'])[:70]}"
+            out.append(f"| {tc} | {method} | {prec} | {dev} | {_fmt(first['value'], '.2f')} | {delta} | "
+                       + " | ".join(lat.get(int(b), "") for b in batches)
+                       + f" | {_fmt(last['speedup_vs_best_fp32'], '.2f')} | {status} |")
+        out.append("")
+    return "\n".join(out)
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(readme: Path, df: pd.DataFrame, rows: list[ResultRow]) -> bool:
+    """Replace the README's results block (between the markers) with the compact table."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        return False
+    envs = [r.environment for r in rows if r.status == "ok" and r.environment]
+    head = ""
+    if envs:
+        e = max(envs, key=lambda x: x.get("timestamp", ""))
+        head = (f"Measured {e.get('timestamp', '')[:10]} on {e.get('cpu')} ({e.get('threads')} threads, "
+                f"GPU: {e.get('gpu') or 'none'}), commit {e.get('git_commit')}; versions in results/summary.md.\n\n")
+    pre, rest = text.split(README_START, 1)
+    post = rest.split(README_END, 1)[1]
+    atomic_write_text(readme, f"{pre}{README_START}\n{head}{render_compact(df)}\n{README_END}{post}")
+    return True
+
+
 def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
     import matplotlib
 
@@ -197,7 +240,7 @@ def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def aggregate(runs_dir: Path, out_dir: Path) -> pd.DataFrame:
+def aggregate(runs_dir: Path, out_dir: Path, readme: Path | None = None) -> pd.DataFrame:
     rows = read_rows(runs_dir)
     if not rows:
         raise SuiteError(f"no result rows in {runs_dir}: run `python3 -m evaluation.bench` first")
@@ -205,6 +248,8 @@ def aggregate(runs_dir: Path, out_dir: Path) -> pd.DataFrame:
     atomic_write_text(out_dir / "summary.csv", df.to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", render_markdown(df, rows))
     plot_accuracy_latency(df, out_dir / "accuracy_vs_latency.png")
+    if readme is not None and update_readme(readme, df, rows):
+        log.info("results table updated in %s", readme)
     log.info("%d rows -> %s, %s, %s", len(df), out_dir / "summary.csv", out_dir / "summary.md",
              out_dir / "accuracy_vs_latency.png")
     return df
@@ -215,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m evaluation.aggregate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--readme", type=Path, default=None, help="also refresh the results block of this README")
     args = ap.parse_args(argv)
     setup_logging()
-    aggregate(args.runs_dir, args.out)
+    aggregate(args.runs_dir, args.out, args.readme)
     return 0
 
 

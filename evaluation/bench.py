@@ -14,7 +14,6 @@ leaves earlier rows and tables intact.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from evaluation import envs
 from utils.errors import SuiteError, cli_main
-from utils.paths import RUNS_DIR
+from utils.paths import REPO_ROOT, RUNS_DIR
 from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, TOOLCHAINS, parse_list
 from utils.rows import status_rows, write_row
 
@@ -70,22 +69,6 @@ def skip_all(args, toolchain: str, model: str, status: str, reason: str) -> None
                            toolchain=toolchain, variants=tc.variants[model], device=device,
                            batches=DEFAULT_BATCHES[model], metric=METRIC[model]):
         write_row(row, args.runs_dir)
-
-
-def last_line(text: str) -> str:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    errs = [ln for ln in lines if ln.startswith("error:")]
-    return (errs[-1] if errs else lines[-1] if lines else "no output")[:300]
-
-
-def run_logged(env: str, argv: list[str], log: Path) -> tuple[int, str]:
-    """Run in an env; stream its stderr (progress bars, logs) to the terminal and keep a copy."""
-    import subprocess
-
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        proc = envs.run_in_env(env, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    return proc.returncode, proc.stdout
 
 
 @cli_main
@@ -154,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         try:
             envs.ensure_env("report")
-            rc = envs.run_in_env("report", ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir)]).returncode
+            agg = ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir)]
+            if Path(args.runs_dir).resolve() == RUNS_DIR.resolve():
+                agg += ["--readme", str(REPO_ROOT / "README.md")]
+            rc = envs.run_in_env("report", agg).returncode
             if rc != 0:
                 failures.append(f"aggregate exited {rc}")
         except envs.EnvError as exc:

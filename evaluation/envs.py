@@ -56,6 +56,7 @@ def _included(path: Path) -> list[Path]:
 
 def requirements_hash(name: str) -> str:
     h = hashlib.sha256(sys.version.encode())
+    h.update(os.environ.get("SUITE_SYSTEM_SITE_PACKAGES", "").encode())
     files = [REQUIREMENTS_DIR / CONSTRAINTS]
     for part in ENVS[name]:
         p = REQUIREMENTS_DIR / part.file
@@ -106,7 +107,10 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
     t0 = time.time()
     _log(f"creating environment '{name}' in {d} (pip log: {log}) ...")
     with open(log, "w") as fh:
-        subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, stdout=fh, stderr=subprocess.STDOUT)
+        venv_cmd = [sys.executable, "-m", "venv", str(d)]
+        if os.environ.get("SUITE_SYSTEM_SITE_PACKAGES") == "1":  # e.g. an NGC container's TensorRT
+            venv_cmd.append("--system-site-packages")
+        subprocess.run(venv_cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
         stamp = {"hash": requirements_hash(name), "optional_failed": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         for part in ENVS[name]:
             req = REQUIREMENTS_DIR / part.file
@@ -136,12 +140,19 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
 
 
 def _last_error(log: Path) -> str:
+    """The last error line of a pip log, with the line after it when the error line alone says little."""
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    errs = [ln for ln in lines if ln.startswith("ERROR") or "Error" in ln.split(":")[0]]
-    return (errs[-1] if errs else lines[-1] if lines else "")[:300]
+    idx = [i for i, ln in enumerate(lines) if ln.startswith("ERROR") or "Error" in ln.split(":")[0]]
+    if not idx:
+        return (lines[-1] if lines else "")[:300]
+    i = idx[-1]
+    msg = lines[i]
+    if len(msg.rstrip(":").split(":", 1)[-1].strip()) < 8 and i + 1 < len(lines):
+        msg = f"{msg} {lines[i + 1]}"
+    return msg[:300]
 
 
 def run_in_env(name: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:

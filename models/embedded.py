@@ -19,6 +19,7 @@ import numpy as np
 from utils.atomic import atomic_write_json
 from utils.errors import SuiteError
 from utils.specs import EMBEDDED
+from utils.torchvision_compat import import_torchvision
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ def _seed(seed: int) -> None:
 
 
 def build_resnet50(num_classes: int):
-    from utils.torchvision_compat import import_torchvision
-
     tv = import_torchvision()
     # zero-initialised last BN gamma per residual block: each block starts as identity, which keeps
     # training a 50-layer network from scratch on a small dataset stable
@@ -119,6 +118,7 @@ def train_tokenizer(text: str, vocab_size: int):
 
 
 def gpt2_config(cfg: dict, eos_id: int):
+    import_torchvision()  # transformers imports torchvision when it is installed (FACTS: CPU torch fix)
     from transformers import GPT2Config
 
     return GPT2Config(vocab_size=cfg["vocab_size"], n_positions=cfg["n_positions"], n_embd=cfg["n_embd"],
@@ -140,6 +140,8 @@ def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
     """Tokenizer + model trained on the corpus' train documents; saved with save_pretrained."""
     import torch
     from tqdm import tqdm
+
+    import_torchvision()
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from evaluation.metrics import strided_perplexity
@@ -200,6 +202,7 @@ def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
 
 
 def load_gpt2(hf_dir: Path | str, attn_implementation: str | None = None):
+    import_torchvision()
     from transformers import GPT2LMHeadModel
 
     try:

@@ -160,6 +160,9 @@ def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
 
 def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
     """HF gpt2 (hub id or local dir) + WikiText-2 (HF datasets) or a local text file."""
+    from utils.torchvision_compat import import_torchvision
+
+    import_torchvision()
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     ident = src.weights_path or "gpt2"

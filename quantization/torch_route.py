@@ -27,6 +27,7 @@ from quantization.common import ImageData, RouteConfig, RowWriter, TextData, loa
 from utils.data import latency_input
 from utils.errors import cli_main, setup_logging
 from utils.text import lm_latency_input
+from utils.torchvision_compat import import_torchvision
 
 log = logging.getLogger("quantization.torch_route")
 TOOLCHAIN = "torch"
@@ -180,6 +181,8 @@ def run_resnet50(cfg: RouteConfig, writer: RowWriter, manifest: dict, data: Imag
 def conv1d_to_linear(model) -> int:
     """Replace every HF Conv1D (y = x @ W + b, W: (in, out)) with the equal nn.Linear (W.T). Returns count."""
     import torch
+
+    import_torchvision()
     from transformers.pytorch_utils import Conv1D
 
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv1D)]
