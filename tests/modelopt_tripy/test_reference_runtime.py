@@ -44,8 +44,8 @@ def test_fp8_qdq_semantics():
     x = torch.tensor([0.0, 0.26, 1.0, 300.0, -1000.0])
     y = fp8_qdq(x, s)
     assert y[0] == 0 and y[2] == 1.0
-    assert y[3] == 288.0  # 600 rounds to 576 on the e4m3 grid (spacing 64 above 512), times 0.5
-    assert y[4] == -448.0 * 0.5  # saturates at +-448
+    assert y[1] == 0.25  # 0.52 rounds to 0.5 on the e4m3 grid (spacing 1/16 in [0.5, 1)), times 0.5
+    assert y[3] == 448.0 * 0.5 and y[4] == -448.0 * 0.5  # 600 and -2000 saturate at +-448
 
 
 def _embedded():
