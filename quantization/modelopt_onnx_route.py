@@ -127,6 +127,72 @@ def qdq_counts(path: Path) -> dict:
                                              default=None)}
 
 
+def check_block_scales(path: Path) -> None:
+    """Blocked DequantizeLinear (INT4) must have ceil(D/block) scales on its axis; say which weight is wrong."""
+    import onnx
+    m = onnx.load(str(path))
+    shapes = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    for n in m.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type != "DequantizeLinear" or not attrs.get("block_size"):
+            continue
+        x, sc = shapes.get(n.input[0]), shapes.get(n.input[1])
+        if x is None or sc is None:
+            continue
+        axis, bs = int(attrs.get("axis", 1)) % len(x), int(attrs["block_size"])
+        want = tuple(-(-d // bs) if i == axis else d for i, d in enumerate(x))
+        if sc != want:
+            consumers = [c for c in m.graph.node if any(o in c.input for o in n.output)]
+            what = ", ".join(f"{c.op_type}{'(transB=1)' if any(a.name == 'transB' and a.i for a in c.attribute) else ''}"
+                             for c in consumers)
+            raise RuntimeError(
+                f"ModelOpt INT4 output is not valid ONNX for ONNX Runtime: {n.name} has block scales {list(sc)} for "
+                f"weight {list(x)} (axis {axis}, block {bs}; needs {list(want)}), consumer {what}: the blocks were "
+                f"computed along the other axis of a transposed weight")
+
+
+def fix_block_axes(path: Path) -> list[str]:
+    """Repair blocked DequantizeLinear nodes whose `axis` disagrees with their scale layout.
+
+    ModelOpt 0.47's INT4 path blocks a Gemm(transB=1) weight (out, in) along `in` (correct: scales
+    (out, in/128)) but writes axis=0, which ONNX Runtime rejects. When exactly one axis matches
+    ceil(D/block) and every other dim matches, set `axis` to it. Returns the repaired node names.
+    """
+    import onnx
+
+    m = onnx.load(str(path))
+    shapes = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    fixed = []
+    for n in m.graph.node:
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type != "DequantizeLinear" or "block_size" not in attrs:
+            continue
+        x, sc = shapes.get(n.input[0]), shapes.get(n.input[1])
+        if x is None or sc is None or len(x) != len(sc):
+            continue
+        bs = attrs["block_size"].i
+        axis = attrs["axis"].i % len(x) if "axis" in attrs else 1
+        fits = [a for a in range(len(x)) if sc == tuple(-(-d // bs) if i == a else d for i, d in enumerate(x))]
+        if axis not in fits and len(fits) == 1:
+            if "axis" in attrs:
+                attrs["axis"].i = fits[0]
+            else:
+                n.attribute.append(onnx.helper.make_attribute("axis", fits[0]))
+            fixed.append(n.name)
+    if fixed:
+        onnx.save(m, str(path))
+    return fixed
+
+
+def ort_loadable(path: Path) -> str | None:
+    """None if ORT's CPU EP can load the model, else ORT's one-line complaint."""
+    try:
+        oc.make_session(path, 1, [oc.CPU_EP])
+    except SuiteError as exc:
+        return str(exc)
+    return None
+
+
 def write_index(cache_root: Path, method: str, entry: dict) -> Path:
     """`<cache>/modelopt-onnx/index.json`: method -> {path, calib_sha, calib_samples, ...} for the TensorRT route."""
     path = cache_root / "index.json"
@@ -159,21 +225,34 @@ def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
             reader = oc.ArrayCalibrationReader(in_name, oc.calibration_batches(data))
             secs = modelopt_quantize(src, tmp_out, reader, mode=mode, calibration_method=cal, calibration_eps=eps,
                                      high_precision_dtype=args.high_precision_dtype, options=options)
+            patched = fix_block_axes(tmp_out) if mode == "int4" else []
             oc.check_onnx(tmp_out)
-            return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "qdq": qdq_counts(tmp_out), **key}
+            return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "qdq": qdq_counts(tmp_out),
+                    "patched_block_axis": patched, **key}
 
         path, meta, reused = oc.cached_artifact(out, build)
         qdq = meta.get("qdq", {})
         if not qdq.get("QuantizeLinear") and not qdq.get("DequantizeLinear"):
             raise oc.SkipVariant(f"ModelOpt {mode} ({cal}) quantized no node of this model on CPU "
                                  f"(calibration_eps={eps}); output has no Q/DQ")
-        write_index(cache_root, method, {"path": str(path), "calib_sha": calib["calib_sha"],
-                                         "calib_samples": calib["n_calib"], "quantize_mode": mode,
-                                         "calibration_method": cal, "src_onnx_sha": src_sha,
-                                         "high_precision_dtype": args.high_precision_dtype, "options": options})
+        if mode == "int4":
+            check_block_scales(path)
+        why = ort_loadable(path)
+        if why and "float8" in why:
+            op = why.split("of operator (", 1)[-1].split(")", 1)[0] if "of operator (" in why else "an op"
+            write_index(cache_root, method, _index_entry(path, calib, mode, cal, src_sha, args, options))
+            raise oc.SkipVariant(
+                f"ModelOpt FP8 Q/DQ feeds float8e4m3fn tensors straight into {op} (a TensorRT FP8 fusion); ONNX "
+                f"Runtime's CPU EP has no FP8 kernel for it and refuses the model: needs TensorRT on an FP8 GPU "
+                f"(Ada/Hopper or newer). The FP8 ONNX is in index.json for the TensorRT route")
+        write_index(cache_root, method, _index_entry(path, calib, mode, cal, src_sha, args, options))
         notes = [f"ModelOpt quantize_mode={mode} calibration_method={cal} calibration_eps={eps} "
                  f"high_precision_dtype={args.high_precision_dtype}" + (f" options={options}" if options else ""),
                  f"Q {qdq.get('QuantizeLinear')} / DQ {qdq.get('DequantizeLinear')} nodes (opset {qdq.get('opset')})"]
+        if meta.get("patched_block_axis"):
+            notes.append(f"repaired `axis` of {len(meta['patched_block_axis'])} INT4 DequantizeLinear node(s) "
+                         f"({', '.join(meta['patched_block_axis'][:3])}): ModelOpt 0.47 writes axis=0 for Gemm(transB=1) "
+                         "weights blocked along axis 1, which ORT rejects")
         if reused:
             notes.append("cached artifact reused (calib_seconds from the run that made it)")
         return oc.Artifact(path, method, precision, calib_method=cal, calib_samples=calib["n_calib"],
@@ -182,6 +261,12 @@ def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
                            float_precision=args.high_precision_dtype)
 
     return make
+
+
+def _index_entry(path: Path, calib: dict, mode: str, cal: str, src_sha: str, args, options: dict) -> dict:
+    return {"path": str(path), "calib_sha": calib["calib_sha"], "calib_samples": calib["n_calib"],
+            "quantize_mode": mode, "calibration_method": cal, "src_onnx_sha": src_sha,
+            "high_precision_dtype": args.high_precision_dtype, "options": options}
 
 
 def _version() -> str:

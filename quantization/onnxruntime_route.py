@@ -103,6 +103,11 @@ def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, model_kin
         kw.update(op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes)
         info.update(quantized_nodes=len(nodes), lm_head=lm_head, lm_head_node=head[0] if head else None)
     opts = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if model_kind == "resnet50":
+        # the classifier's logits stay float (DQ -> Gemm, no output Q): a Q/DQ on the graph output only
+        # rounds the scores, and its range is set by the most extreme calibration logit
+        opts["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
+        info["logits"] = "float (no output Q on the classifier Gemm)"
     opts.update(extra_options or {})
     quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -124,7 +129,8 @@ def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
             state["pre"] = preprocess(src, src_sha, cache_root) if args.preprocess else (src, "no quant_pre_process")
         pre, pre_note = state["pre"]
         options = {"format": "QDQ", "per_channel": True, "act": "U8", "wt": "S8", "preprocess": args.preprocess,
-                   "lm_head": args.lm_head if model == "gpt2" else None}
+                   "lm_head": args.lm_head if model == "gpt2" else None,
+                   "float_logits": model == "resnet50"}
         out = oc.artifact_path(cache_root, f"{method}-int8", {"src": src_sha, "method": method, **calib, **options})
 
         def build(tmp_out: Path) -> dict:

@@ -131,3 +131,26 @@ def test_cli_end_to_end_rows_index_and_unchanged_source(tmp_path, h):
         assert Path(e["path"]).is_file() and e["calib_samples"] == 16 and len(e["calib_sha"]) == 16
         oc.check_onnx(e["path"])
     assert json.loads((g / "modelopt-onnx" / "index.json").read_text())["max"]["calib_samples"] == 16
+
+
+def test_int4_block_axis_repair_runs_on_ort(wide_convnet, tmp_path):
+    """ModelOpt INT4 on a Gemm(transB=1) weight writes axis=0 for scales blocked along axis 1; the route repairs it."""
+    out = tmp_path / "int4.onnx"
+    x = _images(8)
+    route.modelopt_quantize(wide_convnet, out, oc.ArrayCalibrationReader("input", [x]), mode="int4",
+                            calibration_method="rtn_dq", calibration_eps=["cpu"], high_precision_dtype="fp32",
+                            options={"block_size": 16})
+    m = onnx.load(str(out))
+    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq, "INT4 DequantizeLinear expected on the classifier weight"
+    fixed = route.fix_block_axes(out)
+    assert fixed == [dq[0].name]  # ModelOpt 0.47 wrote axis=0; the scales are blocked along axis 1
+    route.check_block_scales(out)  # raises if any blocked DQ is still inconsistent
+    # the repaired weight dequantizes to within INT4 rounding of the FP32 weight
+    wf = onnx.numpy_helper.to_array(next(i for i in onnx.load(str(wide_convnet)).graph.initializer if i.name == "wf"))
+    xe = _images(4, seed=3)
+    ref = oc.make_session(wide_convnet, 1).run(None, {"input": xe})[0]
+    q = oc.make_session(out, 1).run(None, {"input": xe})[0]
+    err = relative_error(ref, q)
+    print(f"int4 relative error {err:.4f}")
+    assert err < 0.15, f"INT4 (16 inputs per block) relative error {err:.3f}; repaired {fixed}; |w|max {abs(wf).max():.2f}"
