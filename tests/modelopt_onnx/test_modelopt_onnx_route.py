@@ -134,12 +134,12 @@ def test_cli_end_to_end_rows_index_and_unchanged_source(tmp_path, h):
 
 
 def test_int4_block_axis_repair_runs_on_ort(wide_convnet, tmp_path):
-    """ModelOpt INT4 on a Gemm(transB=1) weight writes axis=0 for scales blocked along axis 1; the route repairs it."""
+    """ModelOpt INT4 (AWQ-clip) on a Gemm(transB=1) weight writes axis=0 for scales blocked along axis 1 (ORT
+    rejects it); the route repairs the axis. (rtn_dq blocks along axis 0 and labels it so: valid as written.)"""
     out = tmp_path / "int4.onnx"
     x = _images(8)
     route.modelopt_quantize(wide_convnet, out, oc.ArrayCalibrationReader("input", [x]), mode="int4",
-                            calibration_method="rtn_dq", calibration_eps=["cpu"], high_precision_dtype="fp32",
-                            options={"block_size": 16})
+                            calibration_method="awq_clip", calibration_eps=["cpu"], high_precision_dtype="fp32")
     m = onnx.load(str(out))
     dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
     assert dq, "INT4 DequantizeLinear expected on the classifier weight"
@@ -153,4 +153,4 @@ def test_int4_block_axis_repair_runs_on_ort(wide_convnet, tmp_path):
     q = oc.make_session(out, 1).run(None, {"input": xe})[0]
     err = relative_error(ref, q)
     print(f"int4 relative error {err:.4f}")
-    assert err < 0.15, f"INT4 (16 inputs per block) relative error {err:.3f}; repaired {fixed}; |w|max {abs(wf).max():.2f}"
+    assert err < 0.15, f"INT4 (one block of 16 inputs per output) relative error {err:.3f}; repaired {fixed}; |w|max {abs(wf).max():.2f}"
