@@ -162,3 +162,26 @@ def test_cli_end_to_end_rows_and_cache(tmp_path, h):
     row = json.loads((runs / "resnet50__embedded__onnxruntime__minmax__int8__cpu__b1.json").read_text())
     assert "cached artifact reused" in row["notes"]
     assert sorted(p.name for p in (d / "onnxruntime").glob("*.onnx")) == files
+
+
+def test_devices_and_provider_record_on_cpu_build(convnet_path):
+    import onnxruntime as ort
+
+    assert oc.devices_to_run("cpu") == ["cpu"]
+    with pytest.raises(SuiteError, match="valid: auto, cpu, cuda"):
+        oc.devices_to_run("tpu")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert oc.devices_to_run("auto") == ["cpu"]
+        assert "no CUDA/TensorRT execution provider" in oc.cuda_driver_missing()
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    rec = oc.provider_record(convnet_path, 1, [oc.CPU_EP], {"input": x})
+    assert rec.session == (oc.CPU_EP,) and rec.main_provider == oc.CPU_EP
+    assert rec.ops.get("FusedConv", 0) + rec.ops.get("Conv", 0) == 2 and rec.int_kernels == 0
+    assert rec.compute_precision() == "fp32"
+
+
+def test_artifact_names_are_keyed_by_inputs(tmp_path):
+    a = oc.artifact_path(tmp_path, "minmax-int8", {"src": "aa", "calib_sha": "1", "n": 128})
+    b = oc.artifact_path(tmp_path, "minmax-int8", {"src": "aa", "calib_sha": "2", "n": 128})
+    c = oc.artifact_path(tmp_path, "minmax-int8", {"n": 128, "calib_sha": "1", "src": "aa"})
+    assert a != b and a == c and a.name.startswith("minmax-int8-") and a.suffix == ".onnx"
