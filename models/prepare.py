@@ -65,7 +65,10 @@ class _LogitsOnly:
                 self.m = m
 
             def forward(self, input_ids):
-                return self.m(input_ids=input_ids, use_cache=False).logits
+                # an explicit all-ones mask keeps transformers from tracing its packed-sequence
+                # detection (torch.diff, which the opset-17 exporter lacks); numerically identical
+                mask = torch.ones_like(input_ids)
+                return self.m(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
 
         return Wrapper(model).eval()
 
@@ -242,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     import torch
 
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum-registration chatter
     torch.set_num_threads(args.threads)
     models = parse_list("model", args.model, MODELS)
     sources = [ModelSource(m, args.weights, args.weights_path, args.data) for m in models]

@@ -75,7 +75,15 @@ def torch_predict(model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def classify(predict, data: ImageData, batch: int = 120):
-    return classification_score((predict(x), y) for x, y in data.test.batches(batch))
+    """Score in fixed-size batches (the last one zero-padded, padding dropped): compiled models see one shape."""
+    def padded():
+        for x, y in data.test.batches(batch):
+            n = len(y)
+            if n < batch and len(data.test) > batch:
+                x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
+            yield predict(x)[:n], y
+
+    return classification_score(padded())
 
 
 def time_images(predict, cfg: RouteConfig, batch: int):
@@ -109,25 +117,52 @@ def _compile(model):
     return torch.compile(model, dynamic=False)
 
 
-def resnet_pt2e(model, calib: np.ndarray):
+def _pt2e_prepared(model, example):
     import torch
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    example = torch.from_numpy(calib[:2])
-    dims = {"x": {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("h", min=16, max=1024),
-                  3: torch.export.Dim("w", min=16, max=1024)}}
-    try:
-        ep = torch.export.export(model, (example,), dynamic_shapes=dims, strict=True)
-    except Exception:  # dynamic spatial dims rejected: keep batch dynamic only (the graph is still size-agnostic)
-        ep = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
-                                 strict=True)
+    # batch dynamic; spatial dims static (at 16x16 the last stages are 1x1, which export specialises)
+    ep = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
+                             strict=True)
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(ep.module(), quantizer)
+    return prepare_pt2e(ep.module(), quantizer)
+
+
+def qparams(gm) -> list[tuple]:
+    """(scale, zero_point) of every quantize/dequantize node, in graph order."""
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and "quantize_per_tensor" in str(n.target):
+            out.append(tuple(a for a in n.args[1:3] if isinstance(a, (int, float))))
+    return out
+
+
+def resnet_pt2e(model, calib: np.ndarray, latency_resolution: int | None = None):
+    """torchao pt2e INT8: calibrate at the data's resolution; returns (scored model, timed model).
+
+    torch.export specialises spatial sizes, so the graph timed at 224x224 is a second export of the
+    same FP32 model whose observers receive the calibrated statistics of the first (state-dict copy);
+    both converted graphs then carry identical quantization parameters (checked).
+    """
+    import copy
+
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    prepared = _pt2e_prepared(copy.deepcopy(model), torch.from_numpy(calib[:2]))
     with torch.inference_mode():
         for i in range(0, len(calib), 32):
             prepared(torch.from_numpy(calib[i:i + 32]))
-    return convert_pt2e(prepared)
+    timed = None
+    if latency_resolution and latency_resolution != calib.shape[-1]:
+        other = _pt2e_prepared(copy.deepcopy(model), torch.zeros(2, 3, latency_resolution, latency_resolution))
+        other.load_state_dict(prepared.state_dict(), strict=True)
+        timed = convert_pt2e(other)
+    scored = convert_pt2e(prepared)
+    if timed is not None and qparams(timed) != qparams(scored):
+        raise RuntimeError("pt2e graphs for scoring and timing ended with different quantization parameters")
+    return scored, timed if timed is not None else scored
 
 
 def run_resnet50(cfg: RouteConfig, writer: RowWriter, manifest: dict, data: ImageData) -> None:
@@ -140,7 +175,7 @@ def run_resnet50(cfg: RouteConfig, writer: RowWriter, manifest: dict, data: Imag
     for method, precision in cfg.variants("resnet50"):
         t0 = time.time()
         try:
-            calib_s, extra_notes, extra = None, "", {}
+            calib_s, extra_notes, extra, timed_model = None, "", {}, None
             if method == "eager":
                 model, size = fp32, fp32_mb
             elif method == "fx":
@@ -151,18 +186,22 @@ def run_resnet50(cfg: RouteConfig, writer: RowWriter, manifest: dict, data: Imag
                 model, size = _compile(load_resnet50(manifest["checkpoint"], manifest["num_classes"])), fp32_mb
                 extra_notes = "torch.compile (inductor, freezing); compile time in first_call_ms"
             elif method == "pt2e":
-                q = resnet_pt2e(load_resnet50(manifest["checkpoint"], manifest["num_classes"]), data.calib.x)
+                q, q_timed = resnet_pt2e(load_resnet50(manifest["checkpoint"], manifest["num_classes"]), data.calib.x,
+                                         latency_resolution=224)
                 calib_s, size = time.time() - t0, graph_tensor_mb(q)
-                model = _compile(q)
-                extra_notes = "torchao pt2e X86InductorQuantizer + torch.compile (inductor, freezing)"
+                model, timed_model = _compile(q), _compile(q_timed)
+                extra["n_qparams"] = len(qparams(q))
+                extra_notes = ("torchao pt2e X86InductorQuantizer + torch.compile (inductor, freezing); compare with "
+                               "the inductor FP32 row; the 224x224 graph carries the same calibrated qparams")
             else:
                 raise ValueError(method)
             predict = torch_predict(model)
             t1 = time.time()
             score = classify(predict, data)
             extra["eval_seconds"] = time.time() - t1
+            timed = torch_predict(timed_model) if timed_model is not None else predict
             for b in cfg.batches["resnet50"]:
-                lat = time_images(predict, cfg, b)
+                lat = time_images(timed, cfg, b)
                 writer.write(writer.row(
                     method, precision, b, value=score.top1, top5=score.top5, **lat.row_fields(),
                     throughput_unit="images/s", size_mb=size, compute_precision=precision,
@@ -274,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RouteConfig.from_args(TOOLCHAIN, args)
     import torch
 
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum-registration chatter
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
     for model_name in cfg.models:

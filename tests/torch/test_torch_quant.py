@@ -51,12 +51,18 @@ def test_pt2e_int8_outputs_close_to_fp32(tiny):
     m, x = tiny
     with torch.no_grad():
         ref = m(torch.from_numpy(x)).numpy()
-    q = resnet_pt2e(m, x[:32])
+    from quantization.torch_route import qparams
+
+    q, q_big = resnet_pt2e(m, x[:32], latency_resolution=32)
     with torch.no_grad():
         out = q(torch.from_numpy(x)).numpy()
+        big = q_big(torch.randn(3, 3, 32, 32))
     assert sqnr_db(ref, out) > 20.0
+    assert big.shape == (3, 10)
     targets = {str(n.target) for n in q.graph.nodes if n.op == "call_function"}
     assert any("quantize_per_tensor" in t for t in targets) and any("dequantize" in t for t in targets)
+    # the graph exported for timing at another size carries exactly the calibrated parameters
+    assert len(qparams(q)) >= 3 and qparams(q) == qparams(q_big)
 
 
 def _tiny_gpt2():
