@@ -10,6 +10,7 @@ activation attention MatMuls stay FP32; the LM head stays FP32 unless `--lm-head
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import tempfile
 import time
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 
 TOOLCHAIN = "onnxruntime"
 CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# ORT 1.24's quantize_static builds its Entropy calibrator with num_bins=128 and num_quantized_bins=128
+# and passes neither through extra_options: the KL search then has a single candidate (the full
+# range), i.e. Entropy == MinMax unless the histogram grows between batches. TensorRT's entropy
+# calibration uses 2048 histogram bins and 128 quantized bins; give ORT's calibrator the same.
+ENTROPY_BINS = 2048
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
                     help="comma list of cpu,cuda; auto: cpu plus cuda when this ORT build has the CUDA/TensorRT EP")
     ap.add_argument("--lm-head", default="fp32", choices=("fp32", "int8"),
                     help="GPT-2: keep the final vocabulary projection in FP32 or quantize it too")
+    ap.add_argument("--entropy-bins", type=int, default=ENTROPY_BINS,
+                    help="histogram bins of the Entropy calibrator (ORT's own default, 128, makes Entropy equal MinMax; "
+                         "0 keeps ORT's default)")
     ap.add_argument("--preprocess", default=True, action=argparse.BooleanOptionalAction,
                     help="run onnxruntime.quantization.quant_pre_process (shape inference + graph optimisation) first")
     return ap
@@ -87,7 +96,7 @@ def preprocess(src: Path, src_sha: str, cache_root: Path) -> tuple[Path, str]:
 
 
 def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, model_kind: str, lm_head: str = "fp32",
-                         extra_options: dict | None = None) -> dict:
+                         extra_options: dict | None = None, entropy_bins: int = 0) -> dict:
     """ORT static INT8 (QDQ, per-channel, U8 activations, S8 weights). Returns what was quantized."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -109,11 +118,40 @@ def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, model_kin
         opts["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
         info["logits"] = "float (no output Q on the classifier Gemm)"
     opts.update(extra_options or {})
-    quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[method]),
-                    calibration_providers=[oc.CPU_EP], extra_options=opts, **kw)
+    cm = getattr(CalibrationMethod, CALIB_METHODS[method])
+    with _entropy_bins(entropy_bins if cm == CalibrationMethod.Entropy else None):
+        quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=cm, calibration_providers=[oc.CPU_EP], extra_options=opts, **kw)
+    if cm == CalibrationMethod.Entropy:
+        info["entropy_bins"] = entropy_bins
     return info
+
+
+
+
+@contextlib.contextmanager
+def _entropy_bins(num_bins: int | None, num_quantized_bins: int = 128):
+    if not num_bins:
+        yield
+        return
+    import importlib
+
+    qmod = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
+    orig = qmod.create_calibrator
+
+    def create_calibrator(*a, **kw):
+        eo = dict(kw.get("extra_options") or {})
+        eo.setdefault("num_bins", num_bins)
+        eo.setdefault("num_quantized_bins", num_quantized_bins)
+        kw["extra_options"] = eo
+        return orig(*a, **kw)
+
+    qmod.create_calibrator = create_calibrator
+    try:
+        yield
+    finally:
+        qmod.create_calibrator = orig
 
 
 def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
@@ -130,7 +168,8 @@ def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
         pre, pre_note = state["pre"]
         options = {"format": "QDQ", "per_channel": True, "act": "U8", "wt": "S8", "preprocess": args.preprocess,
                    "lm_head": args.lm_head if model == "gpt2" else None,
-                   "float_logits": model == "resnet50"}
+                   "float_logits": model == "resnet50",
+                   "entropy_bins": args.entropy_bins if method == "entropy" else None}
         out = oc.artifact_path(cache_root, f"{method}-int8", {"src": src_sha, "method": method, **calib, **options})
 
         def build(tmp_out: Path) -> dict:
@@ -140,7 +179,7 @@ def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
                 work = Path(tmp) / "model.onnx"
                 oc.copy_for_tool(pre, Path(tmp), work.name)
                 info = quantize_static_onnx(work, tmp_out, reader, method=method, model_kind=model,
-                                            lm_head=args.lm_head)
+                                            lm_head=args.lm_head, entropy_bins=args.entropy_bins)
                 secs = time.perf_counter() - t0
             oc.check_onnx(tmp_out)
             return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "options": options, **info, **calib,

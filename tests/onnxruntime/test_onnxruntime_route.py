@@ -185,3 +185,28 @@ def test_artifact_names_are_keyed_by_inputs(tmp_path):
     b = oc.artifact_path(tmp_path, "minmax-int8", {"src": "aa", "calib_sha": "2", "n": 128})
     c = oc.artifact_path(tmp_path, "minmax-int8", {"n": 128, "calib_sha": "1", "src": "aa"})
     assert a != b and a == c and a.name.startswith("minmax-int8-") and a.suffix == ".onnx"
+
+
+def _act_scales(path):
+    m = onnx.load(str(path))
+    weights = {i.name for i in m.graph.initializer if i.name in ("w1", "w2", "wf")}
+    return {i.name: float(onnx.numpy_helper.to_array(i)) for i in m.graph.initializer
+            if i.name.endswith("_scale") and onnx.numpy_helper.to_array(i).size == 1
+            and i.name[:-len("_scale")] not in weights}
+
+
+def test_entropy_needs_more_bins_than_orts_default(convnet_path, tmp_path):
+    x = _calib_images(32)
+    # heavy-tailed activations so a clipped range beats the full one
+    x[0] *= 20.0
+    scales = {}
+    for name, method, bins in (("minmax", "minmax", 0), ("ent_default", "entropy", 0), ("ent_2048", "entropy", 2048)):
+        out = tmp_path / f"{name}.onnx"
+        route.quantize_static_onnx(convnet_path, out, oc.ArrayCalibrationReader("input", [x]), method=method,
+                                   model_kind="resnet50", entropy_bins=bins)
+        scales[name] = _act_scales(out)
+    # ORT's default (128 bins, 128 quantized bins) leaves the KL search one candidate: the MinMax range
+    assert scales["ent_default"] == pytest.approx(scales["minmax"], rel=1e-6)
+    # with 2048 bins the search clips: smaller scale on at least the outlier-dominated input
+    smaller = [k for k in scales["minmax"] if scales["ent_2048"][k] < 0.9 * scales["minmax"][k]]
+    assert smaller, (scales["minmax"], scales["ent_2048"])
