@@ -73,9 +73,10 @@ def build_table(rows: list[ResultRow]) -> pd.DataFrame:
     records = []
     for r in rows:
         tc = TOOLCHAINS.get(r.toolchain)
-        base = by_key.get((r.model, r.weights, *tc.baseline, r.device, r.batch)) if tc and tc.baseline else None
-        if base is None and tc and tc.baseline:  # e.g. a CUDA row whose FP32 baseline ran on CPU: accuracy only
-            base = next((by_key[k] for k in by_key if k[:4] == (r.model, r.weights, *tc.baseline)), None)
+        bl = tc.baseline_for(r.method) if tc else None
+        base = by_key.get((r.model, r.weights, *bl, r.device, r.batch)) if bl else None
+        if base is None and bl:  # e.g. a CUDA row whose FP32 baseline ran on CPU: accuracy only
+            base = next((by_key[k] for k in by_key if k[:4] == (r.model, r.weights, *bl)), None)
         rec = {c: getattr(r, c, None) for c in COLUMNS if hasattr(r, c)}
         rec.update(baseline_value=None, delta=None, speedup=None, speedup_vs_best_fp32=None, efficiency=None)
         if base is not None and base.status == "ok" and r.status == "ok" and base.value is not None and r.value is not None:

@@ -45,13 +45,14 @@ def state_size_mb(obj) -> float:
 
 
 def graph_tensor_mb(gm) -> float:
-    """Bytes of every tensor a GraphModule holds (parameters, buffers and get_attr constants)."""
+    """Bytes of the tensors a converted GraphModule's graph actually reads (get_attr nodes with users):
+    INT8 weights folded as constants, FP32 biases, scales. Left-over FP32 originals are not counted."""
     import torch
 
     seen, total = set(), 0
-    tensors = list(gm.state_dict().values())
+    tensors = []
     for node in gm.graph.nodes:
-        if node.op == "get_attr":
+        if node.op == "get_attr" and node.users:
             obj = gm
             for part in str(node.target).split("."):
                 obj = getattr(obj, part)

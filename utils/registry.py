@@ -24,10 +24,17 @@ class Toolchain:
     # (toolchain, method) of the FP32 row that deltas and `speedup` compare against
     baseline: tuple[str, str] | None = None
     needs: str = ""  # one line: what it needs beyond its environment
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # method -> baseline method of the same toolchain, where the fair FP32 comparison differs
+    # (pt2e runs under torch.compile, so it is compared with FP32 under torch.compile)
+    method_baselines: dict[str, str] = field(default_factory=dict)
 
     def methods(self, model: str) -> tuple[str, ...]:
         return tuple(m for m, _ in self.variants.get(model, ()))
+
+    def baseline_for(self, method: str) -> tuple[str, str] | None:
+        if method in self.method_baselines:
+            return (self.name, self.method_baselines[method])
+        return self.baseline
 
 
 TOOLCHAINS: dict[str, Toolchain] = {
@@ -40,6 +47,7 @@ TOOLCHAINS: dict[str, Toolchain] = {
             "gpt2": (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8")),
         },
         baseline=("torch", "eager"),
+        method_baselines={"pt2e": "inductor"},
     ),
     "onnxruntime": Toolchain(
         name="onnxruntime",

@@ -78,3 +78,12 @@ def test_failed_aggregation_leaves_previous_tables_intact(tmp_path):
     with pytest.raises(SuiteError, match="no result rows"):
         aggregate(tmp_path / "empty-runs", tmp_path)
     assert (tmp_path / "summary.md").read_text() == "previous"
+
+
+def test_pt2e_is_compared_with_fp32_under_the_same_compiler():
+    rows, _ = _rows()
+    base = [True] * 190 + [False] * 10
+    rows += [_row("torch", "inductor", "fp32", 300.0, 95.0, base), _row("torch", "pt2e", "int8", 100.0, 95.0, base)]
+    df = build_table(rows).set_index(["toolchain", "method"])
+    assert df.loc[("torch", "pt2e"), "speedup"] == pytest.approx(3.0)  # inductor FP32 / pt2e, not eager / pt2e
+    assert df.loc[("torch", "pt2e"), "speedup_vs_best_fp32"] == pytest.approx(2.0)  # ORT FP32 at 200 ms is fastest
