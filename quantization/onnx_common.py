@@ -172,8 +172,12 @@ class ProviderRecord:
         return self.ops.get("DequantizeLinear", 0)
 
     def compute_precision(self, fallback: str = "fp32") -> str:
-        """int8 when integer kernels ran, else the float type (simulated quantization)."""
-        return "int8" if self.int_kernels else fallback
+        """int8 when 8-bit integer kernels ran, int4 when only MatMulNBits (4-bit weights) did, else the float
+        type (simulated quantization: Q/DQ around float kernels)."""
+        nbits = self.ops.get("MatMulNBits", 0)
+        if self.int_kernels - nbits > 0:
+            return "int8"
+        return "int4" if nbits else fallback
 
     def to_dict(self) -> dict:
         return {"requested": list(self.requested), "session": list(self.session),
