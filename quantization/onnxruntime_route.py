@@ -218,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = RouteConfig.from_args(TOOLCHAIN, args)
+    try:
+        import onnxruntime  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise SuiteError(f"{exc.name} is not installed in this Python; run the route in its environment: "
+                         ".venvs/onnxruntime/bin/python -m quantization.onnxruntime_route "
+                         "(python3 -m evaluation.envs onnxruntime creates it)") from None
     devices = oc.devices_to_run(args.devices)
     for model in cfg.models:
         source = cfg.source(model)
