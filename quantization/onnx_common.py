@@ -23,7 +23,7 @@ import numpy as np
 
 from evaluation.harness import Latency, measure
 from evaluation.metrics import classification_score, strided_perplexity
-from quantization.common import ImageData, RouteConfig, RowWriter, TextData, data_hashes, file_size_mb
+from quantization.common import ImageData, RouteConfig, RowWriter, data_hashes, file_size_mb
 from utils.atomic import atomic_write_json, config_key, sha256_file
 from utils.data import latency_input
 from utils.errors import SuiteError

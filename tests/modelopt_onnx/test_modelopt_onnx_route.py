@@ -23,14 +23,14 @@ def _images(n, seed=1, res=32):
 
 
 @pytest.fixture(scope="module")
-def wide_convnet(tmp_path_factory, h):
+def tiny_net(tmp_path_factory, h):
     return h.tiny_convnet(tmp_path_factory.mktemp("mo") / "conv.onnx")
 
 
 @pytest.mark.parametrize("method", ["max", "entropy"])
-def test_int8_input_unchanged_qdq_and_error_bound(wide_convnet, tmp_path, method):
+def test_int8_input_unchanged_qdq_and_error_bound(tiny_net, tmp_path, method):
     src = tmp_path / "src.onnx"
-    src.write_bytes(wide_convnet.read_bytes())
+    src.write_bytes(tiny_net.read_bytes())
     before = sha256_file(src)
     x = _images(24)
     reader = oc.ArrayCalibrationReader("input", [x[:16], x[16:]])
@@ -51,10 +51,10 @@ def test_int8_input_unchanged_qdq_and_error_bound(wide_convnet, tmp_path, method
     assert err < 0.05, f"{method}: relative error {err:.4f}"
 
 
-def test_modelopt_placement_is_not_fused_by_ort_cpu(wide_convnet, tmp_path):
+def test_modelopt_placement_is_not_fused_by_ort_cpu(tiny_net, tmp_path):
     out = tmp_path / "q.onnx"
     x = _images(16)
-    route.modelopt_quantize(wide_convnet, out, oc.ArrayCalibrationReader("input", [x]), mode="int8",
+    route.modelopt_quantize(tiny_net, out, oc.ArrayCalibrationReader("input", [x]), mode="int8",
                             calibration_method="max", calibration_eps=["cpu"], high_precision_dtype="fp32")
     rec = oc.provider_record(out, 1, [oc.CPU_EP], {"input": x[:1]})
     # Q/DQ only on inputs (TensorRT style): ORT CPU keeps float convs and runs DequantizeLinear kernels
@@ -63,7 +63,7 @@ def test_modelopt_placement_is_not_fused_by_ort_cpu(wide_convnet, tmp_path):
     assert "slower than FP32" in route.slow_reason(rec)
     # with output quantization requested for Conv, ORT can fuse some of them into QLinearConv
     out2 = tmp_path / "q2.onnx"
-    route.modelopt_quantize(wide_convnet, out2, oc.ArrayCalibrationReader("input", [x]), mode="int8",
+    route.modelopt_quantize(tiny_net, out2, oc.ArrayCalibrationReader("input", [x]), mode="int8",
                             calibration_method="max", calibration_eps=["cpu"], high_precision_dtype="fp32",
                             options={"op_types_needing_output_quant": ["Conv", "Gemm"]})
     rec2 = oc.provider_record(out2, 1, [oc.CPU_EP], {"input": x[:1]})
@@ -133,12 +133,12 @@ def test_cli_end_to_end_rows_index_and_unchanged_source(tmp_path, h):
     assert json.loads((g / "modelopt-onnx" / "index.json").read_text())["max"]["calib_samples"] == 16
 
 
-def test_int4_block_axis_repair_runs_on_ort(wide_convnet, tmp_path):
+def test_int4_block_axis_repair_runs_on_ort(tiny_net, tmp_path):
     """ModelOpt INT4 (AWQ-clip) on a Gemm(transB=1) weight writes axis=0 for scales blocked along axis 1 (ORT
     rejects it); the route repairs the axis. (rtn_dq blocks along axis 0 and labels it so: valid as written.)"""
     out = tmp_path / "int4.onnx"
     x = _images(8)
-    route.modelopt_quantize(wide_convnet, out, oc.ArrayCalibrationReader("input", [x]), mode="int4",
+    route.modelopt_quantize(tiny_net, out, oc.ArrayCalibrationReader("input", [x]), mode="int4",
                             calibration_method="awq_clip", calibration_eps=["cpu"], high_precision_dtype="fp32")
     m = onnx.load(str(out))
     dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
@@ -147,9 +147,9 @@ def test_int4_block_axis_repair_runs_on_ort(wide_convnet, tmp_path):
     assert fixed == [dq[0].name]  # ModelOpt 0.47 wrote axis=0; the scales are blocked along axis 1
     route.check_block_scales(out)  # raises if any blocked DQ is still inconsistent
     # the repaired weight dequantizes to within INT4 rounding of the FP32 weight
-    wf = onnx.numpy_helper.to_array(next(i for i in onnx.load(str(wide_convnet)).graph.initializer if i.name == "wf"))
+    wf = onnx.numpy_helper.to_array(next(i for i in onnx.load(str(tiny_net)).graph.initializer if i.name == "wf"))
     xe = _images(4, seed=3)
-    ref = oc.make_session(wide_convnet, 1).run(None, {"input": xe})[0]
+    ref = oc.make_session(tiny_net, 1).run(None, {"input": xe})[0]
     q = oc.make_session(out, 1).run(None, {"input": xe})[0]
     err = relative_error(ref, q)
     print(f"int4 relative error {err:.4f}")
