@@ -153,3 +153,20 @@ def test_tripy_model_matches_reference(quantized):
         ref = ReferenceGPT(shape, mode)
         ref.load_state_dict(sd)
         assert max_relative_error(ref(ids), got) <= 1e-3, mode
+
+
+def test_embedded_model_type():
+    """model_type 'embedded' -> the suite's embedded GPT-2 (manifest hf_dir), calibrated on embedded train text."""
+    from utils.specs import ModelSource
+
+    try:
+        manifest = ModelSource("gpt2").load_manifest()
+    except SuiteError as exc:
+        pytest.skip(f"embedded GPT-2 not prepared ({exc})")
+    from transformers import AutoConfig
+
+    shape = GPTShape.from_hf(AutoConfig.from_pretrained(manifest["hf_dir"]))
+    ref = ReferenceGPT(shape, "int8-weight-only")
+    load_quant_weights_from_hf(ref, "embedded", torch.float32, "int8-weight-only", num_samples=8, batch_size=4)
+    assert set(ref.sd) == expected_keys(shape.n_layer, "int8-weight-only")
+    assert ref.sd["transformer.h.3.mlp.c_fc.weight"].shape == (4 * shape.n_embd, shape.n_embd)
