@@ -36,7 +36,34 @@ def count_flops(model, example) -> float:
     return float(fc.get_total_flops())
 
 
-def export_onnx(model, example, path: Path, input_name: str, dynamic_axes: dict) -> None:
+MASK_FILL = -1.0e4
+
+
+def finite_mask_constants(model_proto, fill: float = MASK_FILL) -> int:
+    """Replace float32-min mask constants (transformers' causal-mask fill) by `fill`.
+
+    -3.4e38 in the attention mask makes histogram calibrators (ModelOpt/ORT entropy) fail ("too many
+    bins for data range"). GPT-2's original implementation masked with -1e4; after softmax both give
+    exactly zero weight in float32, so the model's outputs do not change (checked by the ppl match).
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    n = 0
+    for node in model_proto.graph.node:
+        if node.op_type != "Constant":
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and attr.t.data_type == 1:  # FLOAT
+                arr = numpy_helper.to_array(attr.t)
+                if arr.size and arr.min() < -1e30:
+                    arr = np.where(arr < -1e30, np.float32(fill), arr).astype(np.float32)
+                    attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+                    n += 1
+    return n
+
+
+def export_onnx(model, example, path: Path, input_name: str, dynamic_axes: dict, finite_masks: bool = False) -> None:
     """One-file ONNX (opset 17, TorchScript exporter: no external data), written atomically."""
     import warnings
 
@@ -49,6 +76,10 @@ def export_onnx(model, example, path: Path, input_name: str, dynamic_axes: dict)
                           dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False, do_constant_folding=True)
     import onnx
 
+    if finite_masks:
+        proto = onnx.load(str(tmp))
+        if finite_mask_constants(proto):
+            onnx.save(proto, str(tmp))
     onnx.checker.check_model(str(tmp))
     tmp.replace(path)
 
@@ -155,9 +186,10 @@ def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
     if force or not onnx_path.exists():
         t0 = time.time()
         export_onnx(wrapped, torch.zeros(2, min(L, 16), dtype=torch.long), onnx_path, "input_ids",
-                    {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}})
+                    {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}, finite_masks=True)
         log.info("exported %s in %.1f s", onnx_path, time.time() - t0)
-    info.update(onnx=str(onnx_path), onnx_sha=sha256_file(onnx_path)[:16], onnx_opset=ONNX_OPSET)
+    info.update(onnx=str(onnx_path), onnx_sha=sha256_file(onnx_path)[:16], onnx_opset=ONNX_OPSET,
+                onnx_mask_fill=MASK_FILL)
     return info
 
 
