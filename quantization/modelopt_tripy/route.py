@@ -60,8 +60,8 @@ def _ref_logits_fn(ref):
 
 def check_windows(val_ids: np.ndarray, seq_len: int, n: int = CHECK_WINDOWS) -> np.ndarray:
     k = min(n, val_ids.size // seq_len)
-    if k < 1:
-        raise SuiteError(f"validation split has fewer than {seq_len} tokens")
+    if k < 1:  # a short --eval-limit: compare on what there is
+        return np.asarray(val_ids, dtype=np.int64)[None, :]
     return val_ids[:k * seq_len].reshape(k, seq_len)
 
 

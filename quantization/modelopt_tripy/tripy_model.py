@@ -1,7 +1,8 @@
 """The Tripy GPT-2 (nanoGPT layout) that loads `build_tripy_state_dict`, written against nvtripy's public API.
 
 nvtripy is imported lazily (only inside these functions): it installs from NVIDIA's package index and
-needs TensorRT and a GPU, so nothing here runs on the CPU build machines. The arithmetic is the one the
+needs TensorRT and a GPU, so nothing here runs on the CPU build machines -- this file has NOT been executed
+yet (written from nvtripy's source and docs; float16 is the least certain path: scale dtypes must match). The arithmetic is the one the
 reference runtime (reference.py) reproduces on CPU, which is what the tests check.
 
 Quantized linear (`QLinear`), per mode (modes.py):
