@@ -13,7 +13,7 @@ from utils.paths import REPO_ROOT, RESULTS_DIR
 
 DEVICE_FILE = RESULTS_DIR / "device.json"  # ceilings measured once per bench run (evaluation.ceilings)
 COMMON_PACKAGES = ("numpy", "torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx", "onnxruntime",
-                   "onnxruntime-gpu", "nvidia-modelopt", "tensorrt", "tensorrt-cu12", "nvtripy", "cuda-python", "cuda-bindings",
+                   "onnxruntime-gpu", "nvidia-modelopt", "tensorrt", "tensorrt-cu12", "nvtripy", "cuda-python", "cuda-bindings", "datasets",
                    "scikit-learn")
 
 

@@ -1,117 +1,11 @@
-"""Tiny ONNX models built offline with onnx.helper, and fake model caches that point the routes at them."""
+"""Fixtures over the shared tiny-ONNX helpers in tests/onnx_tiny.py."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _init(name, arr):
-    return numpy_helper.from_array(np.asarray(arr), name)
-
-
-def tiny_convnet(path: Path, seed: int = 0) -> Path:
-    """input [N,3,H,W] -> conv/relu x2 -> GAP -> Gemm -> logits [N,10]; dynamic N/H/W, opset 17."""
-    rng = np.random.default_rng(seed)
-    w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
-    w2 = rng.normal(0, 0.2, (16, 8, 3, 3)).astype(np.float32)
-    wf = rng.normal(0, 0.3, (10, 16)).astype(np.float32)
-    nodes = [
-        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
-        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
-    ]
-    inits = [_init("w1", w1), _init("b1", rng.normal(0, 0.1, 8).astype(np.float32)), _init("w2", w2),
-             _init("b2", rng.normal(0, 0.1, 16).astype(np.float32)), _init("wf", wf),
-             _init("bf", np.zeros(10, np.float32))]
-    g = helper.make_graph(nodes, "tiny_convnet",
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return path
-
-
-def tiny_lm(path: Path, vocab: int = 64, dim: int = 32, seed: int = 0) -> Path:
-    """input_ids [N,L] int64 -> embedding, a weight MatMul, one self-attention-like act x act MatMul pair,
-    LM head MatMul -> logits [N,L,V] (opset 17)."""
-    rng = np.random.default_rng(seed)
-    nodes = [
-        helper.make_node("Gather", ["emb", "input_ids"], ["h"], name="embed"),
-        helper.make_node("MatMul", ["h", "wq"], ["q0"], name="proj"),
-        helper.make_node("Add", ["q0", "bq"], ["q"], name="proj_bias"),
-        helper.make_node("Transpose", ["q"], ["qt"], name="qt", perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q", "qt"], ["scores"], name="attn_qk"),
-        helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="attn_scale"),
-        helper.make_node("Softmax", ["scaled"], ["probs"], name="attn_softmax", axis=-1),
-        helper.make_node("MatMul", ["probs", "q"], ["ctx"], name="attn_av"),
-        helper.make_node("Add", ["ctx", "h"], ["res"], name="residual"),
-        helper.make_node("MatMul", ["res", "wo"], ["logits"], name="lm_head"),
-    ]
-    inits = [_init("emb", rng.normal(0, 1.0, (vocab, dim)).astype(np.float32)),
-             _init("wq", rng.normal(0, 0.2, (dim, dim)).astype(np.float32)),
-             _init("bq", np.zeros(dim, np.float32)), _init("scale", np.array(dim ** -0.5, np.float32)),
-             _init("wo", rng.normal(0, 0.3, (dim, vocab)).astype(np.float32))]
-    g = helper.make_graph(nodes, "tiny_lm", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "L"])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "L", vocab])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return path
-
-
-def model_cache_dir(cache: Path, model: str) -> Path:
-    """The folder ModelSource(model, 'embedded') resolves to under SUITE_CACHE_DIR=cache (key computed in a child)."""
-    out = subprocess.run([sys.executable, "-c", "from utils.specs import ModelSource; import sys; "
-                          f"sys.stdout.write(ModelSource('{model}').cache_dir.name)"],
-                         cwd=REPO, env={**os.environ, "SUITE_CACHE_DIR": str(cache)}, capture_output=True, text=True,
-                         check=True)
-    return cache / out.stdout.strip()
-
-
-def fake_resnet_cache(cache: Path, onnx_path: Path | None = None) -> Path:
-    d = model_cache_dir(cache, "resnet50")
-    d.mkdir(parents=True, exist_ok=True)
-    onnx_path = onnx_path or tiny_convnet(d / "model.onnx")
-    (d / "manifest.json").write_text(json.dumps({
-        "onnx": str(onnx_path), "resolution": 32, "num_classes": 10, "latency_resolution": 224,
-        "dataset": "sklearn-digits-32px", "ops_per_item": 1.0e6}))
-    return d
-
-
-def fake_gpt2_cache(cache: Path, seq_len: int = 64, vocab: int = 64) -> Path:
-    d = model_cache_dir(cache, "gpt2")
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    np.save(d / "train_ids.npy", rng.integers(0, vocab, 4000, dtype=np.int64))
-    np.save(d / "val_ids.npy", rng.integers(0, vocab, 200, dtype=np.int64))
-    (d / "manifest.json").write_text(json.dumps({
-        "onnx": str(tiny_lm(d / "model.onnx", vocab)), "train_ids": str(d / "train_ids.npy"),
-        "val_ids": str(d / "val_ids.npy"), "seq_len": seq_len, "vocab_size": vocab, "dataset": "random-ids",
-        "ops_per_item": 1.0e4}))
-    return d
-
-
-def run_route(module: str, args: list[str], cache: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SUITE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+from tests.onnx_tiny import fake_gpt2_cache, fake_resnet_cache, model_cache_dir, run_route, tiny_convnet, tiny_lm
 
 
 @pytest.fixture(scope="session")
