@@ -145,7 +145,7 @@ def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from evaluation.metrics import strided_perplexity
-    from utils.specs import PPL_STRIDE
+    from utils.specs import ppl_stride
     from utils.text import embedded_corpus
 
     _seed(cfg["seed"])
@@ -160,7 +160,7 @@ def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
     config = gpt2_config(cfg, eos_id)
     model = GPT2LMHeadModel(config)
     L = cfg["n_positions"]
-    ppl_fn = lambda m: strided_perplexity(torch_logits_fn(m), val_ids, max_length=L, stride=PPL_STRIDE["embedded"]).ppl  # noqa: E731
+    ppl_fn = lambda m: strided_perplexity(torch_logits_fn(m), val_ids, max_length=L, stride=ppl_stride(L)).ppl  # noqa: E731
     model.eval()
     ppl_untrained = ppl_fn(model)
 

@@ -20,7 +20,7 @@ import numpy as np
 from utils.atomic import atomic_write_json, config_key, sha256_file
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils.registry import MODELS, parse_list
-from utils.specs import EMBEDDED, PPL_STRIDE, ModelSource
+from utils.specs import EMBEDDED, ModelSource, ppl_stride
 
 log = logging.getLogger("models.prepare")
 ONNX_OPSET = 17
@@ -177,8 +177,8 @@ def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
     else:
         info.update(_pretrained_gpt2_data(src, out))
     model = load_gpt2(info["hf_dir"], attn_implementation="eager")
-    L = int(model.config.n_positions) if src.weights == "embedded" else 1024
-    info.update(seq_len=L, vocab_size=int(model.config.vocab_size), ppl_stride=PPL_STRIDE[src.weights])
+    L = int(model.config.n_positions)  # full context: 128 embedded, 1024 for HF gpt2
+    info.update(seq_len=L, vocab_size=int(model.config.vocab_size), ppl_stride=ppl_stride(L))
     info["fp32_size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     wrapped = _LogitsOnly(model)
     info["ops_per_item"] = count_flops(wrapped, torch.zeros(1, L, dtype=torch.long)) / L

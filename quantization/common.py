@@ -18,7 +18,7 @@ from utils.errors import SuiteError
 from utils.paths import RUNS_DIR
 from utils.registry import DEFAULT_BATCHES, METRIC, TOOLCHAINS, parse_list
 from utils.rows import ResultRow, status_rows, write_row
-from utils.specs import DATASET_NAME, DEFAULT_CALIB, PPL_STRIDE, ModelSource
+from utils.specs import DATASET_NAME, DEFAULT_CALIB, ModelSource, ppl_stride
 from utils.text import ids_sha, lm_calibration
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def load_data(source: ModelSource, manifest: dict, calib_samples: int, eval_limi
     if eval_limit is not None:
         val_ids = val_ids[:max(2, eval_limit)]
     calib = lm_calibration(train_ids, calib_samples, manifest["seq_len"])
-    return TextData(calib, val_ids, manifest["seq_len"], PPL_STRIDE[source.weights], manifest["vocab_size"])
+    return TextData(calib, val_ids, manifest["seq_len"], manifest.get("ppl_stride") or ppl_stride(manifest["seq_len"]),
+                    manifest["vocab_size"])
 
 
 def data_hashes(data) -> dict:

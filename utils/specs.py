@@ -28,7 +28,11 @@ EMBEDDED = {
     },
 }
 DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-16px", ("gpt2", "embedded"): "pydoc-topics"}
-PPL_STRIDE = {"embedded": 64, "pretrained": 512}
+
+
+def ppl_stride(context: int) -> int:
+    """Perplexity window stride: half the model's context (64 for the embedded GPT-2, 512 for HF gpt2)."""
+    return max(1, context // 2)
 DEFAULT_CALIB = {"resnet50": 128, "gpt2": 64}
 
 
