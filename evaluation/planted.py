@@ -1,0 +1,119 @@
+"""Planted degradation: corrupt one thing on purpose and check that the suite flags it (torch env).
+
+    python -m evaluation.planted                       # default plants -> results/planted/
+    python -m evaluation.planted --plants int2:fc,int3:conv1,int4:layer3.0.conv2,act-x4,act-x16
+
+For each plant, the Torch.FX INT8 ResNet50 (the route's `resnet_fx`, default calibration subset) is
+corrupted after conversion (evaluation.layer_report: `int<b>:<layer>` = that layer's weights become
+symmetric per-tensor b-bit values; `act-x<f>` = every activation quantizer's scale x f), scored on the
+test split and reported per layer. Rows go to a separate runs dir (results/planted/runs/, toolchain `torch`,
+methods `eager` (FP32 baseline), `fx` (clean INT8) and `fx-planted-<plant>`), never results/runs, so the
+main table stays clean; `evaluation.aggregate --runs-dir results/planted --out results/planted` (run at
+the end in the report env) gives them the same Δ and McNemar columns as the main table. Per plant it
+prints: top-1, Δ vs FP32, McNemar exact p on the per-sample correctness, and the worst layers of the
+per-layer report (results/planted/layer_report_<plant>.csv; planted_summary.json has it all).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+from utils.errors import cli_main, setup_logging
+from utils.paths import RESULTS_DIR
+
+log = logging.getLogger("evaluation.planted")
+PLANTED_DIR = RESULTS_DIR / "planted"  # rows in runs/, tables, layer reports and the summary beside it
+DEFAULT_PLANTS = "int2:fc,int3:conv1,int4:layer3.0.conv2,act-x4,act-x16"
+
+
+def evaluate_plant(fp32, qmodel, data, base_correct, spec: str) -> dict:
+    """Corrupt a copy of qmodel with `spec`; score it and report its layers (one pass over the test split)."""
+    from evaluation.layer_report import apply_plant, layer_errors, parse_plant
+    from evaluation.metrics import classification_score
+    from evaluation.stats import mcnemar_exact
+
+    plant = parse_plant(spec)
+    q = copy.deepcopy(qmodel)
+    info = apply_plant(q, plant)
+    outs: dict = {}
+    t0 = time.time()
+    layers = layer_errors(fp32, q, data.test.x, planted=plant.layer if plant else None, outputs=outs)
+    score = classification_score([(outs["quantized"], data.test.y)])
+    test = mcnemar_exact(base_correct, score.correct)
+    return {"spec": spec, "plant": plant, "info": info, "score": score, "mcnemar": test, "layers": layers,
+            "seconds": time.time() - t0}
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m evaluation.planted", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--plants", default=DEFAULT_PLANTS, help="comma list; '+' joins faults into one plant (int4:fc+act-x4)")
+    ap.add_argument("--calib-samples", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=PLANTED_DIR, help="rows go to <out>/runs; reports and tables to <out>")
+    ap.add_argument("--no-aggregate", action="store_true", help="do not run evaluation.aggregate on the runs dir")
+    args = ap.parse_args(argv)
+    setup_logging()
+    from evaluation.layer_report import parse_plant, resnet50_setup, write_csv
+    from quantization.common import RouteConfig, RowWriter
+    from quantization.torch_route import classify, torch_predict
+
+    specs = [s.strip() for s in args.plants.split(",") if s.strip()]
+    for s in specs:
+        parse_plant(s.replace("+", ","))  # bad spec -> one-line error before the slow part
+    manifest, data, fp32, q = resnet50_setup(args.calib_samples, None, args.threads)
+    cfg = RouteConfig(toolchain="torch", models=("resnet50",), methods={"resnet50": ()}, batches={"resnet50": (1,)},
+                      calib_samples={"resnet50": args.calib_samples}, threads=args.threads, runs_dir=args.out / "runs")
+    writer = RowWriter(cfg, "resnet50", manifest, data=data)
+    base = classify(torch_predict(fp32), data)
+    writer.write(writer.row("eager", "fp32", 1, value=base.top1, top5=base.top5, compute_precision="fp32",
+                            notes="FP32 baseline of the planted-fault runs (accuracy only)", extra=base.extra()))
+    results = [evaluate_plant(fp32, q, data, base.correct, "")]  # the clean FX model
+    for s in specs:
+        results.append(evaluate_plant(fp32, q, data, base.correct, s.replace("+", ",")))
+    summary = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"FP32 top-1 {base.top1:.2f}% on {len(data.test)} test samples")
+    print(f"{'plant':<28} {'top1':>6} {'delta':>7} {'p':>10} {'sig':>4}  worst layers (local SQNR dB)")
+    for r in results:
+        plant, score, t = r["plant"], r["score"], r["mcnemar"]
+        method = "fx" if plant is None else f"fx-planted-{plant.slug}"
+        sig = t["p_value"] < 0.05
+        worst = r["layers"][:3]
+        write_csv(r["layers"], args.out / f"layer_report_{plant.slug if plant else 'clean'}.csv")
+        writer.write(writer.row(
+            method, "int8", 1, value=score.top1, top5=score.top5, compute_precision="int8",
+            calib_samples=len(data.calib), calib_method="minmax+histogram (x86 default)",
+            notes=("clean FX INT8" if plant is None else f"PLANTED FAULT: {plant.describe()}"),
+            extra={**score.extra(), "plant": r["spec"], "plant_info": r["info"], "mcnemar_vs_fp32": t,
+                   "worst_layers": [{k: l[k] for k in ("layer", "local_sqnr_db", "accum_sqnr_db")} for l in worst]}))
+        rank = next((l["rank"] for l in r["layers"] if l["planted"]), None)
+        summary.append({"plant": r["spec"] or "clean", "top1": score.top1, "delta": score.top1 - base.top1,
+                        "p_value": t["p_value"], "significant": sig, "n_base_only": t["n_base_only"],
+                        "n_other_only": t["n_other_only"], "planted_layer_rank": rank,
+                        "worst_layers": [(l["layer"], round(l["local_sqnr_db"], 2)) for l in worst]})
+        print(f"{(r['spec'] or 'clean'):<28} {score.top1:>6.2f} {score.top1 - base.top1:>+7.2f} {t['p_value']:>10.3g} "
+              f"{'yes' if sig else 'no':>4}  " + ", ".join(f"{l['layer']} {l['local_sqnr_db']:.1f}" for l in worst)
+              + (f"  (planted layer rank {rank})" if rank else ""))
+    from utils.atomic import atomic_write_text
+
+    atomic_write_text(args.out / "planted_summary.json",
+                      json.dumps({"fp32_top1": base.top1, "n_eval": len(data.test), "plants": summary}, indent=1))
+    if not args.no_aggregate:
+        from evaluation import envs
+
+        if envs.is_ready("report"):
+            envs.run_in_env("report", ["-m", "evaluation.aggregate", "--runs-dir", str(args.out / "runs"),
+                                       "--out", str(args.out)])
+        else:
+            log.warning("report env not ready: run `python3 -m evaluation.envs report` and aggregate %s", args.out / "runs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

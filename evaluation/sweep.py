@@ -1,0 +1,531 @@
+"""Calibration-size and batch-size sweeps: each point is an ordinary route run, so rows are written as usual.
+
+    python3 -m evaluation.sweep calib --toolchain onnxruntime --model resnet50 \\
+        --sizes 16,32,64,128,256,512,1024 --methods minmax,entropy,percentile
+    python3 -m evaluation.sweep calib --toolchain torch --model resnet50 --methods fx
+    python3 -m evaluation.sweep batch --model resnet50 --toolchains torch,onnxruntime --batches 1,2,4,8,16,32,64
+
+Stdlib only (like evaluation.bench): runs under the system Python, creates/reuses the virtualenvs
+(evaluation/envs.py) and runs `python -m quantization.<route>` in the toolchain's environment once per
+calibration size (rows in results/sweeps/calib-<toolchain>-<model>/n<N>/, plus the FP32 baseline once in
+.../baseline/) or once per toolchain with every batch (rows in results/sweeps/batch-<model>/). The plots
+and CSVs are made in the report environment by the `plot-calib` / `plot-batch` sub-commands of this
+module (pandas, matplotlib, scipy imported there only). `train-size` is a helper the calib sweep runs in
+the toolchain's environment to check every size against the train split before anything runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from utils.errors import SuiteError, cli_main
+from utils.paths import RESULTS_DIR
+from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, TOOLCHAINS, check_choice, parse_list
+
+SWEEPS_DIR = RESULTS_DIR / "sweeps"
+# calibration sweep: every non-FP32 method of the toolchain, except those too slow to repeat per size
+# (pt2e compiles two graphs with torch.compile per run)
+CALIB_DEFAULT_EXCLUDE = {"torch": ("pt2e",)}
+DEFAULT_CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
+# batch sweep: bounded for a 2-core CPU (ResNet50 FP32 eager is ~90 ms per 224x224 image there: batch 64
+# is ~6 s per call, each row makes first + 2 warm-up + >=2 timed calls). 128 and 256 are opt-in.
+DEFAULT_SWEEP_BATCHES = {"resnet50": (1, 2, 4, 8, 16, 32, 64), "gpt2": (1, 2, 4, 8, 16)}
+DEFAULT_BATCH_METHODS = {"torch": ("eager", "fx"), "onnxruntime": ("fp32", "minmax"), "modelopt-onnx": ("max",),
+                         "tensorrt": ("fp32", "fp16", "int8-qdq"), "modelopt-tripy": ("fp32",)}
+DEFAULT_BATCH_METHODS_GPT2 = {"torch": ("eager", "dynamic"), "onnxruntime": ("fp32", "minmax")}
+
+
+def say(msg: str) -> None:
+    print(f"[sweep {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def int_list(kind: str, text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SuiteError(f"--{kind} must be a comma list of integers, got {text!r}") from None
+    if not vals:
+        raise SuiteError(f"--{kind} is empty")
+    if any(v < 1 for v in vals):
+        raise SuiteError(f"{kind} must be >= 1 (got {', '.join(str(v) for v in vals if v < 1)})")
+    return tuple(sorted(set(vals)))
+
+
+def calib_dir(toolchain: str, model: str, root: Path = SWEEPS_DIR) -> Path:
+    return Path(root) / f"calib-{toolchain}-{model}"
+
+
+def batch_dir(model: str, root: Path = SWEEPS_DIR) -> Path:
+    return Path(root) / f"batch-{model}"
+
+
+def default_calib_methods(toolchain: str, model: str) -> tuple[str, ...]:
+    tc = TOOLCHAINS[toolchain]
+    skip = CALIB_DEFAULT_EXCLUDE.get(toolchain, ())
+    return tuple(m for m, p in tc.variants[model] if p != "fp32" and m not in skip)
+
+
+def source_flags(args) -> list[str]:
+    out = ["--weights", args.weights]
+    for flag, val in (("--weights-path", args.weights_path), ("--data", args.data)):
+        if val is not None:
+            out += [flag, str(val)]
+    return out
+
+
+def timing_flags(args) -> list[str]:
+    return ["--threads", str(args.threads), "--min-time", str(args.min_time), "--min-iters", str(args.min_iters)]
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python3 -m evaluation.sweep", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p, min_time: float, min_iters: int):
+        p.add_argument("--model", default="resnet50", help=f"one of {', '.join(MODELS)}")
+        p.add_argument("--weights", default="embedded", choices=("embedded", "pretrained"))
+        p.add_argument("--weights-path", default=None)
+        p.add_argument("--data", default=None)
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--min-time", type=float, default=min_time, help="minimum timed seconds per latency row")
+        p.add_argument("--min-iters", type=int, default=min_iters, help="minimum timed calls per latency row")
+        p.add_argument("--sweeps-dir", type=Path, default=SWEEPS_DIR, help="root of the sweep runs dirs")
+        p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the PNG and CSV go")
+        p.add_argument("--no-plot", action="store_true", help="only run the routes")
+        p.add_argument("--plot-only", action="store_true", help="only (re)draw from existing rows")
+
+    c = sub.add_parser("calib", help="accuracy vs calibration size, per method",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--toolchain", default="onnxruntime", help=f"one of {', '.join(ORDER)}")
+    c.add_argument("--sizes", default=",".join(map(str, DEFAULT_CALIB_SIZES)), help="calibration sizes (train split)")
+    c.add_argument("--methods", default=None, help="comma list (default: the toolchain's INT methods; torch: fx)")
+    c.add_argument("--batches", default="1", help="latency batches per point (accuracy does not depend on it)")
+    c.add_argument("--no-baseline", action="store_true", help="do not run the FP32 baseline once")
+    common(c, 0.2, 2)
+
+    b = sub.add_parser("batch", help="latency/throughput vs batch, per toolchain and method",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--toolchains", default="torch,onnxruntime", help="comma list")
+    b.add_argument("--batches", default=None, help="comma list (default: resnet50 1,2,4,8,16,32,64; gpt2 1,2,4,8,16)")
+    b.add_argument("--methods", default=None,
+                   help="comma list; each toolchain runs the ones it has (default: torch eager,fx; onnxruntime fp32,minmax)")
+    b.add_argument("--calib-samples", type=int, default=None)
+    common(b, 0.2, 2)
+
+    pc = sub.add_parser("plot-calib", help="(report env) rows of a calib sweep -> PNG + CSV")
+    pc.add_argument("--toolchain", required=True)
+    pc.add_argument("--model", required=True)
+    pc.add_argument("--dir", type=Path, required=True)
+    pc.add_argument("--png", type=Path, required=True)
+    pc.add_argument("--csv", type=Path, required=True)
+
+    pb = sub.add_parser("plot-batch", help="(report env) rows of a batch sweep -> PNG + CSV")
+    pb.add_argument("--model", required=True)
+    pb.add_argument("--dir", type=Path, required=True)
+    pb.add_argument("--png", type=Path, required=True)
+    pb.add_argument("--csv", type=Path, required=True)
+
+    ts = sub.add_parser("train-size", help="(toolchain env) print how many calibration samples the train split has")
+    ts.add_argument("--model", required=True)
+    ts.add_argument("--weights", default="embedded")
+    ts.add_argument("--weights-path", default=None)
+    ts.add_argument("--data", default=None)
+    return ap
+
+
+# ----------------------------------------------------------------------------- running routes
+
+def _route(toolchain: str, args: list[str]) -> int:
+    from evaluation import envs
+
+    tc = TOOLCHAINS[toolchain]
+    return envs.run_in_env(tc.env, ["-m", tc.module, *args]).returncode
+
+
+def _ensure(names) -> None:
+    from evaluation import envs
+
+    for n in dict.fromkeys(names):
+        try:
+            envs.ensure_env(n)
+        except envs.EnvError as exc:
+            raise SuiteError(f"environment '{n}' unavailable: {exc}") from None
+
+
+def probe_train_size(args, env: str) -> int:
+    """Run `train-size` in a toolchain env (it has NumPy and the data code); SuiteError on failure."""
+    import subprocess
+
+    from evaluation import envs
+
+    cmd = ["-m", "evaluation.sweep", "train-size", "--model", args.model, *source_flags(args)]
+    proc = envs.run_in_env(env, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise SuiteError(f"cannot size the train split of {args.model}: {last.removeprefix('error: ')}")
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def run_calib(args) -> int:
+    toolchain = check_choice("toolchain", args.toolchain, ORDER)
+    model = check_choice("model", args.model, MODELS)
+    tc = TOOLCHAINS[toolchain]
+    if model not in tc.variants:
+        raise SuiteError(f"toolchain {toolchain} has no {model} variants")
+    valid = tc.methods(model)
+    methods = parse_list("method", args.methods, valid) if args.methods else default_calib_methods(toolchain, model)
+    fp32 = [m for m in methods if dict(tc.variants[model])[m] == "fp32"]
+    if fp32:
+        raise SuiteError(f"{', '.join(fp32)} is FP32 and does not calibrate; the baseline runs once by itself")
+    sizes = int_list("sizes", args.sizes)
+    int_list("batches", args.batches)
+    out_dir = calib_dir(toolchain, model, args.sweeps_dir)
+    png = Path(args.out) / f"calib_sweep_{toolchain}_{model}.png"
+    csv = Path(args.out) / f"calib_sweep_{toolchain}_{model}.csv"
+    if not args.plot_only:
+        base = tc.baseline if tc.baseline and not args.no_baseline else None
+        _ensure([tc.env] + ([TOOLCHAINS[base[0]].env] if base else []))
+        n_train = probe_train_size(args, tc.env)
+        too_big = [s for s in sizes if s > n_train]
+        if too_big:
+            raise SuiteError(f"calibration size {', '.join(map(str, too_big))} is larger than the train split of "
+                             f"{model} ({args.weights}): {n_train} samples; nothing was run")
+        say(f"{toolchain}/{model}: methods {','.join(methods)}; sizes {','.join(map(str, sizes))} "
+            f"(train split {n_train}); rows under {out_dir}")
+        problems = []
+        if base:
+            btc, bmethod = base
+            say(f"baseline {btc}/{bmethod} (once)")
+            rc = _route(btc, ["--model", model, "--methods", bmethod, "--batches", args.batches,
+                              *source_flags(args), *timing_flags(args), "--runs-dir", str(out_dir / "baseline")])
+            if rc == 2:
+                return 2
+            if rc:
+                problems.append(f"baseline exited {rc}")
+        for n in sizes:
+            t0 = time.time()
+            say(f"{toolchain}/{model}: calibration size {n}")
+            rc = _route(toolchain, ["--model", model, "--methods", ",".join(methods), "--calib-samples", str(n),
+                                    "--batches", args.batches, *source_flags(args), *timing_flags(args),
+                                    "--runs-dir", str(out_dir / f"n{n}")])
+            if rc == 2:
+                return 2
+            if rc:
+                problems.append(f"n{n} exited {rc}")
+            say(f"n{n} done in {time.time() - t0:.0f} s" + (f" (exit {rc}; rows it wrote are kept)" if rc else ""))
+        if problems:
+            say("problems: " + "; ".join(problems))
+    if args.no_plot:
+        return 0
+    _ensure(["report"])
+    from evaluation import envs
+
+    rc = envs.run_in_env("report", ["-m", "evaluation.sweep", "plot-calib", "--toolchain", toolchain, "--model", model,
+                                    "--dir", str(out_dir), "--png", str(png), "--csv", str(csv)]).returncode
+    return rc
+
+
+def run_batch(args) -> int:
+    model = check_choice("model", args.model, MODELS)
+    toolchains = parse_list("toolchain", args.toolchains, ORDER)
+    batches = int_list("batches", args.batches) if args.batches else DEFAULT_SWEEP_BATCHES[model]
+    if args.calib_samples is not None and args.calib_samples < 1:
+        raise SuiteError(f"calibration size must be >= 1 (got {args.calib_samples})")
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    plan: dict[str, tuple[str, ...]] = {}
+    for t in toolchains:
+        tc = TOOLCHAINS[t]
+        if model not in tc.variants:
+            raise SuiteError(f"toolchain {t} has no {model} variants")
+        have = tc.methods(model)
+        defaults = (DEFAULT_BATCH_METHODS_GPT2 if model == "gpt2" else DEFAULT_BATCH_METHODS).get(t, have)
+        plan[t] = tuple(m for m in have if m in (wanted or defaults))
+    if wanted:
+        unknown = [m for m in wanted if not any(m in ms for ms in plan.values())]
+        if unknown:
+            raise SuiteError(f"method {', '.join(unknown)} is not a {model} method of {', '.join(toolchains)}; valid: "
+                             + "; ".join(f"{t}: {','.join(TOOLCHAINS[t].methods(model))}" for t in toolchains))
+    out_dir = batch_dir(model, args.sweeps_dir)
+    png = Path(args.out) / f"batch_sweep_{model}.png"
+    csv = Path(args.out) / f"batch_sweep_{model}.csv"
+    if not args.plot_only:
+        from evaluation import envs
+
+        problems = []
+        for t, methods in plan.items():
+            if not methods:
+                say(f"{t}: no selected method")
+                continue
+            try:
+                envs.ensure_env(TOOLCHAINS[t].env)
+            except envs.EnvError as exc:
+                problems.append(f"{t}: environment unavailable ({exc})")
+                say(problems[-1])
+                continue
+            t0 = time.time()
+            say(f"{t}/{model}: {','.join(methods)} at batches {','.join(map(str, batches))} -> {out_dir}")
+            extra = ["--calib-samples", str(args.calib_samples)] if args.calib_samples else []
+            rc = _route(t, ["--model", model, "--methods", ",".join(methods), "--batches", ",".join(map(str, batches)),
+                            *source_flags(args), *timing_flags(args), *extra, "--runs-dir", str(out_dir)])
+            if rc == 2:
+                return 2
+            if rc:
+                problems.append(f"{t} exited {rc}")
+            say(f"{t} done in {time.time() - t0:.0f} s" + (f" (exit {rc}; rows it wrote are kept)" if rc else ""))
+        if problems:
+            say("problems: " + "; ".join(problems))
+    if args.no_plot:
+        return 0
+    _ensure(["report"])
+    from evaluation import envs
+
+    return envs.run_in_env("report", ["-m", "evaluation.sweep", "plot-batch", "--model", model, "--dir", str(out_dir),
+                                      "--png", str(png), "--csv", str(csv)]).returncode
+
+
+# ----------------------------------------------------------------------------- helpers run in other envs
+
+def train_size(args) -> int:
+    """Calibration samples available to `load_data` for this model/weights (toolchain env: NumPy)."""
+    from utils.specs import ModelSource
+
+    source = ModelSource(args.model, args.weights, args.weights_path, args.data)
+    if args.model == "resnet50":
+        if args.weights == "embedded":
+            from utils.data import digits_splits
+
+            return len(digits_splits()["train"])
+        from utils.data import list_image_folder
+
+        root = Path(args.data)
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            return len(list_image_folder(root / "train")[0])
+        return len(list_image_folder(root)[0]) - 1
+    import numpy as np
+
+    manifest = source.load_manifest()
+    return int(np.load(Path(manifest["train_ids"]), mmap_mode="r").size // int(manifest["seq_len"]))
+
+
+def _significance(row, base) -> tuple[float | None, bool | None]:
+    """(p-value or None, significant) of row vs base: McNemar on correctness bits / bootstrap over windows."""
+    from evaluation.metrics import unpack_bits
+    from evaluation.stats import bootstrap_ppl_delta, mcnemar_exact
+
+    if base is None or row.value is None or base.value is None:
+        return None, None
+    e, b = row.extra, base.extra
+    if row.metric == "top1" and "correct_bits" in e and "correct_bits" in b:
+        if e.get("n_eval") != b.get("n_eval") or row.environment.get("eval_sha") != base.environment.get("eval_sha"):
+            return None, None
+        n = int(e["n_eval"])
+        p = mcnemar_exact(unpack_bits(b["correct_bits"], n), unpack_bits(e["correct_bits"], n))["p_value"]
+        return p, p < 0.05
+    if row.metric == "ppl" and len(e.get("window_nll", [])) == len(b.get("window_nll", [])) > 0:
+        t = bootstrap_ppl_delta(b["window_nll"], e["window_nll"], b["window_tokens"])
+        return None, t["significant"]
+    return None, None
+
+
+def _save_png(fig, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from utils.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def calib_table(toolchain: str, model: str, root: Path):
+    """One record per (calibration size, method) from the rows under root/n<N>/ (+ root/baseline/)."""
+    import pandas as pd
+
+    from utils.rows import read_rows
+
+    root = Path(root)
+    base = None
+    if (root / "baseline").is_dir():
+        ok = [r for r in read_rows(root / "baseline") if r.status == "ok" and r.value is not None]
+        base = min(ok, key=lambda r: r.batch) if ok else None
+    recs = []
+    for d in sorted(root.glob("n*"), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else 0):
+        if not d.name[1:].isdigit():
+            continue
+        n = int(d.name[1:])
+        per_method: dict[str, object] = {}
+        for r in read_rows(d):
+            if r.toolchain != toolchain or r.model != model:
+                continue
+            keep = per_method.get(r.method)
+            if keep is None or (keep.status != "ok" and r.status == "ok") or (r.status == keep.status and r.batch < keep.batch):
+                per_method[r.method] = r
+        for method, r in per_method.items():
+            p, sig = _significance(r, base) if r.status == "ok" else (None, None)
+            recs.append(dict(
+                toolchain=toolchain, model=model, method=method, precision=r.precision, calib_size=n,
+                calib_samples=r.calib_samples, metric=r.metric, value=r.value, top5=r.top5,
+                baseline_value=base.value if base else None,
+                delta=(r.value - base.value) if (base and r.value is not None) else None,
+                delta_p_value=p, delta_significant=sig, calib_seconds=r.calib_seconds, calib_method=r.calib_method,
+                latency_p50_ms=r.latency_p50_ms, batch=r.batch, n_eval=r.extra.get("n_eval"),
+                calib_sha=r.environment.get("calib_sha"), eval_sha=r.environment.get("eval_sha"),
+                status=r.status, reason=r.reason))
+    cols = ["toolchain", "model", "method", "precision", "calib_size", "calib_samples", "metric", "value", "top5",
+            "baseline_value", "delta", "delta_p_value", "delta_significant", "calib_seconds", "calib_method",
+            "latency_p50_ms", "batch", "n_eval", "calib_sha", "eval_sha", "status", "reason"]
+    df = pd.DataFrame.from_records(recs, columns=cols).sort_values(["method", "calib_size"]).reset_index(drop=True)
+    return df, base
+
+
+def plot_calib(toolchain: str, model: str, root: Path, png: Path, csv: Path) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.atomic import atomic_write_text
+
+    df, base = calib_table(toolchain, model, root)
+    if df.empty:
+        raise SuiteError(f"no {toolchain}/{model} rows under {root}: run the calib sweep first")
+    atomic_write_text(csv, df.to_csv(index=False))
+    ok = df[(df["status"] == "ok") & df["value"].notna()]
+    metric = df["metric"].iloc[0]
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for method, g in ok.groupby("method"):
+        line, = ax.plot(g["calib_size"], g["value"], "-", label=method, alpha=0.8)
+        sig = g["delta_significant"] == True  # noqa: E712 (object column: True/False/None)
+        ax.scatter(g.loc[sig, "calib_size"], g.loc[sig, "value"], color=line.get_color(), s=40, zorder=3)
+        ax.scatter(g.loc[~sig, "calib_size"], g.loc[~sig, "value"], facecolor="white", edgecolor=line.get_color(),
+                   s=40, zorder=3)
+    if base is not None:
+        ax.axhline(base.value, color="k", ls="--", lw=1, label=f"FP32 ({base.toolchain}/{base.method}) {base.value:.2f}")
+    ax.set_xscale("log", base=2)
+    sizes = sorted(df["calib_size"].unique())
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([str(s) for s in sizes])
+    ax.set_xlabel("calibration samples (from the train split)")
+    ax.set_ylabel("top-1 % (test split)" if metric == "top1" else "perplexity (lower is better)")
+    n_eval = ok["n_eval"].dropna()
+    ax.set_title(f"{model} on {toolchain}: accuracy vs calibration size"
+                 + (f" (n_eval={int(n_eval.iloc[0])})" if len(n_eval) else ""), fontsize=10)
+    ax.text(0.01, 0.01, "filled: differs from FP32 (McNemar p<0.05); hollow: not significant"
+            if metric == "top1" else "filled: 95% bootstrap interval of the ppl delta excludes 0",
+            transform=ax.transAxes, fontsize=7, va="bottom")
+    bad = df[df["status"] != "ok"]
+    if not bad.empty:
+        ax.text(0.01, 0.06, f"{len(bad)} point(s) not ok: see CSV", transform=ax.transAxes, fontsize=7, color="red")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_png(fig, png)
+    print(df[["method", "calib_size", "value", "delta", "delta_p_value", "calib_seconds", "status"]].to_string(index=False))
+    print(f"-> {png}, {csv}")
+    return 0
+
+
+def batch_table(model: str, root: Path):
+    import pandas as pd
+
+    from utils.rows import read_rows
+
+    recs = []
+    for r in read_rows(root):
+        if r.model != model:
+            continue
+        lat = r.extra.get("latency") or {}
+        recs.append(dict(model=model, toolchain=r.toolchain, method=r.method, precision=r.precision, device=r.device,
+                         batch=r.batch, latency_kind=r.latency_kind, latency_p10_ms=r.latency_p10_ms,
+                         latency_p50_ms=r.latency_p50_ms, latency_p90_ms=r.latency_p90_ms,
+                         ms_per_item=(r.latency_p50_ms / r.batch) if r.latency_p50_ms else None,
+                         throughput=r.throughput, throughput_unit=r.throughput_unit, first_call_ms=r.first_call_ms,
+                         n_timed=lat.get("n"), value=r.value, metric=r.metric, threads=r.environment.get("threads"),
+                         status=r.status, reason=r.reason))
+    cols = ["model", "toolchain", "method", "precision", "device", "batch", "latency_kind", "latency_p10_ms",
+            "latency_p50_ms", "latency_p90_ms", "ms_per_item", "throughput", "throughput_unit", "first_call_ms",
+            "n_timed", "value", "metric", "threads", "status", "reason"]
+    order = {t: i for i, t in enumerate(ORDER)}
+    df = pd.DataFrame.from_records(recs, columns=cols)
+    if not df.empty:
+        df["_t"] = df["toolchain"].map(order).fillna(99)
+        df = df.sort_values(["_t", "method", "device", "batch"]).drop(columns=["_t"])
+    return df.reset_index(drop=True)
+
+
+def plot_batch(model: str, root: Path, png: Path, csv: Path) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.atomic import atomic_write_text
+
+    df = batch_table(model, root)
+    if df.empty:
+        raise SuiteError(f"no {model} rows under {root}: run the batch sweep first")
+    atomic_write_text(csv, df.to_csv(index=False))
+    ok = df[(df["status"] == "ok") & df["latency_p50_ms"].notna()]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    unit = (ok["throughput_unit"].dropna().iloc[0] if len(ok) else "items/s")
+    for (tc, method, prec, dev), g in ok.groupby(["toolchain", "method", "precision", "device"], sort=False):
+        g = g.sort_values("batch")
+        label = f"{tc}/{method} ({prec}, {dev})"
+        line, = a1.plot(g["batch"], g["throughput"], "o-", label=label, ms=4)
+        per = g["latency_p50_ms"] / g["batch"]
+        err = [per - g["latency_p10_ms"] / g["batch"], g["latency_p90_ms"] / g["batch"] - per]
+        a2.errorbar(g["batch"], per, yerr=err, fmt="o-", color=line.get_color(), ms=4, capsize=2, label=label)
+    batches = sorted(df["batch"].unique())
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches)
+        ax.set_xticklabels([str(b) for b in batches])
+        ax.set_xlabel("batch size")
+        ax.grid(alpha=0.3)
+    a1.set_ylabel(f"throughput at p50, {unit}")
+    a2.set_ylabel("p50 latency per item, ms (bars: p10-p90)")
+    a2.set_yscale("log")
+    threads = ok["threads"].dropna()
+    shape = "3x224x224" if model == "resnet50" else "128 tokens"
+    a1.set_title(f"{model}: throughput vs batch ({shape}, {int(threads.iloc[0]) if len(threads) else '?'} threads, CPU)",
+                 fontsize=10)
+    a2.set_title("latency per item (lower is better)", fontsize=10)
+    a1.legend(fontsize=7)
+    bad = df[df["status"] != "ok"]
+    if not bad.empty:
+        a1.text(0.01, 0.01, f"not ok: {', '.join(sorted(set(bad['toolchain'] + '/' + bad['method'])))} (see CSV)",
+                transform=a1.transAxes, fontsize=7, color="red")
+    fig.tight_layout()
+    _save_png(fig, png)
+    print(df[["toolchain", "method", "batch", "latency_p50_ms", "throughput", "status"]].to_string(index=False))
+    print(f"-> {png}, {csv}")
+    return 0
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "calib":
+        return run_calib(args)
+    if args.cmd == "batch":
+        return run_batch(args)
+    if args.cmd == "plot-calib":
+        return plot_calib(args.toolchain, args.model, args.dir, args.png, args.csv)
+    if args.cmd == "plot-batch":
+        return plot_batch(args.model, args.dir, args.png, args.csv)
+    if args.cmd == "train-size":
+        print(train_size(args))
+        return 0
+    raise SuiteError(f"unknown command {args.cmd}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Planted degradation on the embedded ResNet50 (torch env): the suite must flag a fault we put in on purpose.
+
+(a) the top-1 drop vs FP32 is significant by the McNemar exact test the results table uses
+    (evaluation.stats.mcnemar_exact on per-sample correctness, 359 test samples), while the clean
+    FX INT8 model's difference is not;
+(b) the per-layer report (evaluation.layer_report, local SQNR) ranks the planted layer first.
+Skips with a reason when the embedded ResNet50 has not been prepared (python3 -m evaluation.bench).
+"""
+import pytest
+
+from utils.errors import SuiteError
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from utils.specs import ModelSource
+
+    try:
+        ModelSource("resnet50").load_manifest()
+    except SuiteError as exc:
+        pytest.skip(f"embedded ResNet50 not prepared: {exc}")
+    from evaluation.layer_report import resnet50_setup
+    from quantization.torch_route import classify, torch_predict
+
+    from evaluation.planted import evaluate_plant
+
+    manifest, data, fp32, q = resnet50_setup(128)
+    base = classify(torch_predict(fp32), data)  # the eager FP32 row's correctness, as in the table
+    clean = evaluate_plant(fp32, q, data, base.correct, "")
+    return data, fp32, q, base, clean
+
+
+def test_clean_fx_int8_is_not_flagged(setup):
+    data, fp32, q, base, clean = setup
+    assert len(data.test) == 359 and base.top1 > 98
+    assert abs(clean["score"].top1 - base.top1) < 1.0
+    assert clean["mcnemar"]["p_value"] >= 0.05
+    assert clean["layers"][0]["local_sqnr_db"] > 15, clean["layers"][:3]  # no clean INT8 layer below 15 dB
+
+
+# int2:fc: per-tensor 2-bit classifier weights (3 levels): a few-point drop; int3:conv1: 3-bit stem weights
+@pytest.mark.parametrize("spec,layer,min_drop", [("int2:fc", "fc", 1.5), ("int3:conv1", "conv1", 5.0)])
+def test_planted_layer_is_flagged(setup, spec, layer, min_drop):
+    from evaluation.planted import evaluate_plant
+
+    data, fp32, q, base, clean = setup
+    r = evaluate_plant(fp32, q, data, base.correct, spec)
+    drop = base.top1 - r["score"].top1
+    t = r["mcnemar"]
+    print(f"{spec}: top-1 {r['score'].top1:.2f} (FP32 {base.top1:.2f}, drop {drop:.2f}), McNemar p={t['p_value']:.3g} "
+          f"({t['n_base_only']} lost / {t['n_other_only']} gained), worst layers "
+          + ", ".join(f"{l['layer']} {l['local_sqnr_db']:.1f} dB" for l in r["layers"][:3]))
+    # (a) a real, significant accuracy loss, by the table's test
+    assert drop >= min_drop
+    assert t["p_value"] < 0.05 and t["n_base_only"] > t["n_other_only"]
+    # (b) the report ranks the planted layer first, far below every other layer
+    first, second = r["layers"][0], r["layers"][1]
+    assert first["layer"] == layer and first["planted"] and first["rank"] == 1
+    assert first["local_sqnr_db"] < second["local_sqnr_db"] - 8
+    assert first["local_sqnr_db"] < clean["layers"][0]["local_sqnr_db"] - 8
+    # the other layers keep their clean local quality (within 3 dB): the report points at one layer
+    before = {l["layer"]: l["local_sqnr_db"] for l in clean["layers"]}
+    others = [l for l in r["layers"] if l["layer"] != layer]
+    assert max(abs(l["local_sqnr_db"] - before[l["layer"]]) for l in others) < 3
