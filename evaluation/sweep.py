@@ -400,32 +400,45 @@ def plot_calib(toolchain: str, model: str, root: Path, png: Path, csv: Path) -> 
     atomic_write_text(csv, df.to_csv(index=False))
     ok = df[(df["status"] == "ok") & df["value"].notna()]
     metric = df["metric"].iloc[0]
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for method, g in ok.groupby("method"):
-        line, = ax.plot(g["calib_size"], g["value"], "-", label=method, alpha=0.8)
-        sig = g["delta_significant"] == True  # noqa: E712 (object column: True/False/None)
-        ax.scatter(g.loc[sig, "calib_size"], g.loc[sig, "value"], color=line.get_color(), s=40, zorder=3)
-        ax.scatter(g.loc[~sig, "calib_size"], g.loc[~sig, "value"], facecolor="white", edgecolor=line.get_color(),
-                   s=40, zorder=3)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    sizes = sorted(df["calib_size"].unique())
+    methods = sorted(ok["method"].unique())
+    for i, (method, g) in enumerate(ok.groupby("method")):
+        # methods side by side around each size (x offset of a few %), so equal values stay visible
+        x = g["calib_size"] * 2 ** ((i - (len(methods) - 1) / 2) * 0.06)
+        line, = ax.plot(x, g["value"], "-", label=method, alpha=0.8)
+        sig = (g["delta_significant"] == True).to_numpy()  # noqa: E712 (object column: True/False/None)
+        ax.scatter(x[sig], g["value"][sig], color=line.get_color(), s=40, zorder=3)
+        ax.scatter(x[~sig], g["value"][~sig], facecolor="white", edgecolor=line.get_color(), s=40, zorder=3)
+        cs = g[g["calib_seconds"].notna()]
+        ax2.plot(cs["calib_size"], cs["calib_seconds"], "o-", color=line.get_color(), ms=4, label=method)
     if base is not None:
         ax.axhline(base.value, color="k", ls="--", lw=1, label=f"FP32 ({base.toolchain}/{base.method}) {base.value:.2f}")
-    ax.set_xscale("log", base=2)
-    sizes = sorted(df["calib_size"].unique())
-    ax.set_xticks(sizes)
-    ax.set_xticklabels([str(s) for s in sizes])
-    ax.set_xlabel("calibration samples (from the train split)")
+    if metric == "top1" and len(ok):  # keep a few points of context around flat curves
+        lo = min(ok["value"].min(), base.value if base is not None else 100.0)
+        ax.set_ylim(max(0.0, min(lo - 1.0, lo * 0.99)), 100.2)
+    for a in (ax, ax2):
+        a.set_xscale("log", base=2)
+        a.set_xticks(sizes)
+        a.set_xticklabels([str(s) for s in sizes])
+        a.set_xlabel("calibration samples (from the train split)")
+        a.grid(alpha=0.3)
     ax.set_ylabel("top-1 % (test split)" if metric == "top1" else "perplexity (lower is better)")
     n_eval = ok["n_eval"].dropna()
     ax.set_title(f"{model} on {toolchain}: accuracy vs calibration size"
                  + (f" (n_eval={int(n_eval.iloc[0])})" if len(n_eval) else ""), fontsize=10)
-    ax.text(0.01, 0.01, "filled: differs from FP32 (McNemar p<0.05); hollow: not significant"
+    ax.text(0.01, 0.01, "filled: differs from FP32 (McNemar exact p<0.05); hollow: not significant"
             if metric == "top1" else "filled: 95% bootstrap interval of the ppl delta excludes 0",
             transform=ax.transAxes, fontsize=7, va="bottom")
     bad = df[df["status"] != "ok"]
     if not bad.empty:
         ax.text(0.01, 0.06, f"{len(bad)} point(s) not ok: see CSV", transform=ax.transAxes, fontsize=7, color="red")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    if (ok["calib_seconds"].fillna(0) > 0).any():
+        ax2.set_yscale("log")
+        ax2.legend(fontsize=8)
+    ax2.set_ylabel("calibration + quantization time, s")
+    ax2.set_title("cost of calibration (time of the run that built the artifact)", fontsize=10)
     fig.tight_layout()
     _save_png(fig, png)
     print(df[["method", "calib_size", "value", "delta", "delta_p_value", "calib_seconds", "status"]].to_string(index=False))
