@@ -290,15 +290,24 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
     local = [min(r["local_sqnr_db"], 80) for r in order]
     accum = [min(r["accum_sqnr_db"], 80) for r in order]
     colors = ["tab:red" if r["planted"] else "tab:blue" for r in order]
-    ax.barh(ys, local, color=colors, height=0.7, label="local SQNR (this layer's own error; ranking)")
-    ax.scatter(accum, ys, color="k", s=8, zorder=3, label="accumulated SQNR (vs FP32 model at this layer)")
+    from matplotlib.patches import Patch
+
+    ax.barh(ys, local, color=colors, height=0.7)
+    dots = ax.scatter(accum, ys, color="k", s=8, zorder=3)
     ax.set_yticks(ys)
     ax.set_yticklabels([r["layer"] for r in order], fontsize=6)
     ax.invert_yaxis()
     ax.set_xlabel("SQNR, dB (higher is better)")
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.fill(t, 95) for t in title.split("\n")), fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    handles = [Patch(color="tab:blue", label="local SQNR (this layer's own error; the ranking)"), dots]
+    labels = [handles[0].get_label(), "accumulated SQNR (vs the FP32 model at this layer)"]
+    if any(r["planted"] for r in order):
+        handles.append(Patch(color="tab:red"))
+        labels.append("planted layer (local SQNR)")
+    ax.legend(handles, labels, fontsize=7, loc="lower right")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
