@@ -131,8 +131,8 @@ def plant_activation_range(qmodel, factor: float) -> int:
         if hasattr(mod, "scale") and hasattr(mod, "zero_point") and not isinstance(getattr(mod, "scale"), torch.Tensor):
             mod.scale = float(mod.scale) * factor
             n += 1
-    for name, buf in list(qmodel.named_buffers()) + list(vars(qmodel).items()):
-        if isinstance(name, str) and re.search(r"_scale_\d+$", name) and isinstance(buf, torch.Tensor):
+    for name, buf in qmodel.named_buffers():
+        if re.search(r"_scale_\d+$", name):
             buf.mul_(factor)  # quantize_per_tensor inputs and quantized add/add_relu outputs
             n += 1
     return n

@@ -28,6 +28,8 @@ SWEEPS_DIR = RESULTS_DIR / "sweeps"
 # calibration sweep: every non-FP32 method of the toolchain, except those too slow to repeat per size
 # (pt2e compiles two graphs with torch.compile per run)
 CALIB_DEFAULT_EXCLUDE = {"torch": ("pt2e",)}
+# methods that use no calibration data (weights only, or activation ranges computed at run time)
+NO_CALIBRATION = {("torch", "weight-only"), ("torch", "dynamic")}
 DEFAULT_CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 # batch sweep: bounded for a 2-core CPU (ResNet50 FP32 eager is ~90 ms per 224x224 image there: batch 64
 # is ~6 s per call, each row makes first + 2 warm-up + >=2 timed calls). 128 and 256 are opt-in.
@@ -64,7 +66,8 @@ def batch_dir(model: str, root: Path = SWEEPS_DIR) -> Path:
 def default_calib_methods(toolchain: str, model: str) -> tuple[str, ...]:
     tc = TOOLCHAINS[toolchain]
     skip = CALIB_DEFAULT_EXCLUDE.get(toolchain, ())
-    return tuple(m for m, p in tc.variants[model] if p != "fp32" and m not in skip)
+    return tuple(m for m, p in tc.variants[model]
+                 if p != "fp32" and m not in skip and (toolchain, m) not in NO_CALIBRATION)
 
 
 def source_flags(args) -> list[str]:
@@ -182,6 +185,12 @@ def run_calib(args) -> int:
     fp32 = [m for m in methods if dict(tc.variants[model])[m] == "fp32"]
     if fp32:
         raise SuiteError(f"{', '.join(fp32)} is FP32 and does not calibrate; the baseline runs once by itself")
+    uncal = [m for m in (methods or valid) if (toolchain, m) in NO_CALIBRATION]
+    if uncal and (not methods or any(m in uncal for m in methods)):
+        raise SuiteError(f"{toolchain}/{model}: {', '.join(uncal)} use(s) no calibration data; nothing to sweep"
+                         + ("" if methods else " (the toolchain has no calibrating method for this model)"))
+    if not methods:
+        raise SuiteError(f"{toolchain}/{model} has no calibrating method to sweep")
     sizes = int_list("sizes", args.sizes)
     int_list("batches", args.batches)
     out_dir = calib_dir(toolchain, model, args.sweeps_dir)
@@ -194,7 +203,7 @@ def run_calib(args) -> int:
         too_big = [s for s in sizes if s > n_train]
         if too_big:
             raise SuiteError(f"calibration size {', '.join(map(str, too_big))} is larger than the train split of "
-                             f"{model} ({args.weights}): {n_train} samples; nothing was run")
+                             f"{model} ({args.weights}): {n_train} calibration samples available; nothing was run")
         say(f"{toolchain}/{model}: methods {','.join(methods)}; sizes {','.join(map(str, sizes))} "
             f"(train split {n_train}); rows under {out_dir}")
         problems = []

@@ -51,7 +51,10 @@ def test_calib_runs_the_route_once_per_size_plus_the_baseline(calls, tmp_path):
         assert a["--min-time"] == "0.2" and a["--min-iters"] == "2"
     with pytest.raises(SystemExit):
         sweep.build_parser().parse_args(["calib", "--bogus"])
+    calls.clear()
     assert sweep.main(["calib", "--toolchain", "onnxruntime", "--methods", "fp32", "--sweeps-dir", str(tmp_path)]) == 2
+    assert sweep.main(["calib", "--toolchain", "torch", "--model", "gpt2", "--sweeps-dir", str(tmp_path)]) == 2
+    assert calls == []  # FP32 and calibration-free methods (torchao weight-only/dynamic) have nothing to sweep
 
 
 def test_batch_runs_each_toolchain_once_with_all_batches(calls, tmp_path):
