@@ -24,7 +24,7 @@ EMBEDDED = {
     "gpt2": {
         "arch": "transformers.GPT2LMHeadModel", "n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 128,
         "vocab_size": 2048, "corpus": "pydoc_data.topics", "tokenizer": "tokenizers.ByteLevelBPE",
-        "epochs": 4, "batch_size": 16, "lr": 2e-3, "seed": 0, "version": 1,
+        "epochs": 10, "batch_size": 16, "lr": 2e-3, "seed": 0, "version": 2,  # v2: split by document groups
     },
 }
 DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-16px", ("gpt2", "embedded"): "pydoc-topics"}

@@ -17,15 +17,62 @@ VAL_FRACTION = 0.1
 LM_CALIB_SEED = 4321
 
 
-def embedded_corpus() -> dict[str, str]:
-    """{'train': text, 'validation': text} from pydoc_data.topics, split by document."""
-    from pydoc_data.topics import topics
+def _document_groups(topics: dict[str, str], min_chars: int = 80) -> list[list[str]]:
+    """Documents that share any paragraph (of >= min_chars) end up in one group (union-find).
+
+    pydoc_data.topics repeats whole sections across documents, so a split by document alone
+    would put the same text on both sides; splitting by group keeps train and validation
+    disjoint by text, not only by index.
+    """
+    import re
+    from collections import defaultdict
 
     names = sorted(topics)
-    perm = np.random.default_rng(CORPUS_SEED).permutation(len(names))
-    n_val = int(round(len(names) * VAL_FRACTION))
-    val = sorted(names[i] for i in perm[:n_val])
-    train = sorted(names[i] for i in perm[n_val:])
+    parent = {n: n for n in names}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    holders: dict[str, set] = defaultdict(set)
+    for n in names:
+        for para in re.split(r"\n\s*\n", topics[n]):
+            para = para.strip()
+            if len(para) >= min_chars:
+                holders[para].add(n)
+    for docs in holders.values():
+        docs = sorted(docs)
+        for d in docs[1:]:
+            parent[find(d)] = find(docs[0])
+    groups: dict[str, list] = defaultdict(list)
+    for n in names:
+        groups[find(n)].append(n)
+    return sorted(groups.values())
+
+
+def embedded_corpus() -> dict[str, str]:
+    """{'train': text, 'validation': text} from pydoc_data.topics, split by groups of documents.
+
+    Groups (documents sharing text) are taken in a seeded order into validation until it holds
+    VAL_FRACTION of the characters; a group larger than twice that share always stays in train.
+    """
+    from pydoc_data.topics import topics
+
+    groups = _document_groups(topics)
+    size = [sum(len(topics[d]) for d in g) for g in groups]
+    total = sum(size)
+    val: list[str] = []
+    got = 0
+    for i in np.random.default_rng(CORPUS_SEED).permutation(len(groups)):
+        if got >= VAL_FRACTION * total:
+            break
+        if size[i] <= 2 * VAL_FRACTION * total:
+            val += groups[i]
+            got += size[i]
+    val = sorted(val)
+    train = sorted(set(topics) - set(val))
     join = lambda keys: "\n\n".join(topics[k].strip() for k in keys)  # noqa: E731
     return {"train": join(train), "validation": join(val), "train_docs": train, "validation_docs": val}
 

@@ -91,3 +91,13 @@ def test_text_corpus_documents_and_calibration_windows_are_disjoint():
         lm_calibration(ids, 79, 128)
     with pytest.raises(SuiteError, match=">= 1"):
         lm_calibration(ids, 0, 128)
+
+
+def test_text_split_is_disjoint_by_text_not_only_by_document():
+    """pydoc_data.topics repeats sections across documents: no 200-character span of the
+    validation text may occur in the training text."""
+    c = embedded_corpus()
+    tr, va, k = c["train"], c["validation"], 200
+    shingles = {tr[i:i + k] for i in range(len(tr) - k + 1)}
+    assert not any(va[i:i + k] in shingles for i in range(0, len(va) - k + 1, 25))
+    assert 0.1 <= len(va) / (len(va) + len(tr)) <= 0.25

@@ -56,13 +56,6 @@ def test_gpt2_calibration_windows_are_distinct_nested_windows_of_the_train_ids()
         lm_calibration(train, available + 1, L)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN DATA ISSUE (utils/text.py, reported): pydoc_data.topics repeats sections across documents "
-    "(e.g. validation docs 'attribute-access' and 'class' reappear inside train docs), so the split by document "
-    "is disjoint by index but not by text: 1 of the 64 default calibration windows, and 29 of all 868 train "
-    "windows, occur verbatim in the validation ids; ~24% of validation tokens lie in a 128-token span that is "
-    "also in train. Fix: drop text shared with train from the validation documents (or group documents that "
-    "share text before splitting); then this test passes and strict xfail turns it red as a reminder"))
 def test_gpt2_calibration_text_never_appears_in_the_evaluation_text():
     train, val, L = _gpt2()
     # every L-token window of the validation ids (what perplexity is computed on), as bytes

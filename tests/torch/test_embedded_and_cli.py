@@ -43,7 +43,7 @@ def test_embedded_resnet50_meets_its_bar(prepared):
 def test_embedded_gpt2_learned_the_corpus(prepared):
     m = prepared["gpt2"]
     assert m["ppl_untrained"] > 1500  # about the vocabulary size (2048) for a random model
-    assert m["ppl_trained"] < m["ppl_untrained"] / 5
+    assert m["ppl_trained"] < m["ppl_untrained"] / 10
     assert m["seq_len"] == 128 and m["vocab_size"] == 2048
     train, val = np.load(m["train_ids"]), np.load(m["val_ids"])
     assert train.size > 50_000 and val.size > 5_000
