@@ -240,6 +240,9 @@ def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
                 ax.annotate(f"{r['method']}", (r["latency_p50_ms"], r["value"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
         ax.set_xscale("log")
+        if g["metric"].iloc[0] == "top1":  # zoom on the spread of the rows, not 0-100
+            lo, hi = float(g["value"].min()), float(g["value"].max())
+            ax.set_ylim(max(0.0, lo - 1.0), min(100.5, hi + 0.5))
         ax.set_xlabel(f"p50 latency, ms (batch {b}, {g['device'].iloc[0]})")
         ax.set_ylabel(g["metric"].iloc[0] + (" (lower is better)" if g["metric"].iloc[0] == "ppl" else " %"))
         ax.set_title(f"{m} ({w})")
