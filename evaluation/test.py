@@ -17,10 +17,11 @@ import xml.etree.ElementTree as ET
 from evaluation import envs
 from utils.paths import REPO_ROOT, RESULTS_DIR
 
-# environment -> test folder (the shared layer's tests run in the light report env)
+# environment -> test folder, in run order: the torch tests first, because they train and export the
+# embedded models that later folders' tests use (the shared layer's tests run in the light report env)
 TEST_DIRS = {
-    "report": "tests/common",
     "torch": "tests/torch",
+    "report": "tests/common",
     "onnxruntime": "tests/onnxruntime",
     "modelopt-onnx": "tests/modelopt_onnx",
     "modelopt-tripy": "tests/modelopt_tripy",
