@@ -21,7 +21,7 @@ import pandas as pd
 
 from evaluation.metrics import unpack_bits
 from evaluation.stats import bootstrap_ppl_delta, mcnemar_exact
-from utils.atomic import atomic_write_bytes, atomic_write_text
+from utils.atomic import atomic_write_figure, atomic_write_text
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils.paths import RESULTS_DIR, RUNS_DIR
 from utils.registry import ORDER, TOOLCHAINS
@@ -249,13 +249,7 @@ def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return atomic_write_figure(fig, path)
 
 
 def aggregate(runs_dir: Path, out_dir: Path, readme: Path | None = None) -> pd.DataFrame:

@@ -285,11 +285,9 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
     except ImportError:
         return None
     matplotlib.use("Agg")
-    import io
-
     import matplotlib.pyplot as plt
 
-    from utils.atomic import atomic_write_bytes
+    from utils.atomic import atomic_write_figure
 
     order = rows  # worst first
     fig, ax = plt.subplots(figsize=(7.5, max(4.0, 0.17 * len(order) + 1.2)))
@@ -316,11 +314,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
         labels.append("planted layer (local SQNR)")
     ax.legend(handles, labels, fontsize=7, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return atomic_write_figure(fig, path)
 
 
 def plot_anywhere(rows: list[dict], csv_path: Path, title: str) -> Path | None:

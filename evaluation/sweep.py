@@ -342,16 +342,9 @@ def _significance(row, base) -> tuple[float | None, bool | None]:
 
 
 def _save_png(fig, path: Path) -> None:
-    import io
+    from utils.atomic import atomic_write_figure
 
-    import matplotlib.pyplot as plt
-
-    from utils.atomic import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_figure(fig, path)
 
 
 def calib_table(toolchain: str, model: str, root: Path):

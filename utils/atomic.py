@@ -48,3 +48,15 @@ def config_key(obj: Any, n: int = 12) -> str:
     """Short stable hash of a JSON-able config (cache keys)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def atomic_write_figure(fig, path: Path | str, dpi: int = 110) -> Path:
+    """Render a matplotlib figure to PNG in memory, write it atomically and close the figure."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
