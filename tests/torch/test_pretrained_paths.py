@@ -76,3 +76,15 @@ def test_pretrained_gpt2_from_local_dir_and_text_file(tmp_path):
     assert row["status"] == "ok" and row["dataset"] == "text:corpus.txt"
     assert row["extra"]["ppl_max_length"] == 128 and row["extra"]["ppl_stride"] == 64  # the local model's context
     assert 1 < row["value"] < 5000
+
+
+def test_wikitext_offline_is_a_one_line_error(tmp_path):
+    emb = ModelSource("gpt2")
+    if not emb.manifest_path.exists():
+        pytest.skip("embedded GPT-2 not prepared (run python -m models.prepare --model gpt2)")
+    p = run("-m", "models.prepare", "--model", "gpt2", "--weights", "pretrained", "--weights-path",
+            emb.load_manifest()["hf_dir"], "--data", "wikitext-2",
+            env={"SUITE_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr
+    assert "WikiText-2 is not cached" in errors[0] and "--data FILE" in errors[0]
