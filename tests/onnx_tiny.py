@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,3 +115,24 @@ def run_route(module: str, args: list[str], cache: Path, timeout: int = 240) -> 
     env = {**os.environ, "SUITE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# ------------------------------------------------------------ fixtures (imported by both conftest.py)
+
+@pytest.fixture(scope="session")
+def convnet_path(tmp_path_factory) -> Path:
+    return tiny_convnet(tmp_path_factory.mktemp("tiny") / "convnet.onnx")
+
+
+@pytest.fixture(scope="session")
+def lm_path(tmp_path_factory) -> Path:
+    return tiny_lm(tmp_path_factory.mktemp("tiny") / "lm.onnx")
+
+
+@pytest.fixture(scope="session")
+def h():
+    """The helpers of this module (test modules cannot import conftest under --import-mode=importlib)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(tiny_convnet=tiny_convnet, tiny_lm=tiny_lm, fake_resnet_cache=fake_resnet_cache,
+                           fake_gpt2_cache=fake_gpt2_cache, run_route=run_route, model_cache_dir=model_cache_dir)
