@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.metrics import unpack_bits
+from utils.metrics import unpack_bits
 from evaluation.stats import bootstrap_ppl_delta, mcnemar_exact
 from utils.atomic import atomic_write_figure, atomic_write_text
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils.paths import RESULTS_DIR, RUNS_DIR
 from utils.registry import ORDER, TOOLCHAINS
-from utils.rows import ResultRow, read_rows
+from utils.rows import ResultRow, read_attempts, read_rows
 
 log = logging.getLogger("evaluation.aggregate")
 
@@ -34,7 +34,8 @@ COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "d
            "latency_kind", "latency_p10_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "first_call_ms",
            "throughput", "throughput_unit", "speedup", "speedup_vs_best_fp32", "efficiency", "compute_precision",
            "ops_per_item", "size_mb", "calib_samples", "calib_seconds", "calib_method", "status", "reason", "notes",
-           "eval_sha", "calib_sha", "cpu", "gpu", "threads", "git_commit", "timestamp"]
+           "eval_sha", "calib_sha", "eval_limit", "cpu", "gpu", "host", "launcher", "threads", "git_commit", "run_id", "timestamp",
+           "last_attempt"]
 ALPHA = 0.05
 
 
@@ -63,7 +64,7 @@ def _significance(row: ResultRow, base: ResultRow) -> dict:
     return out
 
 
-def build_table(rows: list[ResultRow]) -> pd.DataFrame:
+def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataFrame:
     by_key = {(r.model, r.weights, r.toolchain, r.method, r.device, r.batch): r for r in rows}
     fastest_fp32: dict[tuple, float] = {}
     for r in rows:
@@ -94,14 +95,19 @@ def build_table(rows: list[ResultRow]) -> pd.DataFrame:
             rec["efficiency"] = 100.0 * r.ops_per_item * r.throughput / ceil
         env = r.environment
         rec.update(eval_sha=env.get("eval_sha"), calib_sha=env.get("calib_sha"), cpu=env.get("cpu"), gpu=env.get("gpu"),
-                   threads=env.get("threads"), git_commit=env.get("git_commit"), timestamp=env.get("timestamp"))
+                   host=env.get("host"), launcher=env.get("launcher"), threads=env.get("threads"),
+                   git_commit=env.get("git_commit"), run_id=env.get("run_id"), timestamp=env.get("timestamp"))
+        att = (attempts or {}).get(r.key)
+        rec["last_attempt"] = (f"{att.status} {att.environment.get('timestamp', '')} "
+                               f"(run {att.environment.get('run_id')}): {att.reason}") if att is not None else None
         records.append(rec)
     df = pd.DataFrame.from_records(records, columns=COLUMNS)
+    df["_sub"] = df["eval_limit"].notna()  # full-evaluation rows first, subset rows after them
     order = {t: i for i, t in enumerate(ORDER)}
     meth = {(t, m): i for t, tc in TOOLCHAINS.items() for v in tc.variants.values() for i, (m, _) in enumerate(v)}
     df["_t"] = df["toolchain"].map(order).fillna(99)
     df["_m"] = [meth.get((t, m), 99) for t, m in zip(df["toolchain"], df["method"])]
-    df = df.sort_values(["model", "weights", "_t", "_m", "device", "batch"]).drop(columns=["_t", "_m"])
+    df = df.sort_values(["model", "weights", "_sub", "_t", "_m", "device", "batch"]).drop(columns=["_t", "_m", "_sub"])
     return df.reset_index(drop=True)
 
 
@@ -163,6 +169,10 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow]) -> str:
             if pd.notna(r["calib_samples"]) and r["calib_samples"]:
                 cal = f"{int(r['calib_samples'])} / {_fmt(r['calib_seconds'], '.1f')}"
             status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+            if pd.notna(r["eval_limit"]):
+                status += f" (subset: --eval-limit {int(r['eval_limit'])})"
+            if r["last_attempt"]:
+                status += f"; latest attempt {r['last_attempt']}"
             lines.append(
                 f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} | "
                 f"{_fmt(r['value'], vspec)} | {delta} | {lat} | {thr} | {_fmt(r['speedup'], '.2f')} | "
@@ -231,7 +241,7 @@ def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
         return None
     panels = sorted({(m, w, b) for m, w, b in zip(ok["model"], ok["weights"], ok["batch"])})
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    markers = dict(zip(ORDER, "osD^v"))
+    markers = {t: tc.marker for t, tc in TOOLCHAINS.items()}
     for ax, (m, w, b) in zip(axes[0], panels):
         g = ok[(ok["model"] == m) & (ok["weights"] == w) & (ok["batch"] == b)]
         for tc, gg in g.groupby("toolchain"):
@@ -256,7 +266,7 @@ def aggregate(runs_dir: Path, out_dir: Path, readme: Path | None = None) -> pd.D
     rows = read_rows(runs_dir)
     if not rows:
         raise SuiteError(f"no result rows in {runs_dir}: run `python3 -m evaluation.bench` first")
-    df = build_table(rows)
+    df = build_table(rows, read_attempts(runs_dir))
     atomic_write_text(out_dir / "summary.csv", df.to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", render_markdown(df, rows))
     plot_accuracy_latency(df, out_dir / "accuracy_vs_latency.png")

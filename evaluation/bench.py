@@ -1,100 +1,295 @@
 """The main job: every toolchain, each in its own environment, one side-by-side table.
 
     python3 -m evaluation.bench                      # offline embedded default, all toolchains
-    python3 -m evaluation.bench --models resnet50 --toolchains torch,onnxruntime
+    python3 -m evaluation.bench --models resnet50 --toolchains torch --methods eager,fx --eval-limit 50
     python3 -m evaluation.bench --weights pretrained --models resnet50 --data /data/imagenette2 --online
 
-Stdlib only: it runs under the system Python, creates/reuses the virtualenvs (evaluation/envs.py),
-runs `models.prepare` in the torch env, each route in its own env, and the aggregation in the
-report env. A toolchain whose environment cannot be created, or whose library or hardware is
-missing, yields `skipped` rows with the reason and the run goes on. Rows are written one file
-at a time, atomically; the tables are rewritten atomically at the end, so an interrupted run
-leaves earlier rows and tables intact.
+Stdlib only: it runs under the system Python. Every flag and path is checked before anything is
+prepared or written (a bad one exits 2 with one line). Then it creates/reuses the virtualenvs,
+runs `models.prepare` in the model-preparing toolchain's environment, each route through the kit
+(`python -m quantization.kit <toolchain>`) in its own environment, in the order the declarations'
+`needs` give, and the aggregation in the report environment. A toolchain whose environment,
+library or hardware is missing yields `skipped` rows with the reason and the run goes on.
+
+No result is lost: rows are written one file at a time, atomically; a failed or skipped row never
+replaces an earlier ok row; a route process that dies (a signal, the out-of-memory killer) gets
+`failed` rows for every variant it did not finish. The exit code is non-zero when preparation,
+a route or a variant failed, and the last line says what. The tables go next to the rows
+(`results/` for the default `results/runs`); the README's results block is rewritten only with
+`--update-readme`.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from evaluation import envs
-from utils.errors import SuiteError, cli_main
-from utils.paths import REPO_ROOT, RUNS_DIR
-from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, TOOLCHAINS, parse_list
-from utils.rows import status_rows, write_row
-
-DATASET = {("resnet50", "embedded"): "sklearn-digits-16px", ("gpt2", "embedded"): "pydoc-topics"}
+from utils.errors import ArgParser, SuiteError, cli_main
+from utils.paths import REPO_ROOT, RESULTS_DIR, RUNS_DIR
+from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, PREPARE_TOOLCHAIN, TOOLCHAINS, WEIGHTS, parse_list
+from utils.rows import ResultRow, read_attempts, read_rows, status_rows, write_row
 
 
 def say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _positive_int(flag: str):
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+        return v
+    return conv
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _batches(text: str) -> str:
+    try:
+        b = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a comma list of integers, got {text!r}") from None
+    if not b or min(b) < 1:
+        raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
+    return ",".join(map(str, b))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python3 -m evaluation.bench", description=__doc__.split("\n\n")[0],
+    ap = ArgParser(prog="python3 -m evaluation.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", default="all", help=f"comma list or 'all': {', '.join(MODELS)}")
     ap.add_argument("--toolchains", default="all", help=f"comma list or 'all': {', '.join(ORDER)}")
-    ap.add_argument("--weights", default="embedded", choices=("embedded", "pretrained"))
+    ap.add_argument("--methods", default=None, help="comma list of methods (each toolchain runs those it has)")
+    ap.add_argument("--batches", type=_batches, default=None,
+                    help="comma list of latency batch sizes (default per model: " +
+                         "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) + ")")
+    ap.add_argument("--weights", default="embedded", choices=WEIGHTS)
     ap.add_argument("--weights-path", default=None, help="pretrained: ResNet50 state-dict file or GPT-2 hub id/dir")
     ap.add_argument("--data", default=None, help="pretrained: ImageNet-layout folder (resnet50); wikitext-2 or a text file (gpt2)")
-    ap.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default per model)")
-    ap.add_argument("--eval-limit", type=int, default=None, help="cap on evaluation samples")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-time", type=float, default=1.0, help="minimum timed seconds per latency row")
-    ap.add_argument("--min-iters", type=int, default=5)
-    ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    ap.add_argument("--calib-samples", type=_positive_int("--calib-samples"), default=None,
+                    help="calibration samples (default per model)")
+    ap.add_argument("--eval-limit", type=_positive_int("--eval-limit"), default=None,
+                    help="cap on evaluation samples (rows are marked as subset rows)")
+    ap.add_argument("--threads", type=_positive_int("--threads"), default=2)
+    ap.add_argument("--min-time", type=_positive_float, default=1.0, help="minimum timed seconds per latency row")
+    ap.add_argument("--min-iters", type=_positive_int("--min-iters"), default=5)
+    ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where the rows (one JSON each) go")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where tables, plots and device.json go (default: the folder holding --runs-dir when it is "
+                         "named 'runs', e.g. results/; else <runs-dir>-report)")
     ap.add_argument("--online", action="store_true", help="allow downloads (pretrained weights, datasets)")
     ap.add_argument("--no-report", action="store_true", help="skip the aggregation step")
+    ap.add_argument("--update-readme", action="store_true",
+                    help="also rewrite the README's results block (use when committing results/)")
     return ap
 
 
-def route_args(args, model: str) -> list[str]:
+def report_dir(runs_dir: Path, out: Path | None) -> Path:
+    if out is not None:
+        return out
+    return runs_dir.parent if runs_dir.name == "runs" else runs_dir.with_name(runs_dir.name + "-report")
+
+
+def _writable(path: Path, what: str) -> None:
+    """`path` (or the nearest existing parent it would be created in) must be a writable folder."""
+    p = path
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise SuiteError(f"{what} {path}: {p} is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise SuiteError(f"{what} {path} is not writable (no write permission on {p}); pass another folder")
+
+
+def validate(args) -> dict:
+    """Every flag and path checked before anything is created, prepared or written; SuiteError -> exit 2."""
+    from utils.specs import ModelSource
+
+    models = parse_list("model", args.models, MODELS)
+    toolchains = parse_list("toolchain", args.toolchains, ORDER)
+    toolchains = tuple(t for t in ORDER if t in toolchains)  # run order from the declarations' `needs`
+    if args.methods:
+        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        known = {m for t in toolchains for mdl in models for m in TOOLCHAINS[t].methods(mdl)}
+        bad = [m for m in wanted if m not in known]
+        if bad or not wanted:
+            raise SuiteError(f"unknown method {', '.join(bad) or args.methods!r} for {', '.join(toolchains)} on "
+                             f"{', '.join(models)}; valid: {', '.join(sorted(known))}")
+    for m in models:
+        ModelSource(m, args.weights, args.weights_path, args.data)  # weights/data combination
+    if args.weights_path and (os.sep in args.weights_path or Path(args.weights_path).exists()):
+        p = Path(args.weights_path)
+        if not p.exists():
+            raise SuiteError(f"--weights-path {p} does not exist")
+        if p.is_file() and p.stat().st_size == 0:
+            raise SuiteError(f"--weights-path {p} is an empty file (0 bytes): pass a saved state dict")
+        if p.is_dir() and not (p / "config.json").is_file():
+            raise SuiteError(f"--weights-path {p} is a folder without config.json (save the model with "
+                             "save_pretrained, or pass a state-dict file for resnet50)")
+    if args.data and args.data != "wikitext-2":
+        p = Path(args.data)
+        if not p.exists():
+            raise SuiteError(f"--data {p} does not exist")
+        if p.is_file() and p.stat().st_size == 0:
+            raise SuiteError(f"--data {p} is an empty file")
+    out = report_dir(args.runs_dir, args.out)
+    _writable(args.runs_dir, "--runs-dir")
+    _writable(out, "report folder")
+    return {"models": models, "toolchains": toolchains, "out": out}
+
+
+def route_args(args, model: str, toolchain: str) -> list[str] | None:
     out = ["--model", model, "--weights", args.weights, "--threads", str(args.threads), "--min-time",
            str(args.min_time), "--min-iters", str(args.min_iters), "--runs-dir", str(args.runs_dir)]
-    for flag, val in (("--weights-path", args.weights_path), ("--data", args.data),
+    for flag, val in (("--weights-path", args.weights_path), ("--data", args.data), ("--batches", args.batches),
                       ("--calib-samples", args.calib_samples), ("--eval-limit", args.eval_limit)):
         if val is not None:
             out += [flag, str(val)]
+    if args.methods:
+        mine = [m for m in args.methods.split(",") if m in TOOLCHAINS[toolchain].methods(model)]
+        if not mine:
+            return None
+        out += ["--methods", ",".join(mine)]
     return out
 
 
-def skip_all(args, toolchain: str, model: str, status: str, reason: str) -> None:
+def _batches_of(args, model: str) -> tuple[int, ...]:
+    return tuple(int(b) for b in args.batches.split(",")) if args.batches else DEFAULT_BATCHES[model]
+
+
+def _variants(args, toolchain: str, model: str):
+    vs = TOOLCHAINS[toolchain].variants[model]
+    if args.methods:
+        vs = tuple(v for v in vs if v[0] in args.methods.split(","))
+    return vs
+
+
+def status_all(args, toolchain: str, model: str, status: str, reason: str, run_id: str, variants=None) -> None:
+    from utils.specs import DATASET_NAME
+
     tc = TOOLCHAINS[toolchain]
-    dataset = DATASET.get((model, args.weights), str(args.data))
-    device = "cuda" if toolchain in ("tensorrt",) else "cpu"
-    for row in status_rows(status=status, reason=reason, model=model, weights=args.weights, dataset=dataset,
-                           toolchain=toolchain, variants=tc.variants[model], device=device,
-                           batches=DEFAULT_BATCHES[model], metric=METRIC[model]):
+    env = {"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "launcher": "local"}
+    for row in status_rows(status=status, reason=reason, model=model, weights=args.weights,
+                           dataset=DATASET_NAME.get((model, args.weights), str(args.data)), toolchain=toolchain,
+                           variants=variants if variants is not None else _variants(args, toolchain, model),
+                           device=tc.default_device(), batches=_batches_of(args, model), metric=METRIC[model],
+                           eval_limit=args.eval_limit, environment=env):
         write_row(row, args.runs_dir)
+
+
+def _this_run(rows: list[ResultRow], run_id: str) -> list[ResultRow]:
+    return [r for r in rows if r.environment.get("run_id") == run_id]
+
+
+def unfinished(args, toolchain: str, model: str, run_id: str) -> list[tuple[str, str]]:
+    """Variants of this route with no row at all from this run (the route died before writing them)."""
+    rows = _this_run(read_rows(args.runs_dir) + list(read_attempts(args.runs_dir).values()), run_id)
+    done = {(r.method, r.precision) for r in rows if r.toolchain == toolchain and r.model == model}
+    return [v for v in _variants(args, toolchain, model) if v not in done]
+
+
+class PeakRss:
+    """Resident-memory high-water mark of a child process (Linux /proc VmHWM), sampled while it runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak_mb = pid, None
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        path = f"/proc/{self.pid}/status"
+        while not self._stop.is_set():
+            try:
+                for line in open(path):
+                    if line.startswith("VmHWM:"):
+                        self.peak_mb = int(line.split()[1]) / 1024
+            except (OSError, ValueError, IndexError):
+                pass
+            self._stop.wait(0.5)
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._t.join(timeout=2)
+        return self.peak_mb
+
+
+def run_route(env: str, argv: list[str]) -> tuple[int, float | None]:
+    """Run a route process; (return code, its peak resident memory in MB where known)."""
+    proc = envs.popen_in_env(env, argv)
+    mon = PeakRss(proc.pid)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001
+            proc.kill()
+        raise
+    finally:
+        peak = mon.stop()
+    return rc, peak
+
+
+def died_reason(rc: int, peak_mb: float | None) -> str:
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        why = f"route process killed by {name}"
+        if -rc == signal.SIGKILL:
+            why += " (the out-of-memory killer, or a kill -9)"
+    else:
+        why = f"route process exited {rc} before finishing this variant"
+    return why + (f"; peak resident memory {peak_mb:.0f} MB" if peak_mb else "")
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    models = parse_list("model", args.models, MODELS)
-    toolchains = parse_list("toolchain", args.toolchains, ORDER)
-    if args.calib_samples is not None and args.calib_samples < 1:
-        raise SuiteError(f"calibration size must be >= 1 (got {args.calib_samples})")
+    plan = validate(args)
+    models, toolchains, out = plan["models"], plan["toolchains"], plan["out"]
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    os.environ["SUITE_RUN_ID"] = run_id
+    os.environ["SUITE_DEVICE_FILE"] = str(out / "device.json")
     if args.online:
         os.environ["SUITE_ONLINE"] = "1"
         os.environ.setdefault("HF_HUB_OFFLINE", "0")
     t_start = time.time()
     failures: list[str] = []
+    say(f"run {run_id}: {', '.join(models)} x {', '.join(toolchains)}; rows -> {args.runs_dir}, tables -> {out}")
 
-    # 1. prepare every model in the torch env (train/load, tokenise, export ONNX, count ops, ceilings)
+    # 1. prepare every model (train/load, tokenise, export ONNX, count ops) and measure the device's ceilings
+    prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
     prepared: dict[str, str] = {}
     try:
-        envs.ensure_env("torch")
+        envs.ensure_env(prep_env)
         prep = ["-m", "models.prepare", "--model", ",".join(models), "--weights", args.weights, "--ceilings",
                 "--threads", str(args.threads)]
         for flag, val in (("--weights-path", args.weights_path), ("--data", args.data)):
             if val is not None:
                 prep += [flag, val]
-        say(f"preparing {', '.join(models)} ({args.weights}) in the torch environment")
-        rc = envs.run_in_env("torch", prep).returncode
+        say(f"preparing {', '.join(models)} ({args.weights}) in the {prep_env} environment")
+        rc = envs.run_in_env(prep_env, prep).returncode
         if rc == 2:
             return 2  # bad input: the one-line error is already printed
         if rc != 0:
@@ -103,49 +298,63 @@ def main(argv: list[str] | None = None) -> int:
     except (envs.EnvError, SuiteError) as exc:
         reason = f"model preparation failed: {exc}"
         say(reason)
+        failures.append(reason)
         prepared = {m: reason for m in models}
 
-    # 2. each toolchain in its own env
+    # 2. each toolchain in its own env, in dependency order
     for tc_name in toolchains:
         tc = TOOLCHAINS[tc_name]
-        todo = [m for m in models if m in tc.variants]
+        todo = [m for m in models if m in tc.variants and _variants(args, tc_name, m)]
         if not todo:
             continue
         try:
-            envs.ensure_env(tc.env)
+            envs.ensure_env(tc.env.name)
         except envs.EnvError as exc:
             say(f"{tc_name}: environment unavailable: {exc}")
             for m in todo:
-                skip_all(args, tc_name, m, "skipped", f"environment could not be created: {exc}")
+                status_all(args, tc_name, m, "skipped", f"environment could not be created: {exc}", run_id)
             continue
         for m in todo:
             if prepared[m] != "ok":
-                skip_all(args, tc_name, m, "skipped", prepared[m])
+                status_all(args, tc_name, m, "failed", prepared[m], run_id)
+                continue
+            rargs = route_args(args, m, tc_name)
+            if rargs is None:
                 continue
             say(f"{tc_name}: {m}")
             t0 = time.time()
-            proc = envs.run_in_env(tc.env, ["-m", tc.module, *route_args(args, m)])
-            if proc.returncode == 2:
+            rc, peak = run_route(tc.env.name, ["-m", "quantization.kit", tc_name, *rargs])
+            if rc == 2:
                 return 2  # bad input (already reported in one line)
-            if proc.returncode != 0:
-                failures.append(f"{tc_name}/{m} exited {proc.returncode}")
-                say(f"{tc_name}: {m} exited {proc.returncode} (rows it wrote are kept)")
+            if rc != 0:
+                left = unfinished(args, tc_name, m, run_id)
+                why = died_reason(rc, peak)
+                if left:
+                    status_all(args, tc_name, m, "failed", why, run_id, variants=left)
+                failures.append(f"{tc_name}/{m}: {why} ({len(left)} variant(s) without rows -> failed rows)")
+                say(failures[-1])
             else:
                 say(f"{tc_name}: {m} done in {time.time() - t0:.0f} s")
 
-    # 3. tables and plots
+    failed_rows = [r for r in _this_run(read_rows(args.runs_dir) + list(read_attempts(args.runs_dir).values()), run_id)
+                   if r.status == "failed"]
+    if failed_rows:
+        names = sorted({f"{r.toolchain}/{r.model}/{r.method}" for r in failed_rows})
+        failures.append(f"{len(names)} variant(s) failed: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else ""))
+
+    # 3. tables and plots, beside the rows
     if not args.no_report:
         try:
             envs.ensure_env("report")
-            agg = ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir)]
-            if Path(args.runs_dir).resolve() == RUNS_DIR.resolve():
+            agg = ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir), "--out", str(out)]
+            if args.update_readme:
                 agg += ["--readme", str(REPO_ROOT / "README.md")]
             rc = envs.run_in_env("report", agg).returncode
             if rc != 0:
                 failures.append(f"aggregate exited {rc}")
         except envs.EnvError as exc:
             failures.append(f"report environment: {exc}")
-    say(f"finished in {time.time() - t_start:.0f} s" + (f"; problems: {'; '.join(failures)}" if failures else ""))
+    say(f"finished in {time.time() - t_start:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else "; all ok"))
     return 1 if failures else 0
 
 

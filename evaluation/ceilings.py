@@ -11,7 +11,7 @@ import logging
 import time
 
 from utils.atomic import atomic_write_json
-from utils.envinfo import DEVICE_FILE, cpu_name
+from utils.envinfo import cpu_name, device_file
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def measure(threads: int, n: int = 1024) -> dict:
 
 def measure_and_store(threads: int) -> dict:
     rec = measure(threads)
-    atomic_write_json(DEVICE_FILE, rec)
+    atomic_write_json(device_file(), rec)
     log.info("device ceilings (%d threads): FP32 %.1f GFLOP/s, INT8 %s GOP/s", threads, rec["fp32_ops_per_s"] / 1e9,
              f"{rec['int8_ops_per_s'] / 1e9:.1f}" if rec.get("int8_ops_per_s") else "n/a")
     return rec

@@ -15,27 +15,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from utils.paths import REPO_ROOT, REQUIREMENTS_DIR, VENVS_DIR
+from utils.registry import Part, all_envs
 
-
-@dataclass(frozen=True)
-class Part:
-    file: str
-    pip_args: tuple[str, ...] = ()
-    optional: bool = False
-
-
-ENVS: dict[str, tuple[Part, ...]] = {
-    "report": (Part("report.txt"),),
-    "torch": (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))),
-    "onnxruntime": (Part("onnxruntime.txt"),),
-    "modelopt-onnx": (Part("modelopt-onnx.txt"),),
-    "modelopt-tripy": (Part("modelopt-tripy.txt"), Part("modelopt-tripy-gpu.txt", optional=True)),
-    "tensorrt": (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)),
-}
+# environment name -> its requirement parts, read from the one declaration (utils/registry.py)
+ENVS: dict[str, tuple[Part, ...]] = {name: decl.parts for name, decl in all_envs().items()}
 CONSTRAINTS = "constraints.txt"
 STAMP = "suite-env.json"
 
@@ -155,15 +141,24 @@ def _last_error(log: Path) -> str:
     return msg[:300]
 
 
-def run_in_env(name: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """Run `<env python> <args>` from the repository root (so `-m package.module` resolves)."""
+def _child_env() -> dict:
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", "")
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env["PYTHONPATH"] else "")
     if "HF_HUB_OFFLINE" not in env:  # nothing may hang on a hub look-up unless asked to go online
         env["HF_HUB_OFFLINE"] = "0" if env.get("SUITE_ONLINE") else "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return subprocess.run([str(env_python(name)), *args], cwd=REPO_ROOT, env=env, **kwargs)
+    return env
+
+
+def run_in_env(name: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run `<env python> <args>` from the repository root (so `-m package.module` resolves)."""
+    return subprocess.run([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(), **kwargs)
+
+
+def popen_in_env(name: str, args: list[str], **kwargs) -> subprocess.Popen:
+    """Start `<env python> <args>` from the repository root; the caller waits (and may watch its memory)."""
+    return subprocess.Popen([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(), **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

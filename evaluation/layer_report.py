@@ -18,7 +18,7 @@ here sees calibration data). Two numbers per layer, both over all samples (energ
 - `accumulated`: the module's dequantized output vs the FP32 model's output at that layer on the same
   image (end-to-end drift up to that point; grows with depth and is not used for the ranking).
 
-SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) (evaluation.metrics.sqnr_db on the concatenated
+SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) (utils.metrics.sqnr_db on the concatenated
 outputs); relative error = ||ref - q|| / ||ref||. Writes `results/layer_report_<toolchain>_<model>[_<plant>].csv`
 and a bar plot (.png). `--plant` corrupts the model on purpose (see evaluation/planted.py): `int4:<layer>`
 (or `int2:<layer>`) makes one layer's weights per-tensor INT4 (INT2) values, `act-x4` scales every
@@ -464,42 +464,33 @@ def ort_layer_errors(fp32_path, q_path, x: np.ndarray, *, threads: int = 2, batc
     return rows
 
 
-def ort_resnet50_artifact(method: str, calib_samples: int, threads: int):
-    """(FP32 ONNX path, the route's cached QDQ artifact for `method` (built if missing), data)."""
-    from quantization import onnx_common as oc
-    from quantization import onnxruntime_route as r
-    from quantization.common import RouteConfig, load_data
+def _route_argv(calib_samples: int, threads: int, eval_limit: int | None = None) -> list[str]:
+    return ["--calib-samples", str(calib_samples), "--threads", str(threads)] + \
+        (["--eval-limit", str(eval_limit)] if eval_limit else [])
 
-    args = r.parser().parse_args(["--model", "resnet50", "--methods", method, "--calib-samples", str(calib_samples),
-                                  "--threads", str(threads)])
-    cfg = RouteConfig.from_args(r.TOOLCHAIN, args)
-    source = cfg.source("resnet50")
-    manifest = source.load_manifest()
-    data = load_data(source, manifest, calib_samples)
-    art = r.make_artifact_fn(cfg, "resnet50", manifest, data, args)(method, "int8")
-    src, _ = oc.source_onnx(manifest, "resnet50")
-    return src, art.path, data
+
+def ort_resnet50_artifact(method: str, calib_samples: int, threads: int):
+    """(FP32 ONNX path, the route's cached QDQ artifact for `method` (built if missing), data), through the kit's
+    public build API: exactly the artifact the bench measures."""
+    from quantization.kit import build_variant
+
+    ctx, built = build_variant("onnxruntime", "resnet50", method, device="cpu",
+                               argv=_route_argv(calib_samples, threads))
+    return Path(ctx.manifest["onnx"]), built.artifact, ctx.data
 
 # ------------------------------------------------------------------------------ ResNet50 (torch FX)
 
 def resnet50_setup(calib_samples: int = 128, eval_limit: int | None = None, threads: int = 2):
-    """(manifest, data, FP32 model, clean FX INT8 model) for the embedded/prepared ResNet50."""
-    import torch
+    """(manifest, data, FP32 model, clean FX INT8 model) for the prepared ResNet50, built by the torch route
+    through the kit's public build API (the same models the bench scores)."""
+    from quantization.kit import build_variant
 
-    from models.embedded import load_resnet50
-    from quantization.common import load_data
-    from quantization.torch_route import resnet_fx
-    from utils.specs import ModelSource
-
-    torch.set_num_threads(threads)
-    source = ModelSource("resnet50")
-    manifest = source.load_manifest()
-    data = load_data(source, manifest, calib_samples, eval_limit)
-    fp32 = load_resnet50(manifest["checkpoint"], manifest["num_classes"])
+    argv = _route_argv(calib_samples, threads, eval_limit)
     t0 = time.time()
-    q = resnet_fx(load_resnet50(manifest["checkpoint"], manifest["num_classes"]), data.calib.x)
-    log.info("FX INT8 ResNet50 calibrated on %d train samples in %.1f s", len(data.calib), time.time() - t0)
-    return manifest, data, fp32, q
+    ctx, fp32 = build_variant("torch", "resnet50", "eager", argv=argv)
+    _, q = build_variant("torch", "resnet50", "fx", argv=argv)
+    log.info("FX INT8 ResNet50 calibrated on %d train samples in %.1f s", len(ctx.data.calib), time.time() - t0)
+    return ctx.manifest, ctx.data, fp32.handle, q.handle
 
 
 @cli_main

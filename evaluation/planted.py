@@ -33,7 +33,7 @@ DEFAULT_PLANTS = "int2:fc,int3:conv1,int4:layer3.0.conv2,act-x4,act-x16"
 def evaluate_plant(fp32, qmodel, data, base_correct, spec: str) -> dict:
     """Corrupt a copy of qmodel with `spec`; score it and report its layers (one pass over the test split)."""
     from evaluation.layer_report import apply_plant, layer_errors, parse_plant
-    from evaluation.metrics import classification_score
+    from utils.metrics import classification_score
     from evaluation.stats import mcnemar_exact
 
     plant = parse_plant(spec)
@@ -59,18 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-aggregate", action="store_true", help="do not run evaluation.aggregate on the runs dir")
     args = ap.parse_args(argv)
     setup_logging()
-    from evaluation.layer_report import parse_plant, resnet50_setup, write_csv
-    from quantization.common import RouteConfig, RowWriter
-    from quantization.torch_route import classify, torch_predict
+    from evaluation.layer_report import parse_plant, write_csv
+    from quantization.kit import build_variant, score_built
+    from quantization.kit.config import RouteConfig, RowWriter
 
     specs = [s.strip() for s in args.plants.split(",") if s.strip()]
     for s in specs:
         parse_plant(s.replace("+", ","))  # bad spec -> one-line error before the slow part
-    manifest, data, fp32, q = resnet50_setup(args.calib_samples, None, args.threads)
+    argv = ["--calib-samples", str(args.calib_samples), "--threads", str(args.threads)]
+    ctx, fp32_built = build_variant("torch", "resnet50", "eager", argv=argv)
+    _, fx_built = build_variant("torch", "resnet50", "fx", argv=argv)
+    manifest, data, fp32, q = ctx.manifest, ctx.data, fp32_built.handle, fx_built.handle
     cfg = RouteConfig(toolchain="torch", models=("resnet50",), methods={"resnet50": ()}, batches={"resnet50": (1,)},
                       calib_samples={"resnet50": args.calib_samples}, threads=args.threads, runs_dir=args.out / "runs")
-    writer = RowWriter(cfg, "resnet50", manifest, data=data)
-    base = classify(torch_predict(fp32), data)
+    writer = RowWriter(cfg, "resnet50", manifest, hashes=ctx.hashes)
+    base = score_built(ctx, fp32_built)
     writer.write(writer.row("eager", "fp32", 1, value=base.top1, top5=base.top5, compute_precision="fp32",
                             notes="FP32 baseline of the planted-fault runs (accuracy only)", extra=base.extra()))
     results = [evaluate_plant(fp32, q, data, base.correct, "")]  # the clean FX model

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from utils.errors import SuiteError, cli_main
 from utils.paths import RESULTS_DIR
-from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, TOOLCHAINS, check_choice, parse_list
+from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, TOOLCHAINS, check_choice, parse_list, task_of
 
 SWEEPS_DIR = RESULTS_DIR / "sweeps"
 # calibration sweep: every non-FP32 method of the toolchain, except those too slow to repeat per size
@@ -34,9 +34,13 @@ DEFAULT_CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 # batch sweep: bounded for a 2-core CPU (ResNet50 FP32 eager is ~90 ms per 224x224 image there: batch 64
 # is ~6 s per call, each row makes first + 2 warm-up + >=2 timed calls). 128 and 256 are opt-in.
 DEFAULT_SWEEP_BATCHES = {"resnet50": (1, 2, 4, 8, 16, 32, 64), "gpt2": (1, 2, 4, 8, 16)}
-DEFAULT_BATCH_METHODS = {"torch": ("eager", "fx"), "onnxruntime": ("fp32", "minmax"), "modelopt-onnx": ("max",),
-                         "tensorrt": ("fp32", "fp16", "int8-qdq"), "modelopt-tripy": ("fp32",)}
-DEFAULT_BATCH_METHODS_GPT2 = {"torch": ("eager", "dynamic"), "onnxruntime": ("fp32", "minmax")}
+# task -> toolchain -> methods a batch sweep runs by default (a toolchain not listed runs all its methods)
+DEFAULT_BATCH_METHODS = {
+    "image-classification": {"torch": ("eager", "fx"), "onnxruntime": ("fp32", "minmax"), "modelopt-onnx": ("max",),
+                             "tensorrt": ("fp32", "fp16", "int8-qdq"), "modelopt-tripy": ("fp32",)},
+    "language-model": {"torch": ("eager", "dynamic"), "onnxruntime": ("fp32", "minmax")},
+}
+LATENCY_SHAPE = {"image-classification": "3x224x224", "language-model": "128 tokens"}
 
 
 def say(msg: str) -> None:
@@ -146,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _route(toolchain: str, args: list[str]) -> int:
     from evaluation import envs
 
-    tc = TOOLCHAINS[toolchain]
-    return envs.run_in_env(tc.env, ["-m", tc.module, *args]).returncode
+    return envs.run_in_env(TOOLCHAINS[toolchain].env.name, ["-m", "quantization.kit", toolchain, *args]).returncode
 
 
 def _ensure(names) -> None:
@@ -198,8 +201,8 @@ def run_calib(args) -> int:
     csv = Path(args.out) / f"calib_sweep_{toolchain}_{model}.csv"
     if not args.plot_only:
         base = tc.baseline if tc.baseline and not args.no_baseline else None
-        _ensure([tc.env] + ([TOOLCHAINS[base[0]].env] if base else []))
-        n_train = probe_train_size(args, tc.env)
+        _ensure([tc.env.name] + ([TOOLCHAINS[base[0]].env.name] if base else []))
+        n_train = probe_train_size(args, tc.env.name)
         too_big = [s for s in sizes if s > n_train]
         if too_big:
             raise SuiteError(f"calibration size {', '.join(map(str, too_big))} is larger than the train split of "
@@ -252,7 +255,7 @@ def run_batch(args) -> int:
         if model not in tc.variants:
             raise SuiteError(f"toolchain {t} has no {model} variants")
         have = tc.methods(model)
-        defaults = (DEFAULT_BATCH_METHODS_GPT2 if model == "gpt2" else DEFAULT_BATCH_METHODS).get(t, have)
+        defaults = DEFAULT_BATCH_METHODS[task_of(model)].get(t, have)
         plan[t] = tuple(m for m in have if m in (wanted or defaults))
     if wanted:
         unknown = [m for m in wanted if not any(m in ms for ms in plan.values())]
@@ -271,7 +274,7 @@ def run_batch(args) -> int:
                 say(f"{t}: no selected method")
                 continue
             try:
-                envs.ensure_env(TOOLCHAINS[t].env)
+                envs.ensure_env(TOOLCHAINS[t].env.name)
             except envs.EnvError as exc:
                 problems.append(f"{t}: environment unavailable ({exc})")
                 say(problems[-1])
@@ -304,7 +307,7 @@ def train_size(args) -> int:
     from utils.specs import ModelSource
 
     source = ModelSource(args.model, args.weights, args.weights_path, args.data)
-    if args.model == "resnet50":
+    if task_of(args.model) == "image-classification":
         if args.weights == "embedded":
             from utils.data import digits_splits
 
@@ -323,7 +326,7 @@ def train_size(args) -> int:
 
 def _significance(row, base) -> tuple[float | None, bool | None]:
     """(p-value or None, significant) of row vs base: McNemar on correctness bits / bootstrap over windows."""
-    from evaluation.metrics import unpack_bits
+    from utils.metrics import unpack_bits
     from evaluation.stats import bootstrap_ppl_delta, mcnemar_exact
 
     if base is None or row.value is None or base.value is None:
@@ -509,7 +512,7 @@ def plot_batch(model: str, root: Path, png: Path, csv: Path) -> int:
     a2.set_ylabel("p50 latency per item, ms (bars: p10-p90)")
     a2.set_yscale("log")
     threads = ok["threads"].dropna()
-    shape = "3x224x224" if model == "resnet50" else "128 tokens"
+    shape = LATENCY_SHAPE[task_of(model)]
     a1.set_title(f"{model}: throughput vs batch ({shape}, {int(threads.iloc[0]) if len(threads) else '?'} threads, CPU)",
                  fontsize=10)
     a2.set_title("latency per item (lower is better)", fontsize=10)

@@ -16,17 +16,11 @@ import xml.etree.ElementTree as ET
 
 from evaluation import envs
 from utils.paths import REPO_ROOT, RESULTS_DIR
+from utils.registry import all_envs, test_order
 
-# environment -> test folder, in run order: the torch tests first, because they train and export the
-# embedded models that later folders' tests use (the shared layer's tests run in the light report env)
-TEST_DIRS = {
-    "torch": "tests/torch",
-    "report": "tests/common",
-    "onnxruntime": "tests/onnxruntime",
-    "modelopt-onnx": "tests/modelopt_onnx",
-    "modelopt-tripy": "tests/modelopt_tripy",
-    "tensorrt": "tests/tensorrt",
-}
+# environment -> test folder, in run order, from the one declaration (utils/registry.py): the model-preparing
+# toolchain's tests first (they train and export the embedded models that later folders' tests use)
+TEST_DIRS = {name: all_envs()[name].tests for name in test_order()}
 
 
 def counts(junit: str) -> dict:

@@ -144,7 +144,7 @@ def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
     import_torchvision()
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from evaluation.metrics import strided_perplexity
+    from utils.metrics import strided_perplexity
     from utils.specs import ppl_stride
     from utils.text import embedded_corpus
 

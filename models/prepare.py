@@ -19,8 +19,9 @@ import numpy as np
 
 from utils.atomic import atomic_write_json, config_key, sha256_file
 from utils.errors import SuiteError, cli_main, setup_logging
-from utils.registry import MODELS, parse_list
-from utils.specs import EMBEDDED, ModelSource, ppl_stride
+from utils import artifacts
+from utils.registry import MODELS, parse_list, task_of
+from utils.specs import EMBEDDED, PATH_KEYS, ModelSource, ppl_stride
 
 log = logging.getLogger("models.prepare")
 ONNX_OPSET = 17
@@ -141,7 +142,7 @@ def _pretrained_resnet50(src: ModelSource, out: Path):
     from models.embedded import load_resnet50
 
     if src.weights_path:
-        return load_resnet50(src.weights_path, 1000), Path(src.weights_path)
+        return _load_checked(src.weights_path, 1000), Path(src.weights_path)
     ckpt = out / "resnet50_imagenet1k_v1.pt"
     if not ckpt.exists():
         if os.environ.get("HF_HUB_OFFLINE") == "1" and not os.environ.get("SUITE_ONLINE"):
@@ -157,6 +158,23 @@ def _pretrained_resnet50(src: ModelSource, out: Path):
                              "pass --weights-path FILE") from None
         torch.save(m.state_dict(), ckpt)
     return load_resnet50(ckpt, 1000), ckpt
+
+
+def _load_checked(path, num_classes: int):
+    """load_resnet50 with load-time library errors (empty/truncated/foreign file) as one line naming the file."""
+    from models.embedded import load_resnet50
+
+    p = Path(path)
+    if not p.is_file():
+        raise SuiteError(f"ResNet50 weights {p} do not exist")
+    if p.stat().st_size == 0:
+        raise SuiteError(f"ResNet50 weights {p} are an empty file (0 bytes)")
+    try:
+        return load_resnet50(p, num_classes)
+    except Exception as exc:  # noqa: BLE001 - torch raises EOFError, RuntimeError, UnpicklingError, KeyError ...
+        msg = " ".join(str(exc).split())[:160]
+        raise SuiteError(f"cannot load ResNet50 weights from {p} ({exc.__class__.__name__}: {msg}); "
+                         "pass a torchvision resnet50 state dict") from None
 
 
 def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
@@ -238,21 +256,56 @@ def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
             "dataset": "wikitext-2" if src.data == "wikitext-2" else f"text:{Path(src.data).name}"}
 
 
+PREPARERS = {"image-classification": "prepare_resnet50", "language-model": "prepare_gpt2"}
+
+
+def cached_ok(src: ModelSource) -> dict | None:
+    """The cached manifest when every file it records still matches its hash; files that changed are removed
+    (so preparation makes them again) and None is returned."""
+    if not src.manifest_path.exists():
+        return None
+    try:
+        manifest = src.load_manifest(verify=False)
+    except SuiteError:
+        return None
+    bad = []
+    for k, rec in (manifest.get("files") or {}).items():
+        path = manifest.get(k)
+        why = artifacts.check(path, rec) if path else f"{k} not recorded"
+        if why:
+            bad.append(why)
+            p = Path(path) if path else None
+            if p is not None and p.exists() and src.cache_dir.resolve() in p.resolve().parents:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()  # only files the suite made; a user's file stays
+    if "files" not in manifest or not all(Path(manifest[k]).exists() for k in ("onnx",) if k in manifest):
+        bad.append("manifest without recorded hashes")
+    if bad:
+        log.warning("%s (%s): cached files changed, preparing again: %s", src.model, src.weights, "; ".join(bad))
+        return None
+    return manifest
+
+
 def prepare(src: ModelSource, force: bool = False) -> dict:
     out = src.cache_dir
     if force and out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if src.manifest_path.exists() and not force:
-        manifest = src.load_manifest()
-        if all(Path(manifest[k]).exists() for k in ("onnx",) if k in manifest):
-            log.info("%s (%s): cached at %s", src.model, src.weights, out)
+    if not force:
+        manifest = cached_ok(src)
+        if manifest is not None:
+            log.info("%s (%s): cached at %s (hashes verified)", src.model, src.weights, out)
             return manifest
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    info = prepare_resnet50(src, out, force) if src.model == "resnet50" else prepare_gpt2(src, out, force)
+    info = globals()[PREPARERS[task_of(src.model)]](src, out, force)
     info.update(source=src.to_dict(), key=src.key, embedded_config=EMBEDDED.get(src.model) if src.weights == "embedded"
                 else None, prepared_seconds=time.time() - t0)
+    # every file is recorded with its hash, and stored relative to the cache folder (a moved cache still works)
+    info["files"] = {k: artifacts.fingerprint(info[k]) for k in PATH_KEYS if info.get(k)}
+    for k in PATH_KEYS:
+        if info.get(k):
+            info[k] = artifacts.relative_to(out, info[k])
     atomic_write_json(src.manifest_path, info)
+    info = src.load_manifest(verify=False)
     log.info("%s (%s): prepared in %.0f s -> %s", src.model, src.weights, time.time() - t0, src.manifest_path)
     return info
 

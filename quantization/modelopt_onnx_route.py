@@ -14,7 +14,9 @@ and are slower than the FP32 ONNX. The rows say so (notes), and `--mo-option` ex
 quantize() options for placements ORT can fuse (see docs/routes/onnx.md).
 
 Quantized files are listed in `<model cache>/modelopt-onnx/index.json` for the TensorRT
-route (explicit-quantization engines from these Q/DQ models).
+route (explicit-quantization engines from these Q/DQ models): one entry per artifact, keyed by
+the hash of everything that made it (so different settings never overwrite each other), each
+with its path relative to that folder and its file hash.
 """
 from __future__ import annotations
 
@@ -25,12 +27,14 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantization import onnx_common as oc
-from quantization.common import RouteConfig, load_data, route_parser
+from quantization.kit import Calibration, ModelContext, SkipVariant, main_for, unavailable_import
+from quantization.kit import onnx as oc
+from utils import artifacts
 from utils.atomic import atomic_write_json, sha256_file
-from utils.errors import SuiteError, cli_main, setup_logging
+from utils.errors import SuiteError
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +46,6 @@ INT4_METHODS = ("awq_clip", "awq_lite", "rtn_dq")
 OPTION_NAMES = ("dq_only", "use_zero_point", "calibrate_per_node", "op_types_to_quantize", "op_types_to_exclude",
                 "nodes_to_exclude", "op_types_needing_output_quant", "disable_mha_qdq", "simplify", "block_size",
                 "high_precision_dtype", "opset", "direct_io_types")
-
-
-def parser() -> argparse.ArgumentParser:
-    ap = route_parser(TOOLCHAIN, "NVIDIA ModelOpt ONNX PTQ (INT8 max/entropy, FP8, INT4) evaluated with ONNX Runtime "
-                                 "(CPU EP; CUDA/TensorRT EPs when this ORT build has them and a GPU is present).")
-    ap.add_argument("--devices", default="auto",
-                    help="comma list of cpu,cuda; auto: cpu plus cuda when this ORT build lists the CUDA/TensorRT EP")
-    ap.add_argument("--calibration-eps", default="cpu",
-                    help="ModelOpt calibration_eps (comma list, e.g. cpu or trt,cuda:0,cpu)")
-    ap.add_argument("--high-precision-dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
-                    help="ModelOpt high_precision_dtype (fp16 makes models ORT's CPU EP runs slowly)")
-    ap.add_argument("--int4-method", default="awq_clip", choices=INT4_METHODS, help="calibration method of `int4`")
-    ap.add_argument("--mo-option", action="append", default=[], metavar="KEY=VALUE",
-                    help=f"extra quantize() option (repeatable), KEY one of: {', '.join(OPTION_NAMES)}; "
-                         "e.g. dq_only=true, op_types_needing_output_quant=Conv,Gemm")
-    return ap
 
 
 def parse_options(items: list[str]) -> dict:
@@ -193,80 +181,98 @@ def ort_loadable(path: Path) -> str | None:
     return None
 
 
-def write_index(cache_root: Path, method: str, entry: dict) -> Path:
-    """`<cache>/modelopt-onnx/index.json`: method -> {path, calib_sha, calib_samples, ...} for the TensorRT route."""
-    path = cache_root / "index.json"
+INDEX = "index.json"
+
+
+def write_index(cache_root: Path, key: str, entry: dict) -> Path:
+    """`<cache>/modelopt-onnx/index.json` for the TensorRT route: {"entries": {config key: entry}}.
+
+    Each entry names its method, calibration, source ONNX and options, its path relative to the index's folder
+    and the file's hash; an artifact made with other settings has another key, so no entry is ever repointed.
+    """
+    path = Path(cache_root) / INDEX
     try:
         index = json.loads(path.read_text())
     except (OSError, ValueError):
         index = {}
-    index[method] = entry
+    if not isinstance(index.get("entries"), dict):
+        index = {"entries": {}}
+    index["entries"][key] = entry
     atomic_write_json(path, index)
     return path
 
 
-def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
-    src, src_sha = oc.source_onnx(manifest, model)
-    cache_root = cfg.source(model).cache_dir / TOOLCHAIN
-    calib = oc.calib_key(data)
-    eps = [e.strip() for e in args.calibration_eps.split(",") if e.strip()]
-    options = parse_options(args.mo_option)
-    in_name = "input" if model == "resnet50" else "input_ids"
+@dataclass(frozen=True)
+class Options:
+    devices: str = "auto"
+    calibration_eps: str = "cpu"
+    high_precision_dtype: str = "fp32"
+    int4_method: str = "awq_clip"
+    mo_option: list = field(default_factory=list)
 
-    def make(method: str, precision: str) -> oc.Artifact:
-        mode, cal = MODES[method]
-        if mode == "int4":
-            cal = args.int4_method
-        key = {"src": src_sha, "mode": mode, "calibration_method": cal, **calib, "eps": eps,
-               "high_precision_dtype": args.high_precision_dtype, "options": options, "modelopt": _version()}
-        out = oc.artifact_path(cache_root, method, key)
+    def __post_init__(self) -> None:
+        oc.devices_to_run(self.devices) if self.devices != "auto" else None
+        parse_options(self.mo_option)  # bad option -> one-line error before any work
+        if not self.eps:
+            raise SuiteError("--calibration-eps must name at least one execution provider (e.g. cpu)")
 
-        def build(tmp_out: Path) -> dict:
-            reader = oc.ArrayCalibrationReader(in_name, oc.calibration_batches(data))
-            secs = modelopt_quantize(src, tmp_out, reader, mode=mode, calibration_method=cal, calibration_eps=eps,
-                                     high_precision_dtype=args.high_precision_dtype, options=options)
-            patched = fix_block_axes(tmp_out) if mode == "int4" else []
-            oc.check_onnx(tmp_out)
-            return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "qdq": qdq_counts(tmp_out),
-                    "patched_block_axis": patched, **key}
-
-        path, meta, reused = oc.cached_artifact(out, build)
-        qdq = meta.get("qdq", {})
-        if not qdq.get("QuantizeLinear") and not qdq.get("DequantizeLinear"):
-            raise oc.SkipVariant(f"ModelOpt {mode} ({cal}) quantized no node of this model on CPU "
-                                 f"(calibration_eps={eps}); output has no Q/DQ")
-        if mode == "int4":
-            check_block_scales(path)
-        why = ort_loadable(path)
-        if why and "float8" in why:
-            op = why.split("of operator (", 1)[-1].split(")", 1)[0] if "of operator (" in why else "an op"
-            write_index(cache_root, method, _index_entry(path, calib, mode, cal, src_sha, args, options))
-            raise oc.SkipVariant(
-                f"ModelOpt FP8 Q/DQ feeds float8e4m3fn tensors straight into {op} (a TensorRT FP8 fusion); ONNX "
-                f"Runtime's CPU EP has no FP8 kernel for it and refuses the model: needs TensorRT on an FP8 GPU "
-                f"(Ada/Hopper or newer). The FP8 ONNX is in index.json for the TensorRT route")
-        write_index(cache_root, method, _index_entry(path, calib, mode, cal, src_sha, args, options))
-        notes = [f"ModelOpt quantize_mode={mode} calibration_method={cal} calibration_eps={eps} "
-                 f"high_precision_dtype={args.high_precision_dtype}" + (f" options={options}" if options else ""),
-                 f"Q {qdq.get('QuantizeLinear')} / DQ {qdq.get('DequantizeLinear')} nodes (opset {qdq.get('opset')})"]
-        if meta.get("patched_block_axis"):
-            notes.append(f"repaired `axis` of {len(meta['patched_block_axis'])} INT4 DequantizeLinear node(s) "
-                         f"({', '.join(meta['patched_block_axis'][:3])}): ModelOpt 0.47 writes axis=0 for Gemm(transB=1) "
-                         "weights blocked along axis 1, which ORT rejects")
-        if reused:
-            notes.append("cached artifact reused (calib_seconds from the run that made it)")
-        return oc.Artifact(path, method, precision, calib_method=cal, calib_samples=calib["n_calib"],
-                           calib_seconds=round(meta["calib_seconds"], 3), notes=notes,
-                           extra={"modelopt": key, "qdq": qdq, "calib_samples_fed": meta.get("calib_samples_fed")},
-                           float_precision=args.high_precision_dtype)
-
-    return make
+    @property
+    def eps(self) -> list[str]:
+        return [e.strip() for e in self.calibration_eps.split(",") if e.strip()]
 
 
-def _index_entry(path: Path, calib: dict, mode: str, cal: str, src_sha: str, args, options: dict) -> dict:
-    return {"path": str(path), "calib_sha": calib["calib_sha"], "calib_samples": calib["n_calib"],
-            "quantize_mode": mode, "calibration_method": cal, "src_onnx_sha": src_sha,
-            "high_precision_dtype": args.high_precision_dtype, "options": options}
+def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> oc.Artifact:
+    src, src_sha = ctx.state["src"]
+    calib = oc.calib_key(ctx)
+    eps, options = opts.eps, parse_options(opts.mo_option)
+    mode, cal = MODES[method]
+    if mode == "int4":
+        cal = opts.int4_method
+    key = {"src": src_sha, "mode": mode, "calibration_method": cal, **calib, "eps": eps,
+           "high_precision_dtype": opts.high_precision_dtype, "options": options, "modelopt": _version()}
+    out = oc.artifact_path(ctx.cache_dir, method, key)
+
+    def build(tmp_out: Path) -> dict:
+        reader = oc.ArrayCalibrationReader(ctx.task.input_name, oc.calibration_batches(ctx))
+        secs = modelopt_quantize(src, tmp_out, reader, mode=mode, calibration_method=cal, calibration_eps=eps,
+                                 high_precision_dtype=opts.high_precision_dtype, options=options)
+        patched = fix_block_axes(tmp_out) if mode == "int4" else []
+        oc.check_onnx(tmp_out)
+        return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "qdq": qdq_counts(tmp_out),
+                "patched_block_axis": patched, **key}
+
+    path, meta, reused = oc.cached_artifact(out, build)
+    qdq = meta.get("qdq", {})
+    if not qdq.get("QuantizeLinear") and not qdq.get("DequantizeLinear"):
+        raise SkipVariant(f"ModelOpt {mode} ({cal}) quantized no node of this model on CPU "
+                          f"(calibration_eps={eps}); output has no Q/DQ")
+    if mode == "int4":
+        check_block_scales(path)
+    entry = {"method": method, "path": artifacts.relative_to(ctx.cache_dir, path), "file": meta.get("file"),
+             "calib_sha": calib["calib_sha"], "calib_samples": calib["n_calib"], "quantize_mode": mode,
+             "calibration_method": cal, "src_onnx_sha": src_sha, "high_precision_dtype": opts.high_precision_dtype,
+             "options": options, "made": meta.get("file", {}).get("mtime_ns")}
+    why = ort_loadable(path)
+    write_index(ctx.cache_dir, oc.config_key(key, 16), entry)
+    if why and "float8" in why:
+        op = why.split("of operator (", 1)[-1].split(")", 1)[0] if "of operator (" in why else "an op"
+        raise SkipVariant(
+            f"ModelOpt FP8 Q/DQ feeds float8e4m3fn tensors straight into {op} (a TensorRT FP8 fusion); ONNX "
+            f"Runtime's CPU EP has no FP8 kernel for it and refuses the model: needs TensorRT on an FP8 GPU "
+            f"(Ada/Hopper or newer). The FP8 ONNX is in index.json for the TensorRT route")
+    notes = [f"ModelOpt quantize_mode={mode} calibration_method={cal} calibration_eps={eps} "
+             f"high_precision_dtype={opts.high_precision_dtype}" + (f" options={options}" if options else ""),
+             f"Q {qdq.get('QuantizeLinear')} / DQ {qdq.get('DequantizeLinear')} nodes (opset {qdq.get('opset')})"]
+    if meta.get("patched_block_axis"):
+        notes.append(f"repaired `axis` of {len(meta['patched_block_axis'])} INT4 DequantizeLinear node(s) "
+                     f"({', '.join(meta['patched_block_axis'][:3])}): ModelOpt 0.47 writes axis=0 for Gemm(transB=1) "
+                     "weights blocked along axis 1, which ORT rejects")
+    if reused:
+        notes.append("cached artifact reused (calib_seconds from the run that made it)")
+    return oc.Artifact(path, method, precision,
+                       calibration=Calibration(calib["n_calib"], round(meta["calib_seconds"], 3), cal), notes=notes,
+                       extra={"modelopt": key, "qdq": qdq, "calib_samples_fed": meta.get("calib_samples_fed")},
+                       float_precision=opts.high_precision_dtype)
 
 
 def _version() -> str:
@@ -278,44 +284,44 @@ def _version() -> str:
         return "?"
 
 
-def slow_reason(rec: oc.ProviderRecord) -> str | None:
-    if rec.main_provider == oc.CPU_EP and rec.int_kernels == 0 and rec.dq_kernels:
-        return ("slower than FP32 on ORT CPU: ModelOpt places Q/DQ for TensorRT (inputs/weights only, no output Q), "
-                "which ORT's CPU EP cannot fuse into QLinearConv/QLinearMatMul; it runs FP32 convs/matmuls plus "
-                f"{rec.dq_kernels} standalone DequantizeLinear kernels")
-    if rec.main_provider == oc.CPU_EP and rec.dq_kernels:
-        return (f"partly fused on ORT CPU: {rec.int_kernels} integer kernels, {rec.dq_kernels} standalone "
-                "DequantizeLinear kernels")
-    return None
+class ModelOptOnnxRoute(oc.OnnxRoute):
+    toolchain = TOOLCHAIN
+    description = ("NVIDIA ModelOpt ONNX PTQ (INT8 max/entropy, FP8, INT4) evaluated with ONNX Runtime "
+                   "(CPU EP; CUDA/TensorRT EPs when this ORT build has them and a GPU is present).")
+    Options = Options
+
+    def add_options(self, ap: argparse.ArgumentParser) -> None:
+        super().add_options(ap)
+        g = ap.add_argument_group("ModelOpt")
+        g.add_argument("--calibration-eps", default="cpu",
+                       help="ModelOpt calibration_eps (comma list, e.g. cpu or trt,cuda:0,cpu)")
+        g.add_argument("--high-precision-dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                       help="ModelOpt high_precision_dtype (fp16 makes models ORT's CPU EP runs slowly)")
+        g.add_argument("--int4-method", default="awq_clip", choices=INT4_METHODS, help="calibration method of `int4`")
+        g.add_argument("--mo-option", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"extra quantize() option (repeatable), KEY one of: {', '.join(OPTION_NAMES)}; "
+                            "e.g. dq_only=true, op_types_needing_output_quant=Conv,Gemm")
+
+    def unavailable(self, opts) -> str | None:
+        return unavailable_import("onnxruntime", "modelopt.onnx.quantization",
+                                  hint="nvidia-modelopt[onnx] is not installed in this environment")
+
+    def make_artifact(self, ctx: ModelContext, method: str, precision: str) -> oc.Artifact:
+        return make_artifact(ctx, method, precision, ctx.opts)
+
+    def slow_reason(self, rec: oc.ProviderRecord) -> str | None:
+        if rec.main_provider == oc.CPU_EP and rec.int_kernels == 0 and rec.dq_kernels:
+            return ("slower than FP32 on ORT CPU: ModelOpt places Q/DQ for TensorRT (inputs/weights only, no output Q), "
+                    "which ORT's CPU EP cannot fuse into QLinearConv/QLinearMatMul; it runs FP32 convs/matmuls plus "
+                    f"{rec.dq_kernels} standalone DequantizeLinear kernels")
+        if rec.main_provider == oc.CPU_EP and rec.dq_kernels:
+            return (f"partly fused on ORT CPU: {rec.int_kernels} integer kernels, {rec.dq_kernels} standalone "
+                    "DequantizeLinear kernels")
+        return None
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    setup_logging(args.verbose)
-    cfg = RouteConfig.from_args(TOOLCHAIN, args)
-    parse_options(args.mo_option)  # bad option -> one-line error before any work
-    devices = oc.devices_to_run(args.devices)
-    try:
-        import modelopt.onnx.quantization  # noqa: F401
-    except ImportError as exc:
-        for model in cfg.models:
-            from quantization.common import RowWriter
-
-            RowWriter(cfg, model, None).status("skipped", f"nvidia-modelopt[onnx] is not installed ({exc})",
-                                               cfg.variants(model))
-        return 0
-    for model in cfg.models:
-        source = cfg.source(model)
-        manifest = source.load_manifest()
-        oc.source_onnx(manifest, model)
-        data = load_data(source, manifest, cfg.calib_samples[model], cfg.eval_limit)
-        make = make_artifact_fn(cfg, model, manifest, data, args)
-        rows = oc.run_variants(cfg, model, manifest, data, make_artifact=make, devices=devices,
-                               slow_reason=slow_reason)
-        log.info("%s: %d rows (%d ok) in %s", model, len(rows), sum(r.status == "ok" for r in rows), cfg.runs_dir)
-    return 0
-
+ROUTE = ModelOptOnnxRoute()
+main = main_for(ROUTE)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from quantization import onnx_common as oc
-from quantization.common import RouteConfig, load_data, route_parser
-from utils.errors import SuiteError, cli_main, setup_logging
+from quantization.kit import Calibration, ModelContext, main_for, unavailable_import
+from quantization.kit import onnx as oc
+from utils.errors import SuiteError
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,17 @@ CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percen
 ENTROPY_BINS = 2048
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = route_parser(TOOLCHAIN, "ONNX Runtime: FP32 ONNX baseline and static INT8 (QDQ, per-channel, U8 act / S8 wt) "
-                                 "with MinMax/Entropy/Percentile calibration, on the CPU execution provider.")
-    ap.add_argument("--devices", default="auto",
-                    help="comma list of cpu,cuda; auto: cpu plus cuda when this ORT build has the CUDA/TensorRT EP")
-    ap.add_argument("--lm-head", default="fp32", choices=("fp32", "int8"),
-                    help="GPT-2: keep the final vocabulary projection in FP32 or quantize it too")
-    ap.add_argument("--entropy-bins", type=int, default=ENTROPY_BINS,
-                    help="histogram bins of the Entropy calibrator (ORT's own default, 128, makes Entropy equal MinMax; "
-                         "0 keeps ORT's default)")
-    ap.add_argument("--preprocess", default=True, action=argparse.BooleanOptionalAction,
-                    help="run onnxruntime.quantization.quant_pre_process (shape inference + graph optimisation) first")
-    return ap
+@dataclass(frozen=True)
+class Options:
+    devices: str = "auto"
+    lm_head: str = "fp32"
+    entropy_bins: int = ENTROPY_BINS
+    preprocess: bool = True
+
+    def __post_init__(self) -> None:
+        oc.devices_to_run(self.devices) if self.devices != "auto" else None
+        if self.entropy_bins < 0:
+            raise SuiteError(f"--entropy-bins must be >= 0 (got {self.entropy_bins})")
 
 
 # ------------------------------------------------------------------------------ graph helpers
@@ -95,7 +94,7 @@ def preprocess(src: Path, src_sha: str, cache_root: Path) -> tuple[Path, str]:
         return src, f"quant_pre_process failed ({oc.one_line(exc, 120)}); quantized the export directly"
 
 
-def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, model_kind: str, lm_head: str = "fp32",
+def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, task_kind: str, lm_head: str = "fp32",
                          extra_options: dict | None = None, entropy_bins: int = 0) -> dict:
     """ORT static INT8 (QDQ, per-channel, U8 activations, S8 weights). Returns what was quantized."""
     import onnx
@@ -104,7 +103,7 @@ def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, model_kin
     model = onnx.load(str(src))
     kw: dict = {}
     info: dict = {}
-    if model_kind == "gpt2":
+    if task_kind == "language-model":
         nodes = weight_matmuls(model)
         head = lm_head_nodes(model)
         if lm_head == "fp32":
@@ -112,7 +111,7 @@ def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, model_kin
         kw.update(op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes)
         info.update(quantized_nodes=len(nodes), lm_head=lm_head, lm_head_node=head[0] if head else None)
     opts = {"ActivationSymmetric": False, "WeightSymmetric": True}
-    if model_kind == "resnet50":
+    if task_kind == "image-classification":
         # the classifier's logits stay float (DQ -> Gemm, no output Q): a Q/DQ on the graph output only
         # rounds the scores, and its range is set by the most extreme calibration logit
         opts["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
@@ -154,90 +153,85 @@ def _entropy_bins(num_bins: int | None, num_quantized_bins: int = 128):
         qmod.create_calibrator = orig
 
 
-def make_artifact_fn(cfg: RouteConfig, model: str, manifest: dict, data, args):
-    src, src_sha = oc.source_onnx(manifest, model)
-    cache_root = cfg.source(model).cache_dir / TOOLCHAIN
-    calib = oc.calib_key(data)
-    state: dict = {}
+def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> oc.Artifact:
+    src, src_sha = ctx.state["src"]
+    if method == "fp32":
+        return oc.Artifact(src, method, precision, notes=["FP32 ONNX from models.prepare, ORT graph optimisations"])
+    lm = ctx.task.kind == "language-model"
+    calib = oc.calib_key(ctx)
+    if "pre" not in ctx.state:
+        ctx.state["pre"] = preprocess(src, src_sha, ctx.cache_dir) if opts.preprocess else (src, "no quant_pre_process")
+    pre, pre_note = ctx.state["pre"]
+    options = {"format": "QDQ", "per_channel": True, "act": "U8", "wt": "S8", "preprocess": opts.preprocess,
+               "lm_head": opts.lm_head if lm else None, "float_logits": not lm,
+               "entropy_bins": opts.entropy_bins if method == "entropy" else None}
+    out = oc.artifact_path(ctx.cache_dir, f"{method}-int8", {"src": src_sha, "method": method, **calib, **options})
 
-    def make(method: str, precision: str) -> oc.Artifact:
-        if method == "fp32":
-            return oc.Artifact(src, method, precision, notes=["FP32 ONNX from models.prepare, ORT graph optimisations"])
-        if "pre" not in state:
-            state["pre"] = preprocess(src, src_sha, cache_root) if args.preprocess else (src, "no quant_pre_process")
-        pre, pre_note = state["pre"]
-        options = {"format": "QDQ", "per_channel": True, "act": "U8", "wt": "S8", "preprocess": args.preprocess,
-                   "lm_head": args.lm_head if model == "gpt2" else None,
-                   "float_logits": model == "resnet50",
-                   "entropy_bins": args.entropy_bins if method == "entropy" else None}
-        out = oc.artifact_path(cache_root, f"{method}-int8", {"src": src_sha, "method": method, **calib, **options})
+    def build(tmp_out: Path) -> dict:
+        with tempfile.TemporaryDirectory(prefix="ortq-") as tmp:  # ORT writes augmented models next to it
+            reader = oc.ArrayCalibrationReader(_input_name(pre, ctx.task.input_name), oc.calibration_batches(ctx))
+            t0 = time.perf_counter()
+            work = Path(tmp) / "model.onnx"
+            oc.copy_for_tool(pre, Path(tmp), work.name)
+            info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind,
+                                        lm_head=opts.lm_head, entropy_bins=opts.entropy_bins)
+            secs = time.perf_counter() - t0
+        oc.check_onnx(tmp_out)
+        return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "options": options, **info, **calib,
+                "src_sha": src_sha}
 
-        def build(tmp_out: Path) -> dict:
-            with tempfile.TemporaryDirectory(prefix="ortq-") as tmp:  # ORT writes augmented models next to it
-                reader = oc.ArrayCalibrationReader(_input_name(pre, model), oc.calibration_batches(data))
-                t0 = time.perf_counter()
-                work = Path(tmp) / "model.onnx"
-                oc.copy_for_tool(pre, Path(tmp), work.name)
-                info = quantize_static_onnx(work, tmp_out, reader, method=method, model_kind=model,
-                                            lm_head=args.lm_head, entropy_bins=args.entropy_bins)
-                secs = time.perf_counter() - t0
-            oc.check_onnx(tmp_out)
-            return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "options": options, **info, **calib,
-                    "src_sha": src_sha}
-
-        path, meta, reused = oc.cached_artifact(out, build)
-        notes = [pre_note, f"QDQ per-channel U8/S8, {CALIB_METHODS[method]} calibration"]
-        if model == "gpt2":
-            notes.append(f"{meta.get('quantized_nodes')} weight MatMul/Gemm quantized, attention MatMuls FP32, "
-                         f"LM head {meta.get('lm_head')}")
-        if reused:
-            notes.append("cached artifact reused (calib_seconds from the run that made it)")
-        return oc.Artifact(path, method, precision, calib_method=CALIB_METHODS[method].lower(),
-                           calib_samples=calib["n_calib"], calib_seconds=round(meta["calib_seconds"], 3), notes=notes,
-                           extra={"quant_options": options, "calib_samples_fed": meta.get("calib_samples_fed")})
-
-    return make
+    path, meta, reused = oc.cached_artifact(out, build)
+    notes = [pre_note, f"QDQ per-channel U8/S8, {CALIB_METHODS[method]} calibration"]
+    if lm:
+        notes.append(f"{meta.get('quantized_nodes')} weight MatMul/Gemm quantized, attention MatMuls FP32, "
+                     f"LM head {meta.get('lm_head')}")
+    if reused:
+        notes.append("cached artifact reused (calib_seconds from the run that made it)")
+    return oc.Artifact(path, method, precision,
+                       calibration=Calibration(calib["n_calib"], round(meta["calib_seconds"], 3),
+                                               CALIB_METHODS[method].lower()),
+                       notes=notes, extra={"quant_options": options, "calib_samples_fed": meta.get("calib_samples_fed")})
 
 
-def _input_name(path: Path, model: str) -> str:
+def _input_name(path: Path, preferred: str) -> str:
     import onnx
 
     names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
-    want = "input" if model == "resnet50" else "input_ids"
-    return want if want in names else names[0]
+    return preferred if preferred in names else names[0]
 
 
-def slow_reason(rec: oc.ProviderRecord) -> str | None:
-    if rec.int_kernels == 0 and rec.dq_kernels:
-        return "Q/DQ not fused into integer kernels on this EP: runs as FP32 compute plus (de)quantize overhead"
-    return None
+class OrtRoute(oc.OnnxRoute):
+    toolchain = TOOLCHAIN
+    description = ("ONNX Runtime: FP32 ONNX baseline and static INT8 (QDQ, per-channel, U8 act / S8 wt) with "
+                   "MinMax/Entropy/Percentile calibration, on the CPU execution provider.")
+    Options = Options
+
+    def add_options(self, ap: argparse.ArgumentParser) -> None:
+        super().add_options(ap)
+        g = ap.add_argument_group("ONNX Runtime")
+        g.add_argument("--lm-head", default="fp32", choices=("fp32", "int8"),
+                       help="GPT-2: keep the final vocabulary projection in FP32 or quantize it too")
+        g.add_argument("--entropy-bins", type=int, default=ENTROPY_BINS,
+                       help="histogram bins of the Entropy calibrator (ORT's own default, 128, makes Entropy equal "
+                            "MinMax; 0 keeps ORT's default)")
+        g.add_argument("--preprocess", default=True, action=argparse.BooleanOptionalAction,
+                       help="run onnxruntime.quantization.quant_pre_process (shape inference + graph optimisation) first")
+
+    def unavailable(self, opts) -> str | None:
+        return unavailable_import("onnx", "onnxruntime", "onnxruntime.quantization",
+                                  hint="create the environment with `python3 -m evaluation.envs onnxruntime`")
+
+    def make_artifact(self, ctx: ModelContext, method: str, precision: str) -> oc.Artifact:
+        return make_artifact(ctx, method, precision, ctx.opts)
+
+    def slow_reason(self, rec: oc.ProviderRecord) -> str | None:
+        if rec.int_kernels == 0 and rec.dq_kernels:
+            return "Q/DQ not fused into integer kernels on this EP: runs as FP32 compute plus (de)quantize overhead"
+        return None
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    setup_logging(args.verbose)
-    cfg = RouteConfig.from_args(TOOLCHAIN, args)
-    try:
-        import onnxruntime  # noqa: F401
-        import onnx  # noqa: F401
-    except ImportError as exc:
-        raise SuiteError(f"{exc.name} is not installed in this Python; run the route in its environment: "
-                         ".venvs/onnxruntime/bin/python -m quantization.onnxruntime_route "
-                         "(python3 -m evaluation.envs onnxruntime creates it)") from None
-    devices = oc.devices_to_run(args.devices)
-    for model in cfg.models:
-        source = cfg.source(model)
-        manifest = source.load_manifest()
-        oc.source_onnx(manifest, model)  # corrupt/missing FP32 ONNX -> one-line error before any row
-        data = load_data(source, manifest, cfg.calib_samples[model], cfg.eval_limit)
-        make = make_artifact_fn(cfg, model, manifest, data, args)
-        rows = oc.run_variants(cfg, model, manifest, data, make_artifact=make, devices=devices,
-                               slow_reason=slow_reason)
-        ok = sum(r.status == "ok" for r in rows)
-        log.info("%s: %d rows (%d ok) in %s", model, len(rows), ok, cfg.runs_dir)
-    return 0
-
+ROUTE = OrtRoute()
+main = main_for(ROUTE)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -22,12 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from evaluation.harness import measure
-from evaluation.metrics import classification_score, strided_perplexity
-from quantization.common import ImageData, RouteConfig, RowWriter, TextData, load_data, route_parser
-from utils.data import latency_input
-from utils.errors import cli_main, setup_logging
-from utils.text import lm_latency_input
+from quantization.kit import Built, Calibration, ModelContext, Route, main_for, unavailable_import
 from utils.torchvision_compat import import_torchvision
 
 log = logging.getLogger("quantization.torch_route")
@@ -76,22 +71,7 @@ def torch_predict(model) -> Callable[[np.ndarray], np.ndarray]:
     return fn
 
 
-def classify(predict, data: ImageData, batch: int = 120):
-    """Score in fixed-size batches (the last one zero-padded, padding dropped): compiled models see one shape."""
-    def padded():
-        for x, y in data.test.batches(batch):
-            n = len(y)
-            if n < batch and len(data.test) > batch:
-                x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
-            yield predict(x)[:n], y
-
-    return classification_score(padded())
-
-
-def time_images(predict, cfg: RouteConfig, batch: int):
-    x = latency_input(batch, 224)
-    return measure(lambda: predict(x), items_per_call=batch, kind="host-wall", min_time_s=cfg.min_time,
-                   min_iters=cfg.min_iters, warmup=2)
+SCORE_BATCH = 120  # classification scoring batch; padded so compiled models see one shape
 
 
 # ------------------------------------------------------------------------------ ResNet50
@@ -167,57 +147,53 @@ def resnet_pt2e(model, calib: np.ndarray, latency_resolution: int | None = None)
     return scored, timed if timed is not None else scored
 
 
-def run_resnet50(cfg: RouteConfig, writer: RowWriter, manifest: dict, data: ImageData) -> None:
-    import torch
-
+def _resnet(ctx: ModelContext):
     from models.embedded import load_resnet50
 
-    fp32 = load_resnet50(manifest["checkpoint"], manifest["num_classes"])
-    fp32_mb = state_size_mb(fp32.state_dict())
-    for method, precision in cfg.variants("resnet50"):
-        t0 = time.time()
-        try:
-            calib_s, extra_notes, extra, timed_model = None, "", {}, None
-            if method == "eager":
-                model, size = fp32, fp32_mb
-            elif method == "fx":
-                model = resnet_fx(load_resnet50(manifest["checkpoint"], manifest["num_classes"]), data.calib.x)
-                calib_s, size = time.time() - t0, state_size_mb(model.state_dict())
-                # a converted FX model that first ran at 16x16 stays ~5x slower at 224x224 (kernel state
-                # kept from the first shape); the timed copy has only ever seen the latency shape
-                timed_model = copy.deepcopy(model)
-                extra_notes = "FX graph mode (deprecated API), x86 qconfig mapping, fbgemm/onednn kernels"
-            elif method == "inductor":
-                model, size = _compile(load_resnet50(manifest["checkpoint"], manifest["num_classes"])), fp32_mb
-                extra_notes = "torch.compile (inductor, freezing); compile time in first_call_ms"
-            elif method == "pt2e":
-                q, q_timed = resnet_pt2e(load_resnet50(manifest["checkpoint"], manifest["num_classes"]), data.calib.x,
-                                         latency_resolution=224)
-                calib_s, size = time.time() - t0, graph_tensor_mb(q)
-                model, timed_model = _compile(q), _compile(q_timed)
-                extra["n_qparams"] = len(qparams(q))
-                extra_notes = ("torchao pt2e X86InductorQuantizer + torch.compile (inductor, freezing); compare with "
-                               "the inductor FP32 row; the 224x224 graph carries the same calibrated qparams")
-            else:
-                raise ValueError(method)
-            predict = torch_predict(model)
-            t1 = time.time()
-            score = classify(predict, data)
-            extra["eval_seconds"] = time.time() - t1
-            timed = torch_predict(timed_model) if timed_model is not None else predict
-            for b in cfg.batches["resnet50"]:
-                lat = time_images(timed, cfg, b)
-                writer.write(writer.row(
-                    method, precision, b, value=score.top1, top5=score.top5, **lat.row_fields(),
-                    throughput_unit="images/s", size_mb=size, compute_precision=precision,
-                    calib_samples=len(data.calib) if calib_s is not None else None, calib_seconds=calib_s,
-                    calib_method="minmax+histogram (x86 default)" if calib_s is not None else None,
-                    notes=extra_notes, extra={**score.extra(), **extra, "latency": lat.summary(),
-                                              "latency_shape": [b, 3, 224, 224]}))
-        except Exception as exc:  # one variant failing does not stop the others
-            log.exception("resnet50 %s failed", method)
-            writer.status("failed", f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-                          [(method, precision)])
+    return load_resnet50(ctx.manifest["checkpoint"], ctx.manifest["num_classes"])
+
+
+def _calibration(ctx: ModelContext, seconds: float, method: str = "minmax+histogram (x86 default)") -> Calibration:
+    return Calibration(len(ctx.task.calib_array(ctx.data)), seconds, method)
+
+
+def build_eager_image(ctx: ModelContext) -> Built:
+    model = _resnet(ctx)
+    return Built(torch_predict(model), size_mb=state_size_mb(model.state_dict()), compute_precision="fp32",
+                 score_batch=SCORE_BATCH, score_pad=True, handle=model)
+
+
+def build_fx(ctx: ModelContext) -> Built:
+    t0 = time.time()
+    model = resnet_fx(_resnet(ctx), ctx.task.calib_array(ctx.data))
+    calib_s = time.time() - t0
+    # a converted FX model that first ran at 16x16 stays ~5x slower at 224x224 (kernel state kept from the
+    # first shape); the timed copy has only ever seen the latency shape
+    timed = torch_predict(copy.deepcopy(model))
+    return Built(torch_predict(model), size_mb=state_size_mb(model.state_dict()), compute_precision="int8",
+                 calibration=_calibration(ctx, calib_s), score_batch=SCORE_BATCH, score_pad=True,
+                 timed=lambda x: (lambda: timed(x)), handle=model,
+                 notes=["FX graph mode (deprecated API), x86 qconfig mapping, fbgemm/onednn kernels"])
+
+
+def build_inductor(ctx: ModelContext) -> Built:
+    model = _resnet(ctx)
+    size = state_size_mb(model.state_dict())
+    return Built(torch_predict(_compile(model)), size_mb=size, compute_precision="fp32", score_batch=SCORE_BATCH,
+                 score_pad=True, notes=["torch.compile (inductor, freezing); compile time in first_call_ms"])
+
+
+def build_pt2e(ctx: ModelContext) -> Built:
+    t0 = time.time()
+    q, q_timed = resnet_pt2e(_resnet(ctx), ctx.task.calib_array(ctx.data),
+                             latency_resolution=int(ctx.manifest.get("latency_resolution", 224)))
+    calib_s, size = time.time() - t0, graph_tensor_mb(q)
+    timed = torch_predict(_compile(q_timed))
+    return Built(torch_predict(_compile(q)), size_mb=size, compute_precision="int8",
+                 calibration=_calibration(ctx, calib_s), score_batch=SCORE_BATCH, score_pad=True,
+                 timed=lambda x: (lambda: timed(x)), extra={"n_qparams": len(qparams(q))},
+                 notes=["torchao pt2e X86InductorQuantizer + torch.compile (inductor, freezing); compare with "
+                        "the inductor FP32 row; the 224x224 graph carries the same calibrated qparams"])
 
 
 # ------------------------------------------------------------------------------ GPT-2
@@ -270,68 +246,63 @@ def lm_logits(model) -> Callable[[np.ndarray], np.ndarray]:
     return fn
 
 
-def run_gpt2(cfg: RouteConfig, writer: RowWriter, manifest: dict, data: TextData) -> None:
+def build_eager_lm(ctx: ModelContext) -> Built:
     from models.embedded import load_gpt2
 
-    for method, precision in cfg.variants("gpt2"):
+    model = load_gpt2(ctx.manifest["hf_dir"])
+    return Built(lm_logits(model), size_mb=state_size_mb(model.state_dict()), compute_precision="fp32",
+                 notes=["HF GPT2LMHeadModel FP32 (sdpa attention)"])
+
+
+def _build_torchao_lm(method: str):
+    def build(ctx: ModelContext) -> Built:
         t0 = time.time()
-        try:
-            if method == "eager":
-                model, notes, prep_s = load_gpt2(manifest["hf_dir"]), "HF GPT2LMHeadModel FP32 (sdpa attention)", None
-                size = state_size_mb(model.state_dict())
-                compute = "fp32"
-            else:
-                model, n = gpt2_quantized(manifest["hf_dir"], method)
-                prep_s = time.time() - t0
-                size = state_size_mb(model.state_dict())
-                compute = "fp32" if method == "weight-only" else "int8"
-                notes = (f"torchao {'Int8WeightOnlyConfig' if method == 'weight-only' else 'Int8DynamicActivationInt8WeightConfig'}"
-                         f" on {n} Conv1D->Linear block layers; LM head FP32; no calibration (weights: per-channel"
-                         f"{'; activations: per-token dynamic' if method == 'dynamic' else ''})")
-            logits = lm_logits(model)
-            t1 = time.time()
-            score = strided_perplexity(logits, data.val_ids, max_length=data.seq_len, stride=data.stride)
-            eval_s = time.time() - t1
-            for b in cfg.batches["gpt2"]:
-                ids = lm_latency_input(b, data.seq_len, data.vocab_size)
-                lat = measure(lambda: logits(ids), items_per_call=b * data.seq_len, kind="host-wall",
-                              min_time_s=cfg.min_time, min_iters=cfg.min_iters, warmup=2)
-                writer.write(writer.row(
-                    method, precision, b, value=score.ppl, **lat.row_fields(), throughput_unit="tokens/s",
-                    size_mb=size, compute_precision=compute, calib_samples=0 if prep_s is not None else None,
-                    calib_seconds=prep_s, notes=notes,
-                    extra={**score.extra(), "eval_seconds": eval_s, "latency": lat.summary(),
-                           "latency_shape": [b, data.seq_len]}))
-        except Exception as exc:
-            log.exception("gpt2 %s failed", method)
-            writer.status("failed", f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-                          [(method, precision)])
+        model, n = gpt2_quantized(ctx.manifest["hf_dir"], method)
+        prep_s = time.time() - t0
+        dynamic = method == "dynamic"
+        notes = (f"torchao {'Int8DynamicActivationInt8WeightConfig' if dynamic else 'Int8WeightOnlyConfig'}"
+                 f" on {n} Conv1D->Linear block layers; LM head FP32; no calibration (weights: per-channel"
+                 f"{'; activations: per-token dynamic' if dynamic else ''})")
+        return Built(lm_logits(model), size_mb=state_size_mb(model.state_dict()),
+                     compute_precision="int8" if dynamic else "fp32", calibration=Calibration(0, prep_s, None),
+                     notes=[notes])
+    return build
 
 
-# ------------------------------------------------------------------------------ entry
+# ------------------------------------------------------------------------------ the route
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    ap = route_parser(TOOLCHAIN, __doc__.split("\n\n")[0])
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
-    cfg = RouteConfig.from_args(TOOLCHAIN, args)
-    import torch
+# (task kind, method) -> builder: adding a method is one builder and one declared variant, no if/elif
+BUILDERS: dict[tuple[str, str], Callable[[ModelContext], Built]] = {
+    ("image-classification", "eager"): build_eager_image,
+    ("image-classification", "fx"): build_fx,
+    ("image-classification", "inductor"): build_inductor,
+    ("image-classification", "pt2e"): build_pt2e,
+    ("language-model", "eager"): build_eager_lm,
+    ("language-model", "weight-only"): _build_torchao_lm("weight-only"),
+    ("language-model", "dynamic"): _build_torchao_lm("dynamic"),
+}
 
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum-registration chatter
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(0)
-    for model_name in cfg.models:
-        source = cfg.source(model_name)
-        manifest = source.load_manifest()
-        data = load_data(source, manifest, cfg.calib_samples[model_name], cfg.eval_limit)
-        writer = RowWriter(cfg, model_name, manifest, data=data)
-        if model_name == "resnet50":
-            run_resnet50(cfg, writer, manifest, data)
-        else:
-            run_gpt2(cfg, writer, manifest, data)
-    return 0
 
+class TorchRoute(Route):
+    toolchain = TOOLCHAIN
+    description = __doc__.split("\n\n")[0]
+
+    def unavailable(self, opts) -> str | None:
+        return unavailable_import("torch", "torchao")
+
+    def open(self, ctx: ModelContext) -> None:
+        import torch
+
+        logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum-registration chatter
+        torch.set_num_threads(ctx.cfg.threads)
+        torch.manual_seed(0)
+
+    def build(self, ctx: ModelContext, method: str, precision: str, device: str) -> Built:
+        return BUILDERS[(ctx.task.kind, method)](ctx)
+
+
+ROUTE = TorchRoute()
+main = main_for(ROUTE)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -92,8 +92,9 @@ def fake_resnet_cache(cache: Path, onnx_path: Path | None = None) -> Path:
     d = model_cache_dir(cache, "resnet50")
     d.mkdir(parents=True, exist_ok=True)
     onnx_path = onnx_path or tiny_convnet(d / "model.onnx")
+    rel = onnx_path.relative_to(d) if d in onnx_path.parents else onnx_path  # stored relative, as models.prepare does
     (d / "manifest.json").write_text(json.dumps({
-        "onnx": str(onnx_path), "resolution": 32, "num_classes": 10, "latency_resolution": 224,
+        "onnx": str(rel), "files": {"onnx": fingerprint(onnx_path)}, "resolution": 32, "num_classes": 10, "latency_resolution": 224,
         "dataset": "sklearn-digits-32px", "ops_per_item": 1.0e6}))
     return d
 
@@ -104,11 +105,18 @@ def fake_gpt2_cache(cache: Path, seq_len: int = 64, vocab: int = 64) -> Path:
     rng = np.random.default_rng(0)
     np.save(d / "train_ids.npy", rng.integers(0, vocab, 4000, dtype=np.int64))
     np.save(d / "val_ids.npy", rng.integers(0, vocab, 200, dtype=np.int64))
+    tiny_lm(d / "model.onnx", vocab)
     (d / "manifest.json").write_text(json.dumps({
-        "onnx": str(tiny_lm(d / "model.onnx", vocab)), "train_ids": str(d / "train_ids.npy"),
-        "val_ids": str(d / "val_ids.npy"), "seq_len": seq_len, "vocab_size": vocab, "dataset": "random-ids",
+        "onnx": "model.onnx", "files": {"onnx": fingerprint(d / "model.onnx")}, "train_ids": "train_ids.npy",
+        "val_ids": "val_ids.npy", "seq_len": seq_len, "vocab_size": vocab, "dataset": "random-ids",
         "ops_per_item": 1.0e4}))
     return d
+
+
+def fingerprint(path: Path) -> dict:
+    from utils.artifacts import fingerprint as fp
+
+    return fp(path)
 
 
 def run_route(module: str, args: list[str], cache: Path, timeout: int = 240) -> subprocess.CompletedProcess:

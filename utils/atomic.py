@@ -18,6 +18,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; written files keep ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -26,6 +27,12 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:

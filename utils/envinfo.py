@@ -10,11 +10,17 @@ from functools import lru_cache
 from importlib import metadata
 
 from utils.paths import REPO_ROOT, RESULTS_DIR
+from utils.registry import recorded_packages
 
-DEVICE_FILE = RESULTS_DIR / "device.json"  # ceilings measured once per bench run (evaluation.ceilings)
-COMMON_PACKAGES = ("numpy", "torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx", "onnxruntime",
-                   "onnxruntime-gpu", "nvidia-modelopt", "tensorrt", "tensorrt-cu12", "nvtripy", "cuda-python", "cuda-bindings", "datasets",
-                   "scikit-learn")
+DEVICE_FILE = RESULTS_DIR / "device.json"  # default; a bench run points SUITE_DEVICE_FILE at its own report folder
+
+
+def device_file():
+    """Where this run's device ceilings live: SUITE_DEVICE_FILE (set by the bench for its run), else results/."""
+    from pathlib import Path
+
+    return Path(os.environ["SUITE_DEVICE_FILE"]) if os.environ.get("SUITE_DEVICE_FILE") else DEVICE_FILE
+COMMON_PACKAGES = recorded_packages()  # from the toolchain declarations (utils/registry.py)
 
 
 @lru_cache(maxsize=1)
@@ -51,7 +57,7 @@ def package_versions(names=COMMON_PACKAGES) -> dict[str, str]:
 
 def device_ceilings() -> dict:
     try:
-        return json.loads(DEVICE_FILE.read_text())
+        return json.loads(device_file().read_text())
     except (OSError, ValueError):
         return {}
 
@@ -67,6 +73,8 @@ def environment_record(threads: int | None = None, gpu: str | None = None, **ext
         "packages": package_versions(),
         "git_commit": git_commit(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(),
+        "launcher": os.environ.get("SUITE_LAUNCHER", "local"),
         "ceilings": device_ceilings(),
     }
     rec.update(extra)

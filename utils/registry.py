@@ -1,104 +1,231 @@
-"""Lazy registry of toolchains and models (strings only: importing it imports no toolchain).
+"""The one declaration of every toolchain and model (strings and tuples only: importing it imports no toolchain).
 
-Adding a toolchain touches: its module under quantization/, one entry here, its
-requirements file (and an entry in evaluation/envs.py), and its tests under tests/<env>/.
+Everything else reads this module: environment creation (`evaluation.envs`), the test command
+(`evaluation.test`), the bench and sweeps (run order, devices, skipped rows), the environment
+record (packages), aggregation (baselines, ordering, plot markers) and the route kit (variants,
+route resolution). Adding a toolchain takes its route module or package, one `Toolchain(...)`
+entry below, its requirements file and its tests folder: see docs/architecture.md.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
-MODELS = ("resnet50", "gpt2")
 WEIGHTS = ("embedded", "pretrained")
-METRIC = {"resnet50": "top1", "gpt2": "ppl"}
-# latency batches per model (ResNet50 at 3x224x224; GPT-2 at a fixed sequence length)
-DEFAULT_BATCHES = {"resnet50": (1, 32), "gpt2": (1, 8)}
 
+
+# ------------------------------------------------------------------------------ models
+
+@dataclass(frozen=True)
+class ModelDecl:
+    name: str
+    task: str  # "image-classification" | "language-model": the kit's task object scores and times it
+    metric: str  # top1 (percent) | ppl
+    batches: tuple[int, ...]  # default latency batches
+    calib_samples: int  # default calibration size (from the train split)
+
+
+MODEL_DECLS: dict[str, ModelDecl] = {
+    "resnet50": ModelDecl("resnet50", "image-classification", "top1", (1, 32), 128),
+    "gpt2": ModelDecl("gpt2", "language-model", "ppl", (1, 8), 64),
+}
+MODELS = tuple(MODEL_DECLS)
+METRIC = {m: d.metric for m, d in MODEL_DECLS.items()}
+DEFAULT_BATCHES = {m: d.batches for m, d in MODEL_DECLS.items()}
+DEFAULT_CALIB = {m: d.calib_samples for m, d in MODEL_DECLS.items()}
+
+
+def task_of(model: str) -> str:
+    return MODEL_DECLS[model].task
+
+
+# ------------------------------------------------------------------------------ environments
+
+@dataclass(frozen=True)
+class Part:
+    """One requirements file of an environment; an optional part may fail to install (recorded, not fatal)."""
+
+    file: str
+    pip_args: tuple[str, ...] = ()
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class EnvDecl:
+    name: str
+    parts: tuple[Part, ...]
+    tests: str | None = None  # tests folder run inside this environment by the test command
+
+
+# environments that are not a toolchain: the shared layer's tests and the report (pandas, matplotlib, scipy)
+SUPPORT_ENVS: dict[str, EnvDecl] = {
+    "report": EnvDecl("report", (Part("report.txt"),), tests="tests/common"),
+}
+
+
+# ------------------------------------------------------------------------------ toolchains
 
 @dataclass(frozen=True)
 class Toolchain:
     name: str
-    env: str  # evaluation.envs environment that runs it
-    module: str  # `python -m <module>` entry point
-    # model -> ((method, precision), ...) it produces
+    route: str  # "module:attribute" of its Route object, resolved lazily (quantization.kit.route_for)
+    env: EnvDecl
+    # model -> ((method, precision), ...) it produces, in display order
     variants: dict[str, tuple[tuple[str, str], ...]]
+    packages: tuple[str, ...] = ()  # distributions recorded in every row's environment record
+    devices: tuple[str, ...] = ("cpu",)  # devices its rows may target ("cpu", "cuda")
+    needs: tuple[str, ...] = ()  # toolchains whose artifacts it reads (they run first)
     # (toolchain, method) of the FP32 row that deltas and `speedup` compare against
     baseline: tuple[str, str] | None = None
-    needs: str = ""  # one line: what it needs beyond its environment
     # method -> baseline method of the same toolchain, where the fair FP32 comparison differs
-    # (pt2e runs under torch.compile, so it is compared with FP32 under torch.compile)
     method_baselines: dict[str, str] = field(default_factory=dict)
+    requires: str = ""  # one line: what it needs beyond its environment
+    marker: str = "x"  # matplotlib marker in plots
+    prepares_models: bool = False  # its environment runs models.prepare (training, ONNX export, op counts)
+
+    @property
+    def module(self) -> str:
+        """`python -m <module>` entry point of the route."""
+        return self.route.split(":", 1)[0]
 
     def methods(self, model: str) -> tuple[str, ...]:
         return tuple(m for m, _ in self.variants.get(model, ()))
+
+    def precision(self, model: str, method: str) -> str:
+        return dict(self.variants[model])[method]
 
     def baseline_for(self, method: str) -> tuple[str, str] | None:
         if method in self.method_baselines:
             return (self.name, self.method_baselines[method])
         return self.baseline
 
+    def default_device(self) -> str:
+        return self.devices[0]
 
-TOOLCHAINS: dict[str, Toolchain] = {
-    "torch": Toolchain(
+
+_ONNX_MODELS = ("resnet50", "gpt2")
+_BASE = ("numpy", "scikit-learn")
+
+_DECLS = (
+    Toolchain(
         name="torch",
-        env="torch",
-        module="quantization.torch_route",
+        route="quantization.torch_route:ROUTE",
+        env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch"),
         variants={
             "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8")),
             "gpt2": (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8")),
         },
+        packages=_BASE + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx", "datasets"),
         baseline=("torch", "eager"),
         method_baselines={"pt2e": "inductor"},
+        marker="o",
+        prepares_models=True,
     ),
-    "onnxruntime": Toolchain(
+    Toolchain(
         name="onnxruntime",
-        env="onnxruntime",
-        module="quantization.onnxruntime_route",
-        variants={
-            "resnet50": (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8")),
-            "gpt2": (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8")),
-        },
+        route="quantization.onnxruntime_route:ROUTE",
+        env=EnvDecl("onnxruntime", (Part("onnxruntime.txt"),), tests="tests/onnxruntime"),
+        variants={m: (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8"))
+                  for m in _ONNX_MODELS},
+        packages=_BASE + ("onnx", "onnxruntime", "onnxruntime-gpu"),
+        devices=("cpu", "cuda"),
+        needs=("torch",),
         baseline=("onnxruntime", "fp32"),
+        marker="s",
     ),
-    "modelopt-onnx": Toolchain(
+    Toolchain(
         name="modelopt-onnx",
-        env="modelopt-onnx",
-        module="quantization.modelopt_onnx_route",
-        variants={
-            "resnet50": (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")),
-            "gpt2": (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")),
-        },
+        route="quantization.modelopt_onnx_route:ROUTE",
+        env=EnvDecl("modelopt-onnx", (Part("modelopt-onnx.txt"),), tests="tests/modelopt_onnx"),
+        variants={m: (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")) for m in _ONNX_MODELS},
+        packages=_BASE + ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt"),
+        devices=("cpu", "cuda"),
+        needs=("torch",),
         baseline=("onnxruntime", "fp32"),
+        marker="D",
     ),
-    "modelopt-tripy": Toolchain(
+    Toolchain(
         name="modelopt-tripy",
-        env="modelopt-tripy",
-        module="quantization.modelopt_tripy",
-        variants={
-            "gpt2": (
-                ("fp32", "fp32"),
-                ("int8-weight-only", "int8"),
-                ("int4-weight-only", "int4"),
-                ("float8", "fp8"),
-            ),
-        },
+        route="quantization.modelopt_tripy.route:ROUTE",
+        env=EnvDecl("modelopt-tripy", (Part("modelopt-tripy.txt"), Part("modelopt-tripy-gpu.txt", optional=True)),
+                    tests="tests/modelopt_tripy"),
+        variants={"gpt2": (("fp32", "fp32"), ("int8-weight-only", "int8"), ("int4-weight-only", "int4"),
+                           ("float8", "fp8"))},
+        packages=_BASE + ("torch", "transformers", "tokenizers", "nvidia-modelopt", "nvtripy", "tensorrt-cu12",
+                          "datasets"),
+        devices=("cpu", "cuda"),
+        needs=("torch",),
         baseline=("modelopt-tripy", "fp32"),
-        needs="nvtripy (NVIDIA's package index) and a CUDA GPU for the Tripy rows",
+        requires="nvtripy (NVIDIA's package index) and a CUDA GPU for the Tripy rows",
+        marker="^",
     ),
-    "tensorrt": Toolchain(
+    Toolchain(
         name="tensorrt",
-        env="tensorrt",
-        module="quantization.tensorrt_route",
-        variants={
-            "resnet50": (("fp32", "fp32"), ("fp16", "fp16"), ("int8-entropy", "int8"), ("int8-qdq", "int8")),
-            "gpt2": (("fp32", "fp32"), ("fp16", "fp16"), ("int8-entropy", "int8"), ("int8-qdq", "int8")),
-        },
+        route="quantization.tensorrt_route.route:ROUTE",
+        env=EnvDecl("tensorrt", (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)), tests="tests/tensorrt"),
+        variants={m: (("fp32", "fp32"), ("fp16", "fp16"), ("int8-entropy", "int8"), ("int8-qdq", "int8"))
+                  for m in _ONNX_MODELS},
+        packages=_BASE + ("onnx", "tensorrt", "tensorrt-cu12", "cuda-python", "cuda-bindings"),
+        devices=("cuda",),
+        needs=("torch", "modelopt-onnx"),  # the FP32 ONNX, and ModelOpt's Q/DQ ONNX for int8-qdq
         baseline=("tensorrt", "fp32"),
-        needs="TensorRT (NVIDIA's package index) and a CUDA GPU",
+        requires="TensorRT (NVIDIA's package index) and a CUDA GPU",
+        marker="v",
     ),
-}
+)
+TOOLCHAINS: dict[str, Toolchain] = {t.name: t for t in _DECLS}
 
-# the order the bench command runs them in (ONNX consumers after the torch export)
-ORDER = ("torch", "onnxruntime", "modelopt-onnx", "modelopt-tripy", "tensorrt")
+
+def _run_order() -> tuple[str, ...]:
+    """Declaration order, except that a toolchain runs after every toolchain it `needs` (stable topological sort)."""
+    done: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            raise ValueError(f"toolchain dependency cycle through {name}")
+        visiting.add(name)
+        for dep in TOOLCHAINS[name].needs:
+            visit(dep)
+        visiting.discard(name)
+        done.append(name)
+
+    for n in TOOLCHAINS:
+        visit(n)
+    return tuple(done)
+
+
+ORDER = _run_order()
+PREPARE_TOOLCHAIN = next(t.name for t in _DECLS if t.prepares_models)
+
+
+def all_envs() -> dict[str, EnvDecl]:
+    """Every environment: the toolchains' and the support ones (report)."""
+    out = {t.env.name: t.env for t in _DECLS}
+    out.update(SUPPORT_ENVS)
+    return out
+
+
+def test_order() -> list[str]:
+    """Environments whose tests the test command runs, in order: the model-preparing toolchain first (its tests
+    train and export the embedded models later folders use), then the support environments, then the run order."""
+    envs = all_envs()
+    names = [TOOLCHAINS[PREPARE_TOOLCHAIN].env.name, *SUPPORT_ENVS, *(TOOLCHAINS[t].env.name for t in ORDER)]
+    return [n for n in dict.fromkeys(names) if envs[n].tests]
+
+
+def recorded_packages() -> tuple[str, ...]:
+    """Every distribution any toolchain records (the environment record looks up the ones installed)."""
+    return tuple(dict.fromkeys(p for t in _DECLS for p in t.packages))
+
+
+def resolve(ref: str):
+    """'module:attr' -> the object (imports the module only now)."""
+    module, _, attr = ref.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
 
 
 def check_choice(kind: str, value: str, valid) -> str:

@@ -33,7 +33,7 @@ class ResultRow:
     metric: str
     value: float | None = None
     top5: float | None = None
-    # latency through evaluation.harness (raw samples are in `extra`)
+    # latency through utils.harness (raw samples are in `extra`)
     latency_kind: str | None = None
     latency_p10_ms: float | None = None
     latency_p50_ms: float | None = None
@@ -49,6 +49,7 @@ class ResultRow:
     calib_samples: int | None = None
     calib_seconds: float | None = None
     calib_method: str | None = None
+    eval_limit: int | None = None  # scored on a capped subset (--eval-limit): a separate row, never the full one
     status: str = "ok"
     reason: str = ""
     notes: str = ""
@@ -70,6 +71,8 @@ class ResultRow:
     @property
     def key(self) -> str:
         parts = [self.model, self.weights, self.toolchain, self.method, self.precision, self.device, f"b{self.batch}"]
+        if self.eval_limit is not None:
+            parts.append(f"lim{self.eval_limit}")
         return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,9 +87,35 @@ class ResultRow:
         return dataclasses.replace(self, **changes)
 
 
+ATTEMPTS = "attempts"  # <runs_dir>/attempts/<key>.json: a failed/skipped attempt that did not replace an ok row
+
+
 def write_row(row: ResultRow, runs_dir: Path | str = RUNS_DIR) -> Path:
-    """Write one row as `<runs_dir>/<key>.json`, atomically (replaces the previous row of that key)."""
-    return atomic_write_json(Path(runs_dir) / f"{row.key}.json", row.to_dict())
+    """Write one row as `<runs_dir>/<key>.json`, atomically.
+
+    An ok row replaces whatever was there. A skipped or failed row never replaces an earlier ok row of the
+    same key: it is kept beside it as `attempts/<key>.json` (the table notes the latest failed attempt) and
+    the ok row stays until a new ok row replaces it.
+    """
+    runs_dir = Path(runs_dir)
+    path = runs_dir / f"{row.key}.json"
+    attempt = runs_dir / ATTEMPTS / f"{row.key}.json"
+    if row.status != "ok":
+        prev = _read_one(path)
+        if prev is not None and prev.status == "ok":
+            return atomic_write_json(attempt, row.to_dict())
+    out = atomic_write_json(path, row.to_dict())
+    if row.status == "ok" and attempt.exists():
+        attempt.unlink()
+    return out
+
+
+def _read_one(path: Path) -> "ResultRow | None":
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return ResultRow.from_dict(json.load(fh))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def read_rows(runs_dir: Path | str = RUNS_DIR) -> list[ResultRow]:
@@ -95,6 +124,16 @@ def read_rows(runs_dir: Path | str = RUNS_DIR) -> list[ResultRow]:
         with open(path, encoding="utf-8") as fh:
             rows.append(ResultRow.from_dict(json.load(fh)))
     return rows
+
+
+def read_attempts(runs_dir: Path | str = RUNS_DIR) -> dict[str, ResultRow]:
+    """key -> the latest failed/skipped attempt kept beside an ok row."""
+    out = {}
+    for path in sorted((Path(runs_dir) / ATTEMPTS).glob("*.json")):
+        r = _read_one(path)
+        if r is not None:
+            out[r.key] = r
+    return out
 
 
 def status_rows(
@@ -109,6 +148,7 @@ def status_rows(
     device: str,
     batches: Iterable[int],
     metric: str,
+    eval_limit: int | None = None,
     environment: dict[str, Any] | None = None,
 ) -> list[ResultRow]:
     """`skipped`/`failed` rows for every (method, precision) x batch a route could not measure."""
@@ -116,7 +156,7 @@ def status_rows(
         ResultRow(
             model=model, weights=weights, dataset=dataset, toolchain=toolchain, method=method,
             precision=precision, device=device, batch=b, metric=metric, status=status,
-            reason=reason, environment=dict(environment or {}),
+            reason=reason, eval_limit=eval_limit, environment=dict(environment or {}),
         )
         for method, precision in variants
         for b in batches

@@ -11,10 +11,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from utils import artifacts
+from utils.artifacts import resolve
 from utils.atomic import config_key
 from utils.errors import SuiteError
 from utils.paths import CACHE_DIR
-from utils.registry import MODELS, WEIGHTS, check_choice
+from utils.registry import DEFAULT_CALIB, MODELS, WEIGHTS, check_choice  # noqa: F401 (DEFAULT_CALIB re-exported)
 
 EMBEDDED = {
     "resnet50": {
@@ -33,7 +35,8 @@ DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-16px", ("gpt2", "embed
 def ppl_stride(context: int) -> int:
     """Perplexity window stride: half the model's context (64 for the embedded GPT-2, 512 for HF gpt2)."""
     return max(1, context // 2)
-DEFAULT_CALIB = {"resnet50": 128, "gpt2": 64}
+# manifest entries that are file paths (stored relative to the model's cache folder)
+PATH_KEYS = ("checkpoint", "onnx", "hf_dir", "train_ids", "val_ids")
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,11 @@ class ModelSource:
     def manifest_path(self) -> Path:
         return self.cache_dir / "manifest.json"
 
-    def load_manifest(self) -> dict:
+    def load_manifest(self, *, verify: bool = True) -> dict:
+        """The manifest with its file paths resolved against this cache folder (they are stored relative to it,
+        so a moved cache still works); with `verify`, every recorded file is checked against its hash."""
         try:
-            return json.loads(self.manifest_path.read_text())
+            manifest = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
             raise SuiteError(
                 f"{self.model} ({self.weights}) is not prepared yet: run `python3 -m evaluation.bench --models "
@@ -77,6 +82,18 @@ class ModelSource:
             ) from None
         except ValueError:
             raise SuiteError(f"{self.manifest_path} is corrupt; delete {self.cache_dir} and prepare again") from None
+        for k in PATH_KEYS:
+            if manifest.get(k):
+                manifest[k] = str(resolve(self.cache_dir, manifest[k]))
+        if verify:
+            for k, rec in (manifest.get("files") or {}).items():
+                if manifest.get(k):
+                    artifacts.verify(manifest[k], rec, fix=f"run `python -m models.prepare --model {self.model} "
+                                                            f"--force` (torch environment) to make it again")
+        return manifest
+
+    def path(self, stored: str) -> Path:
+        return resolve(self.cache_dir, stored)
 
     def to_dict(self) -> dict:
         return asdict(self)

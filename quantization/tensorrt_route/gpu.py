@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from evaluation.harness import Latency
+from utils.harness import Latency
 
 from .cache import DeviceInfo
 

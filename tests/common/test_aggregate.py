@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from evaluation.aggregate import aggregate, build_table
-from evaluation.metrics import pack_bits
+from utils.metrics import pack_bits
 from utils.errors import SuiteError
 from utils.rows import ResultRow, write_row
 

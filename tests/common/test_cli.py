@@ -14,7 +14,11 @@ def run(*args):
 @pytest.mark.parametrize("args,expect", [
     (["--models", "vgg16"], "unknown model 'vgg16'; valid: resnet50, gpt2"),
     (["--toolchains", "tflite"], "unknown toolchain 'tflite'; valid: torch, onnxruntime, modelopt-onnx, modelopt-tripy, tensorrt"),
-    (["--calib-samples", "0"], "calibration size must be >= 1"),
+    (["--calib-samples", "0"], "argument --calib-samples: must be >= 1, got 0"),
+    (["--threads", "-2"], "argument --threads: must be >= 1, got -2"),
+    (["--eval-limit", "0"], "argument --eval-limit: must be >= 1, got 0"),
+    (["--min-time", "-1"], "argument --min-time: must be > 0"),
+    (["--methods", "bogus"], "unknown method bogus"),
 ])
 def test_bench_bad_input(args, expect):
     p = run("-m", "evaluation.bench", *args)

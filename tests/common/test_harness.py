@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from evaluation.harness import Latency, measure, percentile
+from utils.harness import Latency, measure, percentile
 
 
 def test_timer_on_known_sleep():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from evaluation.metrics import (classification_score, pack_bits, relative_error, sqnr_db, strided_perplexity,
+from utils.metrics import (classification_score, pack_bits, relative_error, sqnr_db, strided_perplexity,
                                 strided_windows, unpack_bits)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from evaluation import sweep
-from evaluation.metrics import pack_bits
+from utils.metrics import pack_bits
 from evaluation.stats import mcnemar_exact
 from utils.rows import ResultRow, write_row
 

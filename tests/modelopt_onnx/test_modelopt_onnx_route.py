@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from evaluation.metrics import relative_error
+from utils.metrics import relative_error
 from quantization import modelopt_onnx_route as route
-from quantization import onnx_common as oc
+from quantization.kit import onnx as oc
 from utils.atomic import sha256_file
 from utils.errors import SuiteError
 
@@ -60,7 +60,7 @@ def test_modelopt_placement_is_not_fused_by_ort_cpu(tiny_net, tmp_path):
     # Q/DQ only on inputs (TensorRT style): ORT CPU keeps float convs and runs DequantizeLinear kernels
     assert rec.int_kernels == 0 and rec.dq_kernels >= 2, rec.ops
     assert rec.compute_precision() == "fp32"
-    assert "slower than FP32" in route.slow_reason(rec)
+    assert "slower than FP32" in route.ROUTE.slow_reason(rec)
     # with output quantization requested for Conv, ORT can fuse some of them into QLinearConv
     out2 = tmp_path / "q2.onnx"
     route.modelopt_quantize(tiny_net, out2, oc.ArrayCalibrationReader("input", [x]), mode="int8",
@@ -125,12 +125,25 @@ def test_cli_end_to_end_rows_index_and_unchanged_source(tmp_path, h):
     for row in rows.values():
         assert row["status"] in ("ok", "skipped", "failed") and (row["status"] == "ok" or row["reason"])
         assert "\n" not in row["reason"]
-    index = json.loads((d / "modelopt-onnx" / "index.json").read_text())
+    index = json.loads((d / "modelopt-onnx" / "index.json").read_text())["entries"]
     for m in ("max", "entropy"):
-        e = index[m]
-        assert Path(e["path"]).is_file() and e["calib_samples"] == 16 and len(e["calib_sha"]) == 16
-        oc.check_onnx(e["path"])
-    assert json.loads((g / "modelopt-onnx" / "index.json").read_text())["max"]["calib_samples"] == 16
+        (e,) = [e for e in index.values() if e["method"] == m]
+        assert not Path(e["path"]).is_absolute()  # relative to the index's folder: a moved cache still works
+        p = d / "modelopt-onnx" / e["path"]
+        assert p.is_file() and e["calib_samples"] == 16 and len(e["calib_sha"]) == 16
+        assert e["file"]["size"] == p.stat().st_size and len(e["file"]["sha256"]) == 64
+        oc.check_onnx(p)
+    gindex = json.loads((g / "modelopt-onnx" / "index.json").read_text())["entries"]
+    assert [e["calib_samples"] for e in gindex.values() if e["method"] == "max"] == [16]
+    # a re-calibration with other settings adds an entry; it never repoints the first one
+    before = {k: dict(v) for k, v in index.items()}
+    r = h.run_route("quantization.modelopt_onnx_route", args[:-2] + ["--devices", "cpu", "--model", "resnet50",
+                    "--methods", "max", "--calib-samples", "8"], cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = json.loads((d / "modelopt-onnx" / "index.json").read_text())["entries"]
+    assert len(after) == len(before) + 1
+    assert all(after[k] == v for k, v in before.items())
+    assert sorted(e["calib_samples"] for e in after.values() if e["method"] == "max") == [8, 16]
 
 
 def test_int4_block_axis_repair_runs_on_ort(tiny_net, tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from evaluation.metrics import relative_error
-from quantization import onnx_common as oc
+from utils.metrics import relative_error
+from quantization.kit import onnx as oc
 from quantization import onnxruntime_route as route
 from utils.errors import SuiteError
 
@@ -24,7 +24,7 @@ def test_reader_feeds_exactly_the_configured_samples(convnet_path, tmp_path):
     x = _calib_images(37)
     batches = [x[i:i + 16] for i in range(0, 37, 16)]  # 16 + 16 + 5
     reader = oc.ArrayCalibrationReader("input", batches)
-    route.quantize_static_onnx(convnet_path, tmp_path / "q.onnx", reader, method="minmax", model_kind="resnet50")
+    route.quantize_static_onnx(convnet_path, tmp_path / "q.onnx", reader, method="minmax", task_kind="image-classification")
     # ORT's MinMax calibrator makes one pass over the reader: every sample exactly once
     assert reader.passes == [37]
     assert reader.batches_fed == 3
@@ -32,13 +32,15 @@ def test_reader_feeds_exactly_the_configured_samples(convnet_path, tmp_path):
 
 
 def test_calibration_batches_cover_the_shared_subset():
-    from quantization.common import ImageData
+    from types import SimpleNamespace
+
+    from quantization.kit.tasks import ImageData, task_for
     from utils.data import Split
 
     x = _calib_images(35)
     split = Split("calibration", x, np.zeros(35, np.int64), np.arange(35))
-    data = ImageData(split, split, 32)
-    bs = oc.calibration_batches(data, 16)
+    ctx = SimpleNamespace(task=task_for("resnet50"), data=ImageData(split, split, 32))
+    bs = oc.calibration_batches(ctx, 16)
     assert [b.shape[0] for b in bs] == [16, 16, 3]
     np.testing.assert_array_equal(np.concatenate(bs), x)
 
@@ -48,7 +50,7 @@ def test_static_int8_has_qdq_and_small_error(convnet_path, tmp_path, method):
     out = tmp_path / f"{method}.onnx"
     x = _calib_images(32)
     reader = oc.ArrayCalibrationReader("input", [x[:16], x[16:]])
-    route.quantize_static_onnx(convnet_path, out, reader, method=method, model_kind="resnet50")
+    route.quantize_static_onnx(convnet_path, out, reader, method=method, task_kind="image-classification")
     ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
     assert ops["QuantizeLinear"] >= 3 and ops["DequantizeLinear"] >= 6, ops  # activations + per-channel weights
     # per-channel S8 weights: the conv weight scales are vectors, one per output channel
@@ -66,7 +68,7 @@ def test_cpu_ep_fuses_ort_qdq_into_integer_kernels(convnet_path, tmp_path):
     out = tmp_path / "q.onnx"
     x = _calib_images(16)
     route.quantize_static_onnx(convnet_path, out, oc.ArrayCalibrationReader("input", [x]), method="minmax",
-                               model_kind="resnet50")
+                               task_kind="image-classification")
     rec = oc.provider_record(out, 1, [oc.CPU_EP], {"input": x[:1]})
     assert rec.session[0] == oc.CPU_EP
     assert rec.nodes_by_provider.get(oc.CPU_EP, 0) > 0
@@ -84,7 +86,7 @@ def test_gpt2_style_weight_matmuls_only(lm_path, tmp_path):
     for head in ("fp32", "int8"):
         out = tmp_path / f"lm-{head}.onnx"
         info = route.quantize_static_onnx(lm_path, out, oc.ArrayCalibrationReader("input_ids", [ids]),
-                                          method="minmax", model_kind="gpt2", lm_head=head)
+                                          method="minmax", task_kind="language-model", lm_head=head)
         q = onnx.load(str(out))
         quantized = {n.name for n in q.graph.node if n.op_type == "MatMul"
                      and any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
@@ -108,12 +110,14 @@ def test_corrupt_onnx_is_one_line_error(tmp_path, h):
 def test_cli_corrupt_onnx_exit_2(tmp_path, h):
     cache = tmp_path / "cache"
     d = h.fake_resnet_cache(cache)
-    onnx_file = Path(json.loads((d / "manifest.json").read_text())["onnx"])
+    onnx_file = d / json.loads((d / "manifest.json").read_text())["onnx"]
     onnx_file.write_bytes(b"\x08\x07garbage" * 10)
     r = h.run_route("quantization.onnxruntime_route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "runs")], cache)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert lines[-1].startswith("error: ") and "is not a valid ONNX model" in lines[-1], r.stderr
+    # the recorded hash catches it before ONNX is parsed: one line naming the file and the fix
+    assert lines[-1].startswith("error: ") and str(onnx_file) in lines[-1] and "changed since it was made" in lines[-1]
+    assert "models.prepare" in lines[-1], r.stderr
     assert "Traceback" not in r.stderr
     assert not list((tmp_path / "runs").glob("*.json"))
 
@@ -159,7 +163,7 @@ def test_cli_end_to_end_rows_and_cache(tmp_path, h):
     assert any(f.startswith("minmax-int8-") for f in files) and any(f.startswith("preprocessed-") for f in files)
     r2 = h.run_route("quantization.onnxruntime_route", args[:] + ["--model", "resnet50", "--methods", "minmax"], cache)
     assert r2.returncode == 0, r2.stderr[-2000:]
-    row = json.loads((runs / "resnet50__embedded__onnxruntime__minmax__int8__cpu__b1.json").read_text())
+    row = json.loads((runs / "resnet50__embedded__onnxruntime__minmax__int8__cpu__b1__lim64.json").read_text())
     assert "cached artifact reused" in row["notes"]
     assert sorted(p.name for p in (d / "onnxruntime").glob("*.onnx")) == files
 
@@ -203,10 +207,71 @@ def test_entropy_needs_more_bins_than_orts_default(convnet_path, tmp_path):
     for name, method, bins in (("minmax", "minmax", 0), ("ent_default", "entropy", 0), ("ent_2048", "entropy", 2048)):
         out = tmp_path / f"{name}.onnx"
         route.quantize_static_onnx(convnet_path, out, oc.ArrayCalibrationReader("input", [x]), method=method,
-                                   model_kind="resnet50", entropy_bins=bins)
+                                   task_kind="image-classification", entropy_bins=bins)
         scales[name] = _act_scales(out)
     # ORT's default (128 bins, 128 quantized bins) leaves the KL search one candidate: the MinMax range
     assert scales["ent_default"] == pytest.approx(scales["minmax"], rel=1e-6)
     # with 2048 bins the search clips: smaller scale on at least the outlier-dominated input
     smaller = [k for k in scales["minmax"] if scales["ent_2048"][k] < 0.9 * scales["minmax"][k]]
     assert smaller, (scales["minmax"], scales["ent_2048"])
+
+
+def test_weights_zeroed_in_place_are_caught_by_the_hash(tmp_path, h):
+    """Part of the FP32 ONNX's weights zeroed (still a parseable model): the recorded hash refuses it."""
+    cache = tmp_path / "cache"
+    d = h.fake_resnet_cache(cache)
+    f = d / "model.onnx"
+    m = onnx.load(str(f))
+    init = m.graph.initializer[0]
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr[...] = 0
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(m, str(f))
+    oc.check_onnx(f)  # still a valid model
+    r = h.run_route("quantization.onnxruntime_route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "runs")], cache)
+    assert r.returncode == 2 and "changed since it was made" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
+
+
+def test_cached_artifact_changed_on_disk_is_made_again(tmp_path, h):
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    d = h.fake_resnet_cache(cache)
+    args = ["--model", "resnet50", "--methods", "minmax", "--runs-dir", str(runs), "--batches", "1", "--min-time",
+            "0.01", "--min-iters", "2", "--calib-samples", "16", "--eval-limit", "32", "--no-preprocess"]
+    assert h.run_route("quantization.onnxruntime_route", args, cache).returncode == 0
+    (art,) = (d / "onnxruntime").glob("minmax-int8-*.onnx")
+    good = art.read_bytes()
+    art.write_bytes(good[: len(good) // 2])  # truncated in place
+    r = h.run_route("quantization.onnxruntime_route", args, cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "cached artifact not reused" in r.stderr and "changed since it was made" in r.stderr
+    row = json.loads(next(runs.glob("*minmax*.json")).read_text())
+    assert row["status"] == "ok" and "cached artifact reused" not in row["notes"]
+    assert art.read_bytes() == good  # made again, byte for byte the same
+
+
+def test_prepared_cache_relocates_and_is_reused(tmp_path, h):
+    """A prepared cache copied to another folder (a moved checkout, a container mount) is found and reused there."""
+    import shutil
+
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    h.fake_resnet_cache(cache)
+    h.fake_gpt2_cache(cache)
+    args = ["--methods", "fp32,minmax", "--runs-dir", str(runs), "--batches", "1", "--min-time", "0.01",
+            "--min-iters", "2", "--calib-samples", "16", "--eval-limit", "32"]
+    r1 = h.run_route("quantization.onnxruntime_route", args, cache)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    first = {p.name: json.loads(p.read_text()) for p in runs.glob("*.json")}
+    moved = tmp_path / "elsewhere" / "cache"
+    shutil.copytree(cache, moved)  # copy2 keeps modification times
+    shutil.rmtree(cache)
+    r2 = h.run_route("quantization.onnxruntime_route", args, moved)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    again = {p.name: json.loads(p.read_text()) for p in runs.glob("*.json")}
+    assert set(again) == set(first) and len(first) == 2 * 2
+    for k, row in again.items():
+        assert row["status"] == "ok" and row["value"] == first[k]["value"]
+        if row["method"] == "minmax":
+            assert "cached artifact reused" in row["notes"]  # not recalibrated in the new place
+            assert not Path(row["extra"]["onnx"]).is_absolute()
+    assert not cache.exists()

@@ -302,8 +302,9 @@ def add_qdq_index(env, source, calib_sha="other"):
     d.mkdir()
     kind, name = ("lm", "input_ids") if source.model == "gpt2" else ("cls", "input")
     (d / "max.onnx").write_text(json.dumps({"kind": kind, "input": name, "qdq": True}))
-    (d / "index.json").write_text(json.dumps({"max": {"path": "max.onnx", "calib_sha": calib_sha, "calib_samples": 20,
-                                                      "src_onnx_sha": "older-sha", "high_precision_dtype": "fp32"}}))
+    (d / "index.json").write_text(json.dumps({"entries": {"k": {
+        "method": "max", "path": "max.onnx", "calib_sha": calib_sha, "calib_samples": 20, "src_onnx_sha": "older-sha",
+        "high_precision_dtype": "fp32"}}}))
 
 
 # ------------------------------------------------------------------ tests

@@ -13,7 +13,7 @@ import pytest
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA's package index or an NGC container)")
 pytestmark = pytest.mark.requires_cuda
 
-from evaluation.metrics import relative_error  # noqa: E402
+from utils.metrics import relative_error  # noqa: E402
 from quantization.tensorrt_route.cache import CalibKey, CalibrationCache  # noqa: E402
 from quantization.tensorrt_route.calib import CalibrationStream  # noqa: E402
 from quantization.tensorrt_route.gpu import Stream, device_info, timed_loop  # noqa: E402

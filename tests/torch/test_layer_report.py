@@ -7,7 +7,7 @@ import torch
 
 from evaluation.layer_report import (apply_plant, layer_errors, parse_plant, plant_weight_bits, quantized_layers,
                                      read_csv, write_csv)
-from evaluation.metrics import sqnr_db
+from utils.metrics import sqnr_db
 from utils.errors import SuiteError
 
 

@@ -19,13 +19,13 @@ def setup():
         ModelSource("resnet50").load_manifest()
     except SuiteError as exc:
         pytest.skip(f"embedded ResNet50 not prepared: {exc}")
-    from evaluation.layer_report import resnet50_setup
-    from quantization.torch_route import classify, torch_predict
-
     from evaluation.planted import evaluate_plant
+    from quantization.kit import build_variant, score_built
 
-    manifest, data, fp32, q = resnet50_setup(128)
-    base = classify(torch_predict(fp32), data)  # the eager FP32 row's correctness, as in the table
+    ctx, fp32_built = build_variant("torch", "resnet50", "eager", argv=["--calib-samples", "128"])
+    _, fx_built = build_variant("torch", "resnet50", "fx", argv=["--calib-samples", "128"])
+    data, fp32, q = ctx.data, fp32_built.handle, fx_built.handle
+    base = score_built(ctx, fp32_built)  # the eager FP32 row's correctness, scored as the bench scores it
     clean = evaluate_plant(fp32, q, data, base.correct, "")
     return data, fp32, q, base, clean
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.metrics import relative_error, sqnr_db
+from utils.metrics import relative_error, sqnr_db
 
 
 class TinyNet(torch.nn.Module):

@@ -1,6 +1,8 @@
-"""What the two ONNX routes (onnxruntime, modelopt-onnx) share: sessions, calibration feed, scoring, rows.
+"""The kit's ONNX part, for routes whose artifacts are ONNX files run by ONNX Runtime (onnxruntime, modelopt-onnx).
 
-Imports only numpy/onnx/onnxruntime (both environments have them) plus the shared layer.
+Sessions, provider records (which EP really ran which kernels), the calibration feed, verified
+cached artifacts, and `OnnxRoute`: a Route whose `build` makes (or reuses) an ONNX artifact and
+opens it in an ONNX Runtime session on the requested device. onnx/onnxruntime are imported lazily.
 Every ONNX file a route reads goes through `check_onnx`, which turns a corrupt or truncated
 file into a one-line SuiteError. Artifacts are cached under `<model cache>/<toolchain>/`
 with names keyed by everything that made them (`artifact_path`), next to a small JSON of
@@ -21,13 +23,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from evaluation.harness import Latency, measure
-from evaluation.metrics import classification_score, strided_perplexity
-from quantization.common import ImageData, RouteConfig, RowWriter, data_hashes, file_size_mb
+from quantization.kit import Built, Calibration, ModelContext, Route, SkipVariant, failure_reason
+from quantization.kit.tasks import file_size_mb
+from utils import artifacts
 from utils.atomic import atomic_write_json, config_key, sha256_file
-from utils.data import latency_input
 from utils.errors import SuiteError
-from utils.text import lm_latency_input
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ TRT_EP = "TensorrtExecutionProvider"
 # ORT kernels that really compute in integer arithmetic (what a fused Q/DQ pattern becomes on CPU)
 INT_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "DynamicQuantizeMatMul",
                "MatMulIntegerToFloat", "QAttention", "MatMulNBits", "QLinearAdd", "QLinearGlobalAveragePool")
-EVAL_BATCH = 64  # accuracy batch size (does not change any number, only speed)
-CALIB_BATCH = 16  # calibration feed batch size (ResNet50)
+CALIB_BATCH = {"image-classification": 16, "language-model": 8}  # calibration feed batch size per task
 
 
 # ------------------------------------------------------------------------------ files
@@ -82,23 +81,28 @@ def write_meta(onnx_path: Path, meta: dict) -> None:
 
 
 def cached_artifact(out: Path, make: Callable[[Path], dict]) -> tuple[Path, dict, bool]:
-    """Reuse `out` when it and its meta JSON exist and load; else make it in a temp dir and move it in.
+    """Reuse `out` when its meta JSON exists and the file still matches the hash recorded there; else make it
+    in a temp dir and move it in (a changed or truncated file is made again, with a warning).
 
     `make(tmp_out)` writes the ONNX at tmp_out and returns its meta dict. Returns (path, meta, reused).
     """
     meta = read_meta(out)
     if meta is not None:
-        try:
-            check_onnx(out, full_check=False)
-            return out, meta, True
-        except SuiteError:
-            log.warning("cached %s is unreadable; making it again", out)
+        why = artifacts.check(out, meta.get("file"))
+        if why is None:
+            try:
+                check_onnx(out, full_check=False)
+                return out, meta, True
+            except SuiteError as exc:
+                why = str(exc)
+        log.warning("cached artifact not reused: %s; making it again", why)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".make-") as tmp:
         tmp_out = Path(tmp) / out.name
         meta = make(tmp_out)
         # a model over 2 GB would carry external data; ours are single files
         os.replace(tmp_out, out)
+    meta["file"] = artifacts.fingerprint(out)
     write_meta(out, meta)
     return out, meta, False
 
@@ -216,10 +220,10 @@ def provider_record(path: Path | str, threads: int, providers: list[str], feed: 
 
 # ------------------------------------------------------------------------------ calibration
 
-def calibration_batches(data, batch_size: int | None = None) -> list[np.ndarray]:
+def calibration_batches(ctx: ModelContext, batch_size: int | None = None) -> list[np.ndarray]:
     """The configured calibration samples, in order, cut into batches (every sample exactly once)."""
-    arr = data.calib.x if isinstance(data, ImageData) else data.calib
-    bs = batch_size or (CALIB_BATCH if isinstance(data, ImageData) else 8)
+    arr = ctx.task.calib_array(ctx.data)
+    bs = batch_size or CALIB_BATCH[ctx.task.kind]
     return [arr[i:i + bs] for i in range(0, arr.shape[0], bs)]
 
 
@@ -274,7 +278,7 @@ class ArrayCalibrationReader(_reader_base()):
         return len(self.batches)
 
 
-# ------------------------------------------------------------------------------ scoring / timing
+# ------------------------------------------------------------------------------ the ONNX route base
 
 def input_name(sess, preferred: str) -> str:
     names = [i.name for i in sess.get_inputs()]
@@ -290,35 +294,6 @@ def output_name(sess, preferred: str = "logits") -> str:
     return preferred if preferred in names else names[0]
 
 
-def score(sess, model: str, data):
-    """Accuracy of the session on the shared evaluation samples: ClassificationScore or PerplexityScore."""
-    out = output_name(sess)
-    if model == "resnet50":
-        name = input_name(sess, "input")
-        batches = ((sess.run([out], {name: x})[0], y) for x, y in data.test.batches(EVAL_BATCH))
-        return classification_score(batches)
-    name = input_name(sess, "input_ids")
-    return strided_perplexity(lambda ids: sess.run([out], {name: ids})[0], data.val_ids,
-                              max_length=data.seq_len, stride=data.stride, progress=True)
-
-
-def latency_feed(sess, model: str, batch: int, manifest: dict, data) -> tuple[dict, int, str]:
-    """(feed, items per call, unit): ResNet50 at 3x224x224 images; GPT-2 `batch` x seq_len tokens."""
-    if model == "resnet50":
-        res = int(manifest.get("latency_resolution", 224))
-        return {input_name(sess, "input"): latency_input(batch, res)}, batch, "images/s"
-    ids = lm_latency_input(batch, data.seq_len, data.vocab_size)
-    return {input_name(sess, "input_ids"): ids}, batch * data.seq_len, "tokens/s"
-
-
-def time_session(sess, feed: dict, items: int, cfg: RouteConfig) -> Latency:
-    out = output_name(sess)
-    return measure(lambda: sess.run([out], feed), items_per_call=items, kind="host-wall",
-                   min_time_s=cfg.min_time, min_iters=cfg.min_iters)
-
-
-# ------------------------------------------------------------------------------ one variant -> rows
-
 @dataclass
 class Artifact:
     """An ONNX file to evaluate plus how it was made."""
@@ -326,9 +301,7 @@ class Artifact:
     path: Path
     method: str
     precision: str
-    calib_method: str | None = None
-    calib_samples: int | None = None
-    calib_seconds: float | None = None
+    calibration: Calibration | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     float_precision: str = "fp32"  # what its convs/matmuls compute in when no integer kernel runs
@@ -361,108 +334,91 @@ def devices_to_run(requested: str) -> list[str]:
     return devs
 
 
-def evaluate_rows(art: Artifact, *, cfg: RouteConfig, model: str, manifest: dict, data, writer: RowWriter,
-                  device: str, slow_reason: Callable[[ProviderRecord], str | None] | None = None) -> list:
-    """Score `art` once and time every configured batch on `device`; one row per batch.
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    return failure_reason(exc, limit)
 
-    On `cuda`, a session whose kernels all landed on the CPU EP (ORT's silent fallback) gives
-    `skipped` rows saying so, never CPU numbers labelled cuda.
+
+def source_onnx(manifest: dict) -> tuple[Path, str]:
+    """The manifest's FP32 ONNX (verified against its recorded hash when the manifest was loaded), and its sha256."""
+    if "onnx" not in manifest:
+        raise SuiteError("the model's manifest has no 'onnx' entry (prepare the model again)")
+    path = Path(manifest["onnx"])
+    check_onnx(path)
+    rec = (manifest.get("files") or {}).get("onnx") or {}
+    return path, rec.get("sha256") or sha256_file(path)
+
+
+def calib_key(ctx: ModelContext) -> dict:
+    return {"calib_sha": ctx.hashes["calib_sha"], "n_calib": ctx.hashes["n_calib"]}
+
+
+class OnnxRoute(Route):
+    """A route whose variants are ONNX files run by ONNX Runtime: subclasses implement `make_artifact`."""
+
+    def add_options(self, ap) -> None:
+        ap.add_argument("--devices", default="auto",
+                        help="comma list of cpu,cuda; auto: cpu plus cuda when this ORT build has the CUDA/TensorRT EP")
+
+    def devices(self, opts) -> list[str]:
+        return devices_to_run(opts.devices)
+
+    def device_unavailable(self, device: str, opts) -> str | None:
+        return cuda_driver_missing() if device == "cuda" else None
+
+    def open(self, ctx: ModelContext) -> None:
+        ctx.state["src"] = source_onnx(ctx.manifest)  # corrupt/missing FP32 ONNX -> one-line error before any row
+        ctx.state["artifacts"] = {}
+
+    def make_artifact(self, ctx: ModelContext, method: str, precision: str) -> Artifact:
+        raise NotImplementedError
+
+    def slow_reason(self, rec: "ProviderRecord") -> str | None:
+        return None
+
+    def build(self, ctx: ModelContext, method: str, precision: str, device: str) -> Built:
+        made = ctx.state["artifacts"]
+        if method not in made:  # one artifact per variant, whatever the devices
+            try:
+                made[method] = self.make_artifact(ctx, method, precision)
+            except Exception as exc:  # noqa: BLE001 - remembered, so every device gets the same row
+                made[method] = exc
+        art = made[method]
+        if isinstance(art, BaseException):
+            raise art
+        return onnx_built(ctx, art, device, self.slow_reason)
+
+
+def onnx_built(ctx: ModelContext, art: Artifact, device: str, slow_reason=None) -> Built:
+    """Open `art` in an ONNX Runtime session on `device`.
+
+    On `cuda`, a session whose kernels all landed on the CPU EP (ORT's silent fallback) gives a skipped
+    variant saying so, never CPU numbers labelled cuda.
     """
     providers = device_providers(device)
-    sess = make_session(art.path, cfg.threads, providers)
-    probe_feed, _, _ = latency_feed(sess, model, 1, manifest, data)
-    rec = provider_record(art.path, cfg.threads, providers, probe_feed)
+    threads = ctx.cfg.threads
+    sess = make_session(art.path, threads, providers)
+    in_name, out = input_name(sess, ctx.task.input_name), output_name(sess)
+    probe = ctx.task.latency_input(1, ctx.manifest, ctx.data)
+    rec = provider_record(art.path, threads, providers, {in_name: probe.x})
     if device != "cpu" and rec.main_provider == CPU_EP:
-        reason = (f"{'/'.join(p for p in providers if p != CPU_EP) or 'CUDA EP'} requested but ONNX Runtime ran "
-                  f"every kernel on CPUExecutionProvider (no usable CUDA device/driver; session providers "
-                  f"{list(rec.session)})")
-        return writer.status("skipped", reason, [(art.method, art.precision)])
-    t0 = time.perf_counter()
-    acc = score(sess, model, data)
-    eval_s = time.perf_counter() - t0
-    value = acc.top1 if model == "resnet50" else acc.ppl
-    top5 = acc.top5 if model == "resnet50" else None
+        raise SkipVariant(f"{'/'.join(p for p in providers if p != CPU_EP) or 'CUDA EP'} requested but ONNX Runtime "
+                          f"ran every kernel on CPUExecutionProvider (no usable CUDA device/driver; session providers "
+                          f"{list(rec.session)})")
     notes = [f"providers {','.join(rec.session)}", rec.note()] + list(art.notes)
-    if slow_reason is not None:
-        why = slow_reason(rec)
-        if why:
-            notes.append(why)
-    size = file_size_mb(art.path)
+    why = slow_reason(rec) if slow_reason is not None else None
+    if why:
+        notes.append(why)
     compute = rec.compute_precision(art.float_precision) if art.precision != "fp32" else "fp32"
-    rows = []
-    for b in cfg.batches[model]:
-        feed, items, unit = latency_feed(sess, model, b, manifest, data)
-        lat = time_session(sess, feed, items, cfg)
-        extra = dict(acc.extra())
-        extra.update(art.extra)
-        extra.update(providers=rec.to_dict(), latency=lat.summary(), eval_seconds=round(eval_s, 3),
-                     onnx=str(art.path), onnx_sha=sha256_file(art.path)[:16])
-        row = writer.row(art.method, art.precision, b, value=value, top5=top5, size_mb=size,
-                         calib_samples=art.calib_samples, calib_seconds=art.calib_seconds,
-                         calib_method=art.calib_method, compute_precision=compute, throughput_unit=unit,
-                         notes="; ".join(notes), extra=extra, **lat.row_fields())
-        rows.append(writer.write(row))
-    return rows
 
+    def predict(x: np.ndarray) -> np.ndarray:
+        return sess.run([out], {in_name: x})[0]
 
-def run_variants(cfg: RouteConfig, model: str, manifest: dict, data, *, make_artifact: Callable[[str, str], Artifact],
-                 devices: list[str], slow_reason=None, gpu: str | None = None) -> list:
-    """For each selected (method, precision): make the artifact, then rows per device; failures -> failed rows."""
-    from tqdm import tqdm
+    def timed(x: np.ndarray):
+        feed = {in_name: x}
+        return lambda: sess.run([out], feed)
 
-    rows = []
-    writers = {d: RowWriter(cfg, model, manifest, device=d, data=data, gpu=gpu) for d in devices}
-    if "cuda" in devices:
-        why = cuda_driver_missing()
-        if why:  # one set of skipped rows instead of sessions that fall back to CPU
-            rows += writers["cuda"].status("skipped", why, cfg.variants(model))
-            devices = [d for d in devices if d != "cuda"]
-    for method, precision in tqdm(cfg.variants(model), desc=f"{cfg.toolchain}/{model}", unit="variant"):
-        try:
-            art = make_artifact(method, precision)
-        except SkipVariant as exc:
-            for d in devices:
-                rows += writers[d].status("skipped", str(exc), [(method, precision)])
-            continue
-        except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the route
-            log.debug("variant %s failed", method, exc_info=True)
-            for d in devices:
-                rows += writers[d].status("failed", one_line(exc), [(method, precision)])
-            continue
-        for d in devices:
-            try:
-                rows += evaluate_rows(art, cfg=cfg, model=model, manifest=manifest, data=data, writer=writers[d],
-                                      device=d, slow_reason=slow_reason)
-            except Exception as exc:  # noqa: BLE001
-                log.debug("evaluating %s on %s failed", method, d, exc_info=True)
-                rows += writers[d].status("failed", one_line(exc), [(method, precision)])
-    return rows
-
-
-class SkipVariant(Exception):
-    """This variant cannot run here (hardware or library support missing): `skipped` rows with this reason."""
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    msg = f"{exc.__class__.__name__}: {' '.join(str(exc).split()) or '(no message)'}"
-    if len(msg) > limit:  # keep the head (what failed) and the tail (why), e.g. of ORT's long C++ messages
-        msg = msg[:limit // 2 - 2] + " ... " + msg[-(limit - limit // 2 - 3):]
-    return msg
-
-
-def source_onnx(manifest: dict, model: str) -> tuple[Path, str]:
-    """The manifest's FP32 ONNX, checked, and its sha256 (recomputed: the cache key must match the bytes)."""
-    if "onnx" not in manifest:
-        raise SuiteError(f"the {model} manifest has no 'onnx' entry (prepare the model again)")
-    path = Path(manifest["onnx"])
-    if not path.is_absolute() and not path.exists():
-        from utils.paths import REPO_ROOT
-
-        path = REPO_ROOT / path
-    check_onnx(path)
-    return path, sha256_file(path)
-
-
-def calib_key(data) -> dict:
-    h = data_hashes(data)
-    return {"calib_sha": h["calib_sha"], "n_calib": h["n_calib"]}
+    extra = dict(art.extra)
+    extra.update(providers=rec.to_dict(), onnx=artifacts.relative_to(ctx.source.cache_dir, art.path),
+                 onnx_sha=sha256_file(art.path)[:16])
+    return Built(predict, size_mb=file_size_mb(art.path), compute_precision=compute, calibration=art.calibration,
+                 notes=notes, extra=extra, timed=timed, handle=sess, artifact=Path(art.path))

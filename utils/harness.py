@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-LATENCY_KINDS = ("host-wall", "cuda-events", "tensorrt-gpu-compute")
+LATENCY_KINDS = ("host-wall", "cuda-events", "tensorrt-gpu-compute", "cuda-e2e")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -73,12 +73,19 @@ class Latency:
 
 def measure(fn: Callable[[], object], *, items_per_call: int, kind: str = "host-wall", warmup: int = 3,
             min_time_s: float = 1.0, min_iters: int = 10, max_iters: int = 10_000,
-            sync: Callable[[], object] | None = None, clock: Callable[[], float] = time.perf_counter) -> Latency:
-    """Time `fn()`; returns a Latency with every sample kept."""
+            sync: Callable[[], object] | None = None, clock: Callable[[], float] = time.perf_counter,
+            timer: Callable[[Callable[[], object]], float] | None = None) -> Latency:
+    """Time `fn()`; returns a Latency with every sample kept.
+
+    `timer(fn) -> ms` replaces the host clock for one sample (a device clock such as CUDA events that
+    brackets the call itself); the loop, warm-up and stopping rule stay this one.
+    """
     if min_iters < 1 or max_iters < min_iters:
         raise ValueError("need 1 <= min_iters <= max_iters")
 
     def once() -> float:
+        if timer is not None:
+            return float(timer(fn))
         t0 = clock()
         fn()
         if sync is not None:

@@ -1,0 +1,189 @@
+"""The shared flags of every route, the typed configuration they become, and the row writer.
+
+One place declares `--weights`, the calibration size checks and the timing flags; a route adds
+its own options (`Route.add_options`) and turns them into its own typed options object.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.envinfo import environment_record
+from utils.errors import ArgParser, SuiteError
+from utils.paths import RUNS_DIR
+from utils.registry import DEFAULT_BATCHES, DEFAULT_CALIB, METRIC, TOOLCHAINS, WEIGHTS, parse_list
+from utils.rows import ResultRow, status_rows, write_row
+from utils.specs import DATASET_NAME, ModelSource
+
+log = logging.getLogger(__name__)
+
+
+def positive_int(flag: str):
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+        return v
+    return conv
+
+
+def positive_float(flag: str, allow_zero: bool = False):
+    def conv(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if v < 0 or (v == 0 and not allow_zero) or v != v:
+            raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}, got {text}")
+        return v
+    return conv
+
+
+def batch_list(text: str) -> tuple[int, ...]:
+    try:
+        b = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a comma list of integers, got {text!r}") from None
+    if not b or any(x < 1 for x in b):
+        raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
+    return b
+
+
+def add_source_flags(ap: argparse.ArgumentParser) -> None:
+    """--weights / --weights-path / --data: which model and which data (bench, routes and sweeps)."""
+    ap.add_argument("--weights", default="embedded", choices=WEIGHTS,
+                    help="embedded: the offline default trained on first use; pretrained: real weights")
+    ap.add_argument("--weights-path", default=None,
+                    help="pretrained weights: ResNet50 state-dict file (default: torchvision IMAGENET1K_V1, "
+                         "downloaded when online) or GPT-2 hub id / local directory (default: gpt2)")
+    ap.add_argument("--data", default=None, help="pretrained data: ImageNet-layout folder (resnet50); "
+                                                  "'wikitext-2' or a local text file (gpt2)")
+
+
+def add_measure_flags(ap: argparse.ArgumentParser) -> None:
+    """Calibration size, evaluation cap, threads and timing: the flags every route and the bench share."""
+    ap.add_argument("--batches", type=batch_list, default=None,
+                    help="comma list of latency batch sizes (default: " +
+                         "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) + ")")
+    ap.add_argument("--calib-samples", type=positive_int("--calib-samples"), default=None,
+                    help=f"calibration samples from the train split (default: {DEFAULT_CALIB})")
+    ap.add_argument("--eval-limit", type=positive_int("--eval-limit"), default=None,
+                    help="cap on evaluation samples (default: all); rows scored on a subset are marked and never "
+                         "replace full-evaluation rows")
+    ap.add_argument("--threads", type=positive_int("--threads"), default=2, help="CPU threads for inference")
+    ap.add_argument("--min-time", type=positive_float("--min-time"), default=1.0,
+                    help="minimum seconds of timed calls per latency row")
+    ap.add_argument("--min-iters", type=positive_int("--min-iters"), default=5, help="minimum timed calls per latency row")
+
+
+def route_parser(toolchain: str, description: str) -> argparse.ArgumentParser:
+    tc = TOOLCHAINS[toolchain]
+    ap = ArgParser(prog=f"python -m {tc.module}", description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    models = ",".join(tc.variants)
+    ap.add_argument("--model", default=models, help=f"comma list of models: {models}")
+    ap.add_argument("--methods", default="all", help="comma list; per model: " + "; ".join(
+        f"{m}: {','.join(tc.methods(m))}" for m in tc.variants))
+    add_source_flags(ap)
+    add_measure_flags(ap)
+    ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where result rows (one JSON each) go")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    toolchain: str
+    models: tuple[str, ...]
+    methods: dict[str, tuple[str, ...]]
+    weights: str = "embedded"
+    weights_path: str | None = None
+    data: str | None = None
+    batches: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    calib_samples: dict[str, int] = field(default_factory=dict)
+    eval_limit: int | None = None
+    threads: int = 2
+    min_time: float = 1.0
+    min_iters: int = 5
+    runs_dir: Path = RUNS_DIR
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise SuiteError("--threads must be >= 1")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise SuiteError("--eval-limit must be >= 1")
+        if not self.min_time > 0:
+            raise SuiteError("--min-time must be > 0")
+        if self.min_iters < 1:
+            raise SuiteError("--min-iters must be >= 1")
+        for m, n in self.calib_samples.items():
+            if n < 1:
+                raise SuiteError(f"calibration size must be >= 1 (got {n})")
+
+    @classmethod
+    def from_args(cls, toolchain: str, args: argparse.Namespace) -> "RouteConfig":
+        tc = TOOLCHAINS[toolchain]
+        models = parse_list("model", args.model, tuple(tc.variants))
+        methods = {m: parse_list("method", args.methods, tc.methods(m)) if args.methods != "all" else tc.methods(m)
+                   for m in models}
+        batches = {m: tuple(args.batches) if args.batches else DEFAULT_BATCHES[m] for m in models}
+        calib = {m: args.calib_samples if args.calib_samples is not None else DEFAULT_CALIB[m] for m in models}
+        return cls(toolchain=toolchain, models=models, methods=methods, weights=args.weights,
+                   weights_path=args.weights_path, data=args.data, batches=batches, calib_samples=calib,
+                   eval_limit=args.eval_limit, threads=args.threads, min_time=args.min_time,
+                   min_iters=args.min_iters, runs_dir=args.runs_dir)
+
+    def source(self, model: str) -> ModelSource:
+        return ModelSource(model, self.weights, self.weights_path, self.data)
+
+    def variants(self, model: str) -> list[tuple[str, str]]:
+        """(method, precision) pairs selected for this model, in declaration order."""
+        return [(m, p) for m, p in TOOLCHAINS[self.toolchain].variants[model] if m in self.methods[model]]
+
+
+def run_id() -> str | None:
+    """The bench run this process belongs to (set by evaluation.bench), for the rows' provenance."""
+    return os.environ.get("SUITE_RUN_ID") or None
+
+
+class RowWriter:
+    """Builds and writes the rows of one (toolchain, model, device) with the identity fields filled."""
+
+    def __init__(self, cfg: RouteConfig, model: str, manifest: dict | None, *, device: str = "cpu",
+                 hashes: dict | None = None, gpu: str | None = None, **env_extra):
+        self.cfg, self.model, self.device = cfg, model, device
+        self.manifest = manifest or {}
+        self.source = cfg.source(model)
+        self.dataset = self.manifest.get("dataset") or DATASET_NAME.get((model, cfg.weights), cfg.data or "?")
+        self.env = environment_record(threads=cfg.threads, gpu=gpu, source=self.source.to_dict(), run_id=run_id(),
+                                      eval_limit=cfg.eval_limit, **(hashes or {}), **env_extra)
+        self.written: list[ResultRow] = []
+
+    def row(self, method: str, precision: str, batch: int, **fields) -> ResultRow:
+        base = dict(model=self.model, weights=self.cfg.weights, dataset=self.dataset, toolchain=self.cfg.toolchain,
+                    method=method, precision=precision, device=self.device, batch=batch, metric=METRIC[self.model],
+                    ops_per_item=self.manifest.get("ops_per_item"), eval_limit=self.cfg.eval_limit,
+                    environment=self.env)
+        base.update(fields)
+        return ResultRow(**base)
+
+    def write(self, row: ResultRow) -> ResultRow:
+        write_row(row, self.cfg.runs_dir)
+        self.written.append(row)
+        log.info("row %s: %s %s", row.key, row.status,
+                 f"{row.metric}={row.value:.4g} p50={row.latency_p50_ms}" if row.status == "ok" and row.value is not None
+                 else row.reason)
+        return row
+
+    def status(self, status: str, reason: str, variants, batches=None) -> list[ResultRow]:
+        rows = status_rows(status=status, reason=reason, model=self.model, weights=self.cfg.weights,
+                           dataset=self.dataset, toolchain=self.cfg.toolchain, variants=variants, device=self.device,
+                           batches=batches or self.cfg.batches[self.model], metric=METRIC[self.model],
+                           eval_limit=self.cfg.eval_limit, environment=self.env)
+        return [self.write(r) for r in rows]

@@ -1,0 +1,178 @@
+"""Task objects: how a model's samples are loaded, scored and fed to the timer, per kind of task.
+
+The kit dispatches on `utils.registry.task_of(model)` once, here; routes and analysis tools ask the
+task instead of comparing model names. NumPy only at import time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from utils.data import Split, calibration_subset, digits_splits, image_folder_splits, latency_input, subset
+from utils.errors import SuiteError
+from utils.metrics import ClassificationScore, PerplexityScore, classification_score, strided_perplexity
+from utils.registry import MODEL_DECLS, task_of
+from utils.specs import ModelSource, ppl_stride
+from utils.text import ids_sha, lm_calibration, lm_latency_input
+
+
+@dataclass(frozen=True)
+class ImageData:
+    calib: Split
+    test: Split
+    resolution: int  # accuracy resolution (latency is at the manifest's latency_resolution, 224)
+
+
+@dataclass(frozen=True)
+class TextData:
+    calib: np.ndarray  # (n, seq_len) int64, from train
+    val_ids: np.ndarray  # 1-D int64
+    seq_len: int
+    stride: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class LatencyInput:
+    x: np.ndarray
+    items: int  # items per call (images, or tokens)
+    unit: str  # throughput unit
+    shape: tuple[int, ...]
+
+
+class Task:
+    kind: str
+    input_name: str  # the FP32 ONNX graph's input
+    value_field: str  # the score attribute that fills a row's `value`
+
+    def load_data(self, source: ModelSource, manifest: dict, calib_samples: int, eval_limit: int | None = None):
+        raise NotImplementedError
+
+    def calib_array(self, data) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, predict: Callable[[np.ndarray], np.ndarray], data, *, batch: int | None = None,
+              pad: bool = False, progress: bool = False):
+        raise NotImplementedError
+
+    def latency_input(self, batch: int, manifest: dict, data) -> LatencyInput:
+        raise NotImplementedError
+
+    def score_fields(self, score) -> dict:
+        """ResultRow fields a score fills (value, and top5 for classifiers)."""
+        raise NotImplementedError
+
+    def hashes(self, data) -> dict:
+        raise NotImplementedError
+
+
+class ImageClassification(Task):
+    kind = "image-classification"
+    input_name = "input"
+    value_field = "top1"
+    default_batch = 64
+
+    def load_data(self, source, manifest, calib_samples, eval_limit=None) -> ImageData:
+        if source.weights == "embedded":
+            sp = digits_splits(resolution=manifest["resolution"])
+            calib = calibration_subset(sp["train"], calib_samples)
+            test = sp["test"] if eval_limit is None else subset(sp["test"], min(eval_limit, len(sp["test"])), seed=0,
+                                                                 name="test", what="evaluation")
+            return ImageData(calib, test, manifest["resolution"])
+        cal, ev = image_folder_splits(source.data, n_eval=eval_limit, n_calib=calib_samples)
+        return ImageData(cal, ev, 224)
+
+    def calib_array(self, data: ImageData) -> np.ndarray:
+        return data.calib.x
+
+    def score(self, predict, data: ImageData, *, batch=None, pad=False, progress=False) -> ClassificationScore:
+        """Top-1/top-5 over the evaluation split in batches of `batch`; with `pad` every call sees exactly `batch`
+        samples (the last batch zero-padded, the padding dropped), for runtimes compiled for one shape."""
+        bs = batch or self.default_batch
+
+        def batches():
+            for x, y in data.test.batches(bs):
+                n = len(y)
+                if pad and n < bs and len(data.test) > bs:
+                    x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), x.dtype)])
+                yield np.asarray(predict(x))[:n], y
+
+        return classification_score(batches())
+
+    def latency_input(self, batch, manifest, data) -> LatencyInput:
+        res = int(manifest.get("latency_resolution", 224))
+        return LatencyInput(latency_input(batch, res), batch, "images/s", (batch, 3, res, res))
+
+    def score_fields(self, score: ClassificationScore) -> dict:
+        return {"value": score.top1, "top5": score.top5}
+
+    def hashes(self, data: ImageData) -> dict:
+        return {"calib_sha": data.calib.sha, "eval_sha": data.test.sha, "n_calib": len(data.calib),
+                "n_eval": len(data.test)}
+
+
+class LanguageModel(Task):
+    kind = "language-model"
+    input_name = "input_ids"
+    value_field = "ppl"
+
+    def load_data(self, source, manifest, calib_samples, eval_limit=None) -> TextData:
+        train_ids = np.load(source.path(manifest["train_ids"]))
+        val_ids = np.load(source.path(manifest["val_ids"]))
+        if eval_limit is not None:
+            val_ids = val_ids[:max(2, eval_limit)]
+        seq_len = int(manifest["seq_len"])
+        try:
+            calib = lm_calibration(train_ids, calib_samples, seq_len)
+        except SuiteError as exc:  # name the text the windows come from
+            raise SuiteError(f"{exc} (text: {source.data or 'the embedded corpus'}, "
+                             f"token ids {source.path(manifest['train_ids'])})") from None
+        return TextData(calib, val_ids, seq_len, manifest.get("ppl_stride") or ppl_stride(seq_len),
+                        int(manifest["vocab_size"]))
+
+    def calib_array(self, data: TextData) -> np.ndarray:
+        return data.calib
+
+    def score(self, predict, data: TextData, *, batch=None, pad=False, progress=False) -> PerplexityScore:
+        return strided_perplexity(predict, data.val_ids, max_length=data.seq_len, stride=data.stride,
+                                  progress=progress)
+
+    def latency_input(self, batch, manifest, data: TextData) -> LatencyInput:
+        ids = lm_latency_input(batch, data.seq_len, data.vocab_size)
+        return LatencyInput(ids, batch * data.seq_len, "tokens/s", (batch, data.seq_len))
+
+    def score_fields(self, score: PerplexityScore) -> dict:
+        return {"value": score.ppl}
+
+    def hashes(self, data: TextData) -> dict:
+        return {"calib_sha": ids_sha(data.calib), "eval_sha": ids_sha(data.val_ids), "n_calib": int(data.calib.shape[0]),
+                "n_eval_tokens": int(data.val_ids.size)}
+
+
+TASKS: dict[str, Task] = {t.kind: t for t in (ImageClassification(), LanguageModel())}
+
+
+def task_for(model: str) -> Task:
+    return TASKS[task_of(model)]
+
+
+def metric_of(model: str) -> str:
+    return MODEL_DECLS[model].metric
+
+
+def load_data(source: ModelSource, manifest: dict, calib_samples: int, eval_limit: int | None = None):
+    """The shared calibration and evaluation samples for this model (identical in every environment)."""
+    return task_for(source.model).load_data(source, manifest, calib_samples, eval_limit)
+
+
+def data_hashes(data) -> dict:
+    return (TASKS["image-classification"] if isinstance(data, ImageData) else TASKS["language-model"]).hashes(data)
+
+
+def file_size_mb(path: Path | str) -> float:
+    p = Path(path)
+    total = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return total / 1e6
