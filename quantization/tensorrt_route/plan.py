@@ -178,7 +178,7 @@ def text_profiles(batches, *, seq_len: int, calib_batch: int | None = None, eval
         raise ValueError("need at least one timed batch >= 1")
     L = int(seq_len)
     out = [_fixed(name, (b, L)) for b in bs]
-    hi = max(int(eval_batch), int(calib_batch or 1))
+    hi = max(int(eval_batch), int(calib_batch or 1), bs[-1])
     out.append(Profile({name: ((1, L), (int(eval_batch), L), (hi, L))}))
     return out
 
