@@ -37,8 +37,13 @@ MODES: dict[str, Mode] = {
 FP32 = "fp32"  # the unquantized method of the route
 
 
+class UnknownMode(SuiteError, NotImplementedError):
+    """An unsupported quant_mode: a SuiteError for the CLI (one line, exit 2) and a NotImplementedError for
+    the specification's callers (modelopt_quantize / load_quant_weights_from_hf)."""
+
+
 def get_mode(quant_mode: str) -> Mode:
     try:
         return MODES[quant_mode]
     except (KeyError, TypeError):
-        raise SuiteError(f"unknown quant_mode {quant_mode!r}; valid: {', '.join(MODES)}") from None
+        raise UnknownMode(f"unknown quant_mode {quant_mode!r}; valid: {', '.join(MODES)}") from None

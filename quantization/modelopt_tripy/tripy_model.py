@@ -2,7 +2,9 @@
 
 nvtripy is imported lazily (only inside these functions): it installs from NVIDIA's package index and
 needs TensorRT and a GPU, so nothing here runs on the CPU build machines -- this file has NOT been executed
-yet (written from nvtripy's source and docs; float16 is the least certain path: scale dtypes must match). The arithmetic is the one the
+yet (written from nvtripy 0.1.7's source and docs; every quantize/dequantize scale is a CPU constant of the
+model's dtype, as check_qdq_args requires -- tests/modelopt_tripy/test_tripy_model_fake.py checks it with a
+fake nvtripy that applies those rules). The arithmetic is the one the
 reference runtime (reference.py) reproduces on CPU, which is what the tests check.
 
 Quantized linear (`QLinear`), per mode (modes.py):
@@ -47,6 +49,19 @@ def torch_dtype(dtype):
     return getattr(torch, name)
 
 
+def unit_scale(mode, in_f: int, out_f: int, dtype):
+    """The unit scale QLinear quantizes its (already on-grid) weight codes with, as a CPU torch tensor of the
+    model's float dtype, to wrap in tp.Tensor: nvtripy 0.1.7's quantize/dequantize require the scale to have
+    the input's dtype AND to be a constant in CPU memory (frontend/ops/utils.py check_qdq_args). A Python
+    float (list) becomes a float32 constant that the op wrapper casts to float16 -- a cast, no longer a
+    constant -- so --tripy-dtype float16 failed. Shapes: per-channel (out,), block (in/128, out), per-tensor ()."""
+    import torch
+
+    m = get_mode(mode) if isinstance(mode, str) else mode
+    shape = {"per-channel": (out_f,), "block": (in_f // INT4_BLOCK, out_f), "per-tensor": ()}[m.weight_scale]
+    return torch.ones(shape, dtype=torch_dtype(dtype), device="cpu")
+
+
 def build_gpt(shape, quant_mode: str | None, dtype="float32"):
     """An nvtripy GPT-2 module for `shape` (reference.GPTShape) whose parameters are the state dict names."""
     tp = import_nvtripy()
@@ -74,17 +89,21 @@ def build_gpt(shape, quant_mode: str | None, dtype="float32"):
                 if mode.input_scale:
                     self.input_scale = tp.zeros((), dtype=tdt)
 
+        def _unit(self):
+            # a CPU constant of the weight's dtype (tp.quantize requires both); not a module attribute, so
+            # load_state_dict (strict) does not expect it in the state dict
+            return tp.Tensor(unit_scale(mode, self.in_f, self.out_f, dtype))
+
         def _weight_in_out(self):
             if mode is None:
                 return tp.transpose(self.weight, 0, 1)
             if mode.weight_scale == "per-channel":
-                q = tp.quantize(self.weight, [1.0] * self.out_f, tp.int8, dim=0)
+                q = tp.quantize(self.weight, self._unit(), tp.int8, dim=0)
                 return tp.transpose(tp.dequantize(q, self.weight_scale, tdt, dim=0), 0, 1)
             if mode.weight_scale == "block":
-                unit = [[1.0] * self.out_f for _ in range(self.in_f // INT4_BLOCK)]
-                q = tp.quantize(self.weight, unit, tp.int4)
+                q = tp.quantize(self.weight, self._unit(), tp.int4)
                 return tp.dequantize(q, self.weight_scale, tdt)  # already (in, out)
-            q = tp.quantize(self.weight, 1.0, tp.float8)
+            q = tp.quantize(self.weight, self._unit(), tp.float8)
             return tp.transpose(tp.dequantize(q, self.weight_scale, tdt), 0, 1)
 
         def forward(self, x):

@@ -129,9 +129,18 @@ def _out_in(module, w):
 
 
 def _check_codes(name: str, deq, fq) -> None:
+    """codes * scale must reproduce ModelOpt's fake-quant weight. NaN-safe: a zero amax makes 0/0 = NaN
+    codes (garbage once cast to int8) and a NaN error, which `err > tol` would let through."""
+    import math
+
+    import torch
+
+    if not bool(torch.isfinite(deq).all()):
+        bad = int((~torch.isfinite(deq)).sum())
+        raise SuiteError(f"{name}: {bad} dequantized weights are not finite (a zero or non-finite amax?)")
     err = float((deq - fq).abs().max())
     ref = float(fq.abs().max()) or 1.0
-    if err > CODE_TOLERANCE * ref:
+    if not (math.isfinite(err) and err <= CODE_TOLERANCE * ref):
         raise SuiteError(f"{name}: codes*scale differ from ModelOpt's fake-quant weight by {err:.3g} "
                          f"(max |w| {ref:.3g}); scale layout mismatch")
 
@@ -237,6 +246,37 @@ def fp32_state_dict(model_hf) -> dict:
         sd[f"{name}.weight"] = _out_in(module, module.weight.detach().float()).contiguous()
     sd["lm_head.weight"] = model_hf.lm_head.weight.detach().float().contiguous()
     return sd
+
+
+BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "int8": 1.0, "float8_e4m3fn": 1.0}
+TIED = (("lm_head.weight", "transformer.wte.weight"),)  # GPT-2's LM head is the token embedding
+
+
+def deploy_size_mb(sd: dict, quant_mode: str | None, tied=TIED) -> float:
+    """MB (1e6 bytes) of the state dict as deployed: int8/fp8 codes 1 byte, int4 codes 0.5 byte (stored one per
+    int8), float16/bfloat16 2, float32 4. A tensor is counted once however many names it has: names sharing
+    memory (same storage, offset, shape, stride and dtype) and the known ties `tied` (name pairs counted once
+    when both hold equal tensors, e.g. copies of the tied wte / lm_head)."""
+    import torch
+
+    seen, total = set(), 0.0
+    skip = set()
+    for a, b in tied:
+        if a in sd and b in sd and sd[a].shape == sd[b].shape and sd[a].dtype == sd[b].dtype and torch.equal(sd[a], sd[b]):
+            skip.add(a)
+    for k, v in sd.items():
+        if k in skip:
+            continue
+        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if v.numel() and ident[0] and ident in seen:
+            continue
+        seen.add(ident)
+        dt = str(v.dtype).replace("torch.", "")
+        b = BYTES.get(dt, 4.0)
+        if quant_mode == "int4-weight-only" and dt == "int8" and k.endswith(".weight"):
+            b = 0.5
+        total += b * v.numel()
+    return total / 1e6
 
 
 def state_dict_summary(sd: dict) -> dict:

@@ -91,3 +91,34 @@ class CalibrationStream:
     def describe(self) -> dict:
         return {"calib_batch": self.batch_size, "calib_batches": self.num_batches, "calib_padded": self.padded,
                 "calib_dropped": self.dropped, "calib_partial": self.partial}
+
+
+# ------------------------------------------------------------------------------ checks after a build
+
+class CalibrationError(RuntimeError):
+    """Implicit INT8 calibration did not see the whole calibration set (or a calibrator method raised)."""
+
+
+def check_calibration(calibrator, stream: CalibrationStream | None = None) -> None:
+    """Raise CalibrationError unless the calibrator fed the whole stream or TensorRT used the cache.
+
+    TensorRT's Python wrapper catches an exception raised in get_batch / read_calibration_cache /
+    write_calibration_cache, prints it and goes on (get_batch: calibration simply ends early), so the
+    build can "succeed" on part of the data. The calibrator (trt_backend.make_entropy_calibrator)
+    records the first exception it raised (`error`), how many batches it fed (`fed`), and whether
+    read_calibration_cache handed TensorRT cached scales (`cache_served`).
+    `stream`: the batches that should have been fed (default: `calibrator.expected`).
+    """
+    err = getattr(calibrator, "error", None)
+    if err is not None:
+        raise CalibrationError(f"the INT8 calibrator raised {type(err).__name__}: {err} (TensorRT only printed it; "
+                               "the engine was calibrated on partial data or none)") from err
+    if getattr(calibrator, "cache_served", False):
+        return  # TensorRT took the scales from the calibration cache: no batch is fed
+    expected = stream.num_batches if stream is not None else getattr(calibrator, "expected", None)
+    if expected is None:
+        raise ValueError("check_calibration needs the calibration stream (or calibrator.expected)")
+    fed = int(getattr(calibrator, "fed", 0))
+    if fed != int(expected):
+        raise CalibrationError(f"TensorRT calibrated on {fed} of {expected} calibration batches (no calibrator error "
+                               "recorded; see the TensorRT log)")

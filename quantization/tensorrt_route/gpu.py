@@ -11,8 +11,6 @@ from typing import Callable
 
 import numpy as np
 
-from utils.harness import Latency
-
 from .cache import DeviceInfo
 
 
@@ -133,8 +131,19 @@ class Stream:
             self.stream = None
 
 
+GPU_COMPUTE_KIND = "cuda-events"  # latency kind of EventTimer: GPU time of the enqueued work only
+E2E_KIND = "cuda-e2e"  # latency kind of e2e_timer: host wall time incl. H2D/D2H copies; never compare the two
+
+
 class EventTimer:
-    """GPU time of work enqueued on one stream, between two CUDA events (milliseconds)."""
+    """GPU time of work enqueued on one stream, between two CUDA events (milliseconds per run).
+
+    `time(enqueue, repeat=k, lead=1)`: enqueue `lead` untimed runs first (they keep the GPU busy while
+    the host enqueues the timed ones), record the start event, enqueue `repeat` runs back to back,
+    record the end event, synchronize and return elapsed / repeat. The start event then fires when the
+    GPU finishes the lead run, not when the host starts enqueueing, so host enqueue time is not counted
+    as GPU time (as long as one run's GPU time exceeds one host enqueue; more `repeat` amortises the rest).
+    """
 
     def __init__(self, stream: Stream):
         rt = cudart()
@@ -142,30 +151,37 @@ class EventTimer:
         self.start = check(rt.cudaEventCreate(), "cudaEventCreate")
         self.end = check(rt.cudaEventCreate(), "cudaEventCreate")
 
-    def time(self, enqueue: Callable[[], object]) -> float:
+    def time(self, enqueue: Callable[[], object], repeat: int = 1, lead: int = 1) -> float:
+        if repeat < 1 or lead < 0:
+            raise ValueError("need repeat >= 1 and lead >= 0")
+        for _ in range(lead):
+            enqueue()
         check(self.rt.cudaEventRecord(self.start, self.stream.stream), "cudaEventRecord")
-        enqueue()
+        for _ in range(repeat):
+            enqueue()
         check(self.rt.cudaEventRecord(self.end, self.stream.stream), "cudaEventRecord")
         check(self.rt.cudaEventSynchronize(self.end), "cudaEventSynchronize")
-        return float(check(self.rt.cudaEventElapsedTime(self.start, self.end), "cudaEventElapsedTime"))
+        return float(check(self.rt.cudaEventElapsedTime(self.start, self.end), "cudaEventElapsedTime")) / repeat
+
+    def timer(self, repeat: int = 8, lead: int = 1) -> Callable[[Callable[[], object]], float]:
+        """The harness plug-in: `timer(enqueue) -> GPU ms per run` (latency kind GPU_COMPUTE_KIND)."""
+        if repeat < 1 or lead < 0:
+            raise ValueError("need repeat >= 1 and lead >= 0")
+        return lambda enqueue: self.time(enqueue, repeat=repeat, lead=lead)
 
     def destroy(self) -> None:
         for ev in (self.start, self.end):
             check(self.rt.cudaEventDestroy(ev), "cudaEventDestroy")
 
 
-def timed_loop(run_ms: Callable[[], float], *, items_per_call: int, min_time_s: float = 1.0, min_iters: int = 5,
-               warmup: int = 3, max_iters: int = 10_000, clock: Callable[[], float] = time.perf_counter,
-               kind: str = "cuda-events") -> Latency:
-    """Samples from `run_ms()` (each call returns the device time of one inference) until both a
-    minimum host time and a minimum count are reached; the first call is kept apart."""
-    if min_iters < 1 or max_iters < min_iters:
-        raise ValueError("need 1 <= min_iters <= max_iters")
-    first = float(run_ms())
-    for _ in range(max(0, warmup)):
-        run_ms()
-    samples: list[float] = []
-    start = clock()
-    while len(samples) < max_iters and (len(samples) < min_iters or clock() - start < min_time_s):
-        samples.append(float(run_ms()))
-    return Latency.from_values(samples, kind=kind, items_per_call=items_per_call, first_call_ms=first)
+def e2e_timer(stream: Stream, clock: Callable[[], float] = time.perf_counter) -> Callable[[Callable[[], object]], float]:
+    """The harness plug-in for end-to-end latency (kind E2E_KIND): host wall ms of `fn()` (which copies the
+    input host->device, runs, and copies the outputs device->host on `stream`) until the stream is idle."""
+
+    def timer(fn: Callable[[], object]) -> float:
+        t0 = clock()
+        fn()
+        stream.synchronize()
+        return (clock() - t0) * 1000.0
+
+    return timer

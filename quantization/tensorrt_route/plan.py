@@ -18,6 +18,7 @@ INSTALL_HINT = ("get it from NVIDIA's package index (pip install --extra-index-u
 NOT_INSTALLED = f"TensorRT is not installed: {INSTALL_HINT}"
 NO_CUDA = "no CUDA device"
 METHODS = ("fp32", "fp16", "int8-entropy", "int8-qdq")
+NO_TF32 = ("TF32",)  # cleared on every engine's builder config
 WORKSPACE_BYTES = 4 << 30  # builder scratch memory limit (IBuilderConfig memory pool WORKSPACE)
 
 
@@ -74,7 +75,9 @@ PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-entropy": "int8", "int8-qdq":
 def build_plan(method: str, trt_version: str | TrtVersion) -> BuildPlan:
     """The flags for `method` under TensorRT `trt_version`, or why it cannot be built there.
 
-    10.x: fp32 (TF32 cleared so FP32 means FP32), fp16 (BuilderFlag.FP16, weakly typed),
+    Every plan clears BuilderFlag.TF32: FP32 layers run in FP32 in every engine, including the FP32
+    fallback layers of the fp16 and int8 engines (TF32 is on by default in TensorRT).
+    10.x: fp32, fp16 (BuilderFlag.FP16, weakly typed),
     int8-entropy (BuilderFlag.INT8 + IInt8EntropyCalibrator2, implicit quantization),
     int8-qdq (strongly typed network from the explicit Q/DQ ONNX).
     11.x: networks are always strongly typed and the precision flags and calibrators are
@@ -83,14 +86,13 @@ def build_plan(method: str, trt_version: str | TrtVersion) -> BuildPlan:
     if method not in PRECISION:
         raise ValueError(f"unknown TensorRT method {method!r}; valid: {', '.join(METHODS)}")
     v = trt_version if isinstance(trt_version, TrtVersion) else TrtVersion.parse(trt_version)
-    base = dict(method=method, precision=PRECISION[method], trt_version=str(v))
+    base = dict(method=method, precision=PRECISION[method], trt_version=str(v), clear_flags=NO_TF32)
     if v.major < 10:
         return BuildPlan(**base, available=False,
                          reason=f"TensorRT {v} is too old for this route (needs 10.x, or 11.x for fp32/int8-qdq)")
     modern = v.major >= 11
     if method == "fp32":
-        return BuildPlan(**base, available=True, strongly_typed=modern, clear_flags=("TF32",),
-                         compute_precision="fp32")
+        return BuildPlan(**base, available=True, strongly_typed=modern, compute_precision="fp32")
     if method == "fp16":
         if modern:
             return BuildPlan(**base, available=False, reason=(
@@ -127,7 +129,8 @@ class Profile:
 
 def image_profile(batches, *, eval_resolution: int, latency_resolution: int = 224, eval_batch: int = 32,
                   calib_batch: int = 32, name: str = "input") -> Profile:
-    """ResNet50 `input` [N,3,H,W]: N from 1 to the largest batch used, H=W spanning both resolutions."""
+    """ResNet50 `input` [N,3,H,W]: N from 1 to the largest batch used, H=W spanning both resolutions.
+    One profile for everything (tuned for the largest timed batch); `image_profiles` is what engines use."""
     lo_r, hi_r = min(eval_resolution, latency_resolution), max(eval_resolution, latency_resolution)
     max_b = max([*batches, eval_batch, calib_batch])
     return Profile({name: ((1, 3, lo_r, lo_r), (max(batches), 3, latency_resolution, latency_resolution),
@@ -138,6 +141,74 @@ def text_profile(batches, *, seq_len: int, calib_batch: int = 8, name: str = "in
     """GPT-2 `input_ids` [N,L] with a fixed sequence length L (shorter windows are right-padded)."""
     max_b = max([*batches, 1, calib_batch])
     return Profile({name: ((1, seq_len), (max(batches), seq_len), (max_b, seq_len))})
+
+
+def _fixed(name: str, shape: tuple[int, ...]) -> Profile:
+    s = tuple(int(x) for x in shape)
+    return Profile({name: (s, s, s)})
+
+
+def image_profiles(batches, *, eval_resolution: int, latency_resolution: int = 224, eval_batch: int = 32,
+                   calib_batch: int | None = None, name: str = "input") -> list[Profile]:
+    """The optimization profiles of a ResNet50 engine, in this order:
+
+    - one fixed-shape profile per timed batch b (min = opt = max = (b, 3, R, R), R = latency resolution),
+      so the batch-1 latency runs on kernels TensorRT chose for batch 1, not for the largest batch;
+    - one dynamic profile for the accuracy pass at the evaluation resolution: N from 1 (the last partial
+      batch) to max(eval_batch, calib_batch), opt = eval_batch.
+    `select_profile` picks the profile for an input shape (exact fixed shape first).
+    """
+    bs = sorted({int(b) for b in batches})
+    if not bs or bs[0] < 1:
+        raise ValueError("need at least one timed batch >= 1")
+    r, e = int(latency_resolution), int(eval_resolution)
+    out = [_fixed(name, (b, 3, r, r)) for b in bs]
+    hi = max(int(eval_batch), int(calib_batch or 1))
+    out.append(Profile({name: ((1, 3, e, e), (int(eval_batch), 3, e, e), (hi, 3, e, e))}))
+    return out
+
+
+def text_profiles(batches, *, seq_len: int, calib_batch: int | None = None, eval_batch: int = 1,
+                  name: str = "input_ids") -> list[Profile]:
+    """The optimization profiles of a GPT-2 engine ([N, L], L fixed): one fixed-shape profile per timed
+    batch (opt = that batch), then one dynamic profile N in 1..max(eval_batch, calib_batch, timed batches),
+    opt = eval_batch (the strided-perplexity pass runs (1, L) windows)."""
+    bs = sorted({int(b) for b in batches})
+    if not bs or bs[0] < 1:
+        raise ValueError("need at least one timed batch >= 1")
+    L = int(seq_len)
+    out = [_fixed(name, (b, L)) for b in bs]
+    hi = max(int(eval_batch), int(calib_batch or 1), bs[-1])
+    out.append(Profile({name: ((1, L), (int(eval_batch), L), (hi, L))}))
+    return out
+
+
+def select_profile(profiles, name: str, shape: tuple[int, ...]) -> int:
+    """Index of the profile to run `shape` with: a profile tuned for exactly this shape (opt == shape)
+    first, else the covering profile with the narrowest range. ValueError when none covers it."""
+    shape = tuple(int(s) for s in shape)
+    best, best_width = None, None
+    for i, p in enumerate(profiles):
+        if name not in p.shapes or not p.covers(name, shape):
+            continue
+        lo, opt, hi = p.shapes[name]
+        if tuple(opt) == shape:
+            return i
+        width = sum(b - a for a, b in zip(lo, hi))
+        if best is None or width < best_width:
+            best, best_width = i, width
+    if best is None:
+        ranges = "; ".join(f"#{i}: {p.shapes.get(name, ('?',) * 3)[0]}..{p.shapes.get(name, ('?',) * 3)[2]}"
+                           for i, p in enumerate(profiles))
+        raise ValueError(f"input shape {shape} of {name!r} is outside every optimization profile ({ranges})")
+    return best
+
+
+def profiles_key(profile) -> object:
+    """What the engine key records of one Profile (its dict) or a list of them (the list of dicts, in order)."""
+    if isinstance(profile, Profile):
+        return profile.to_dict()
+    return [p.to_dict() for p in profile]
 
 
 def calibration_profile(shape: tuple[int, ...], name: str) -> Profile:
@@ -164,11 +235,12 @@ def pad_right(chunk: np.ndarray, length: int, pad_id: int = 0) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ keys
 
-def engine_key(*, onnx_sha: str, plan: BuildPlan, profile: Profile, calib: dict | None = None,
+def engine_key(*, onnx_sha: str, plan: BuildPlan, profile, calib: dict | None = None,
                workspace: int = WORKSPACE_BYTES) -> str:
     """Cache key of an engine: everything that goes into the build except the TensorRT version and
-    the GPU, which the sidecar records and checks (a mismatch is an error, not a silent rebuild)."""
-    return config_key({"onnx_sha": onnx_sha, "plan": plan.key_fields(), "profile": profile.to_dict(),
+    the GPU, which the sidecar records and checks (a mismatch is an error, not a silent rebuild).
+    `profile`: one Profile or the list of every profile the engine is built with (all of them, in order)."""
+    return config_key({"onnx_sha": onnx_sha, "plan": plan.key_fields(), "profile": profiles_key(profile),
                        "calib": calib or None, "workspace": workspace}, 16)
 
 

@@ -70,3 +70,19 @@ def test_bad_arguments(kwargs):
 def test_empty_set():
     with pytest.raises(ValueError):
         CalibrationStream(np.zeros((0, 3, 4, 4), np.float32), 4)
+
+
+def test_check_calibration_fed_count_error_and_cache():
+    from types import SimpleNamespace as NS
+
+    from quantization.tensorrt_route.calib import CalibrationError, check_calibration
+
+    s = CalibrationStream(images(10), 4)  # 3 batches
+    check_calibration(NS(fed=3, error=None, cache_served=False), s)
+    check_calibration(NS(fed=0, error=None, cache_served=True), s)  # scales from the calibration cache
+    check_calibration(NS(fed=3, expected=3, error=None, cache_served=False))
+    with pytest.raises(CalibrationError, match="on 2 of 3 calibration batches"):
+        check_calibration(NS(fed=2, error=None, cache_served=False), s)
+    with pytest.raises(CalibrationError, match="ValueError: bad batch") as e:
+        check_calibration(NS(fed=3, error=ValueError("bad batch"), cache_served=False), s)
+    assert isinstance(e.value.__cause__, ValueError)

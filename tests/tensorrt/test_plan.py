@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from quantization.tensorrt_route.plan import (NOT_INSTALLED, BuildPlan, TrtVersion, build_plan, calibration_profile,
-                                              engine_key, image_profile, np_dtype, pad_right, text_profile,
-                                              trt_unavailable)
+                                              engine_key, image_profile, image_profiles, np_dtype, pad_right,
+                                              select_profile, text_profile, text_profiles, trt_unavailable)
 
 
 def test_version_parse_and_order():
@@ -30,6 +30,51 @@ def test_plans_on_10x(method, flags, calib, strong, onnx, netflags, cp):
 
 def test_fp32_clears_tf32_so_fp32_means_fp32():
     assert build_plan("fp32", "10.16").clear_flags == ("TF32",)
+
+
+@pytest.mark.parametrize("version", ["10.16.1", "11.1.0"])
+def test_every_plan_clears_tf32(version):
+    """fp16 / int8 engines keep some layers in FP32: those must not silently run in TF32 either."""
+    for m in ("fp32", "fp16", "int8-entropy", "int8-qdq"):
+        p = build_plan(m, version)
+        if p.available:
+            assert "TF32" in p.clear_flags and "TF32" not in p.builder_flags, m
+
+
+def test_image_profiles_one_fixed_profile_per_timed_batch_plus_eval():
+    ps = image_profiles((32, 1, 8), eval_resolution=16, latency_resolution=224, eval_batch=64, calib_batch=32)
+    assert [p.shapes["input"][1] for p in ps] == [(1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224),
+                                                   (64, 3, 16, 16)]
+    for p in ps[:3]:
+        lo, opt, hi = p.shapes["input"]
+        assert lo == opt == hi  # batch b is tuned for exactly batch b
+    assert ps[3].shapes["input"] == ((1, 3, 16, 16), (64, 3, 16, 16), (64, 3, 16, 16))
+    assert select_profile(ps, "input", (1, 3, 224, 224)) == 0
+    assert select_profile(ps, "input", (32, 3, 224, 224)) == 2
+    assert select_profile(ps, "input", (7, 3, 16, 16)) == 3  # the last partial eval batch
+    with pytest.raises(ValueError, match="outside every optimization profile"):
+        select_profile(ps, "input", (2, 3, 224, 224))  # not a timed batch
+
+
+def test_text_profiles_and_selection_prefers_the_tuned_profile():
+    ps = text_profiles((1, 8), seq_len=128, calib_batch=16)
+    assert [p.shapes["input_ids"] for p in ps] == [((1, 128),) * 3, ((8, 128),) * 3,
+                                                    ((1, 128), (1, 128), (16, 128))]
+    assert select_profile(ps, "input_ids", (1, 128)) == 0  # exact tuned profile, not the eval one (opt 1 too)
+    assert select_profile(ps, "input_ids", (8, 128)) == 1
+    assert select_profile(ps, "input_ids", (12, 128)) == 2
+    with pytest.raises(ValueError):
+        text_profiles((), seq_len=8)
+
+
+def test_engine_key_covers_every_profile():
+    plan = build_plan("fp16", "10.16")
+    a = text_profiles((1, 8), seq_len=64)
+    k = engine_key(onnx_sha="a", plan=plan, profile=a)
+    assert k == engine_key(onnx_sha="a", plan=plan, profile=text_profiles((1, 8), seq_len=64))
+    assert k != engine_key(onnx_sha="a", plan=plan, profile=text_profiles((1, 4, 8), seq_len=64))
+    assert k != engine_key(onnx_sha="a", plan=plan, profile=text_profiles((1, 8), seq_len=64, calib_batch=16))
+    assert k != engine_key(onnx_sha="a", plan=plan, profile=a[:1])
 
 
 def test_plans_on_11x():

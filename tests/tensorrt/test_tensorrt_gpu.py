@@ -16,9 +16,10 @@ pytestmark = pytest.mark.requires_cuda
 from utils.metrics import relative_error  # noqa: E402
 from quantization.tensorrt_route.cache import CalibKey, CalibrationCache  # noqa: E402
 from quantization.tensorrt_route.calib import CalibrationStream  # noqa: E402
-from quantization.tensorrt_route.gpu import Stream, device_info, timed_loop  # noqa: E402
-from quantization.tensorrt_route.plan import (build_plan, calibration_profile, image_profile, pad_right,  # noqa: E402
-                                              text_profile)
+from evaluation.harness import Latency  # noqa: E402
+from quantization.tensorrt_route.gpu import Stream, device_info  # noqa: E402
+from quantization.tensorrt_route.plan import (build_plan, calibration_profile, image_profile, image_profiles,  # noqa: E402
+                                              pad_right, text_profile, text_profiles)
 from quantization.tensorrt_route.trt_backend import (EngineRunner, build_serialized, make_entropy_calibrator,  # noqa: E402
                                                      make_logger)
 
@@ -91,8 +92,25 @@ def test_lm_int64_input_fixed_length_and_padding(tmp_path, logger):
         y = runner.infer(pad_right(ids, 16))[:, :10]
         assert relative_error(ref(ids), y) < 1e-4
         runner.set_input(np.zeros((2, 16), np.int64))
-        lat = timed_loop(runner.time_once, items_per_call=32, min_time_s=0.05, min_iters=5)
-        assert lat.kind == "cuda-events" and lat.p50_ms > 0
+        timer = runner.gpu_timer(repeat=4)
+        lat = Latency.from_values([timer(runner.enqueue) for _ in range(5)], kind="cuda-events", items_per_call=32)
+        assert lat.p50_ms > 0
+        runner.e2e_timer()(runner.e2e_call)
+    finally:
+        runner.close()
+
+
+def test_lm_one_profile_per_batch(tmp_path, logger):
+    ref = tiny().token_lm(tmp_path / "lm.onnx", vocab=64)
+    plan = build_plan("fp32", trt.__version__)
+    engine = build_serialized(trt, logger, tmp_path / "lm.onnx", plan, text_profiles((1, 4), seq_len=16))
+    runner = EngineRunner(trt, logger, engine)
+    try:
+        assert len(runner.profiles) == 3
+        for b, index in [(4, 1), (1, 0), (2, 2)]:
+            ids = np.random.default_rng(b).integers(0, 64, (b, 16), dtype=np.int64)
+            assert relative_error(ref(ids), runner.infer(ids)) < 1e-4
+            assert runner.context.active_optimization_profile == index
     finally:
         runner.close()
 
