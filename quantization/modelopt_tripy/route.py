@@ -23,7 +23,6 @@ from utils.errors import RouteUnavailable, SuiteError
 log = logging.getLogger(__name__)
 TOOLCHAIN = "modelopt-tripy"
 CHECK_WINDOWS = 8  # evaluation windows whose logits are compared element by element (reference vs fake quant)
-BYTES = {"float32": 4.0, "int8": 1.0, "float8_e4m3fn": 1.0}
 
 
 @dataclass(frozen=True)
@@ -34,18 +33,6 @@ class Options:
     def __post_init__(self) -> None:
         if self.calib_batch < 1:
             raise SuiteError("--calib-batch must be >= 1")
-
-
-def deploy_size_mb(sd: dict, quant_mode: str | None) -> float:
-    """Bytes of the loaded tensors as deployed: int8/fp8 codes 1 byte, int4 codes 0.5 byte, floats 4 bytes."""
-    total = 0.0
-    for k, v in sd.items():
-        dt = str(v.dtype).replace("torch.", "")
-        b = BYTES.get(dt, 4.0)
-        if quant_mode == "int4-weight-only" and dt == "int8" and k.endswith(".weight"):
-            b = 0.5
-        total += b * v.numel()
-    return total / 1e6
 
 
 def _hf_logits_fn(model):
@@ -99,7 +86,7 @@ def build_cpu(ctx: ModelContext, method: str) -> Built:
     from quantization.modelopt_tripy.calibration import ids_forward_loop
     from quantization.modelopt_tripy.quantize import modelopt_quantize
     from quantization.modelopt_tripy.reference import GPTShape, ReferenceGPT
-    from quantization.modelopt_tripy.weights import build_tripy_state_dict, fp32_state_dict, load_hf
+    from quantization.modelopt_tripy.weights import build_tripy_state_dict, deploy_size_mb, fp32_state_dict, load_hf
     from utils.metrics import strided_perplexity
 
     if "hf_fp32" not in ctx.state:

@@ -22,8 +22,9 @@ from utils.errors import SuiteError
 
 from .cache import CalibKey, CalibrationCache, EngineCache
 from .calib import PARTIAL_POLICIES, CalibrationStream
-from .plan import (WORKSPACE_BYTES, BuildPlan, build_plan, calibration_profile, engine_key, image_profile, pad_right,
-                   text_profile, trt_unavailable)
+from .plan import (WORKSPACE_BYTES, BuildPlan, build_plan, calibration_profile, engine_key, image_profiles, pad_right,
+                   text_profiles, trt_unavailable)
+from .gpu import E2E_KIND, GPU_COMPUTE_KIND
 from .qdq import QDQ_METHODS, find_qdq
 
 log = logging.getLogger("quantization.tensorrt_route")
@@ -40,8 +41,14 @@ class TrtOptions:
     rebuild: bool = False
     workspace: int = WORKSPACE_BYTES
     verbose: bool = False
+    timing: str = "gpu"  # gpu: CUDA events around back-to-back enqueues; e2e: host time incl. H2D/D2H copies
+    repeat: int = 8  # enqueues between one event pair (gpu timing)
 
     def __post_init__(self) -> None:
+        if self.timing not in ("gpu", "e2e"):
+            raise SuiteError(f"--timing must be gpu or e2e, got {self.timing!r}")
+        if self.repeat < 1:
+            raise SuiteError("--enqueues-per-sample must be >= 1")
         if self.calib_batch is not None and self.calib_batch < 1:
             raise SuiteError("--calib-batch must be >= 1")
         if self.eval_batch < 1:
@@ -85,11 +92,18 @@ class TensorRTRoute(Route):
                        help="builder workspace memory pool limit (GiB)")
         g.add_argument("--rebuild", action="store_true",
                        help="ignore cached engines and calibration caches (needed after a TensorRT or GPU change)")
+        g.add_argument("--timing", default="gpu", choices=("gpu", "e2e"),
+                       help="gpu: GPU compute time, CUDA events around back-to-back enqueues (latency kind cuda-events); "
+                            "e2e: host time including the host<->device copies (kind cuda-e2e). The two kinds are "
+                            "labelled in the rows and never compared with each other")
+        g.add_argument("--enqueues-per-sample", type=int, default=8,
+                       help="gpu timing: enqueues between one CUDA event pair (host enqueue cost stays outside)")
 
     def options(self, args) -> TrtOptions:
         return TrtOptions(qdq_method=args.qdq_method, calib_batch=args.calib_batch, calib_partial=args.calib_partial,
                           eval_batch=args.eval_batch, rebuild=args.rebuild,
-                          workspace=int(args.workspace_gb * (1 << 30)), verbose=args.verbose)
+                          workspace=int(args.workspace_gb * (1 << 30)), verbose=args.verbose, timing=args.timing,
+                          repeat=args.enqueues_per_sample)
 
     def state(self):
         if self._state is None:
@@ -123,13 +137,14 @@ class TensorRTRoute(Route):
         return build_engine(ctx, plan)
 
 
-def _profile(ctx: ModelContext, calib_batch: int):
+def _profiles(ctx: ModelContext, calib_batch: int | None):
+    """One profile per timed batch (its optimum at that batch) plus one for the accuracy/calibration shapes."""
     batches = ctx.cfg.batches[ctx.model]
     if ctx.task.kind == "language-model":
-        return text_profile(batches, seq_len=ctx.data.seq_len, calib_batch=calib_batch)
-    return image_profile(batches, eval_resolution=ctx.data.resolution,
-                         latency_resolution=int(ctx.manifest.get("latency_resolution", 224)),
-                         eval_batch=ctx.opts.eval_batch, calib_batch=calib_batch)
+        return text_profiles(batches, seq_len=ctx.data.seq_len, calib_batch=calib_batch, name=ctx.task.input_name)
+    return image_profiles(batches, eval_resolution=ctx.data.resolution,
+                          latency_resolution=int(ctx.manifest.get("latency_resolution", 224)),
+                          eval_batch=ctx.opts.eval_batch, calib_batch=calib_batch, name=ctx.task.input_name)
 
 
 def build_engine(ctx: ModelContext, plan: BuildPlan) -> Built:
@@ -164,8 +179,8 @@ def build_engine(ctx: ModelContext, plan: BuildPlan) -> Built:
                              trt_version=version, n_samples=stream.n, partial=stream.partial)
         calib_samples, calib_method = stream.n, "entropy2"
         extra.update(stream.describe())
-    profile = _profile(ctx, stream.batch_size if stream else 1)
-    key = engine_key(onnx_sha=onnx_sha, plan=plan, profile=profile,
+    profiles = _profiles(ctx, stream.batch_size if stream else None)
+    key = engine_key(onnx_sha=onnx_sha, plan=plan, profile=profiles,
                      calib=calib_key.inputs() if calib_key else None, workspace=opts.workspace)
     ec = EngineCache(trt_dir, plan.method, key)
 
@@ -181,16 +196,17 @@ def build_engine(ctx: ModelContext, plan: BuildPlan) -> Built:
             calibrator = make_entropy_calibrator(trt, stream, calib_cache, cuda_stream)
         t0 = time.perf_counter()
         try:
-            engine_bytes = build_serialized(
-                trt, logger, onnx_path, plan, profile, calibrator=calibrator, workspace=opts.workspace,
-                calib_profile=calibration_profile(stream.batch_shape, next(iter(profile.shapes))) if stream else None)
+            engine_bytes = build_serialized(  # checks the calibrator was fed every batch (CalibrationError)
+                trt, logger, onnx_path, plan, profiles, calibrator=calibrator, workspace=opts.workspace,
+                calib_profile=calibration_profile(stream.batch_shape, ctx.task.input_name) if stream else None)
         finally:
             if calibrator is not None:
                 calibrator.release()
             if cuda_stream is not None:
                 cuda_stream.destroy()
         build_s = time.perf_counter() - t0
-        meta = {"build_seconds": build_s, "method": plan.method, "onnx_sha": onnx_sha, "profile": profile.to_dict()}
+        meta = {"build_seconds": build_s, "method": plan.method, "onnx_sha": onnx_sha,
+                "profiles": [p.to_dict() for p in profiles]}
         if calibrator is not None:
             meta.update(calibration_cache_hit=bool(calib_cache.hit), calibration_batches_fed=calibrator.fed)
         ec.save(engine_bytes, version, dev, **meta)
@@ -212,12 +228,19 @@ def build_engine(ctx: ModelContext, plan: BuildPlan) -> Built:
         predict = runner.infer
 
     def timed(x: np.ndarray):
-        runner.set_input(x)  # copies the input once, outside the timed region
-        return runner.enqueue
+        runner.set_input(x)  # selects the batch's own profile and copies the input once, outside the timed region
+        return runner.enqueue if opts.timing == "gpu" else runner.e2e_call
 
+    if opts.timing == "gpu":
+        timer, kind = runner.gpu_timer(repeat=opts.repeat, lead=1), GPU_COMPUTE_KIND
+        notes.append(f"GPU compute time: CUDA events around {opts.repeat} back-to-back enqueues per sample")
+    else:
+        timer, kind = runner.e2e_timer(), E2E_KIND
+        notes.append("end-to-end time: host clock, H2D copy + execute + D2H copies until the stream is idle")
+    extra["profiles"] = len(profiles)
     return Built(predict, size_mb=file_size_mb(ec.path), compute_precision=plan.compute_precision,
                  calibration=Calibration(calib_samples, calib_seconds, calib_method) if calib_method else None,
-                 notes=notes, extra=extra, timed=timed, timer=runner.timer.time, latency_kind="cuda-events",
+                 notes=notes, extra=extra, timed=timed, timer=timer, latency_kind=kind,
                  score_batch=opts.eval_batch, close=runner.close)
 
 

@@ -18,7 +18,7 @@ def run(*args):
     (["--threads", "-2"], "argument --threads: must be >= 1, got -2"),
     (["--eval-limit", "0"], "argument --eval-limit: must be >= 1, got 0"),
     (["--min-time", "-1"], "argument --min-time: must be > 0"),
-    (["--methods", "bogus"], "unknown method bogus"),
+    (["--methods", "bogus"], "unknown method 'bogus'"),
 ])
 def test_bench_bad_input(args, expect):
     p = run("-m", "evaluation.bench", *args)

@@ -24,4 +24,4 @@ def test_every_env_has_its_requirements_and_a_test_folder():
         for part in parts:
             assert part.optional or (REQUIREMENTS_DIR / part.file).is_file(), part.file
         assert (REPO_ROOT / TEST_DIRS[name]).is_dir(), name
-    assert {tc.env for tc in TOOLCHAINS.values()} <= set(envs.ENVS)
+    assert {tc.env.name for tc in TOOLCHAINS.values()} <= set(envs.ENVS)

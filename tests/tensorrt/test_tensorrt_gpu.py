@@ -16,7 +16,7 @@ pytestmark = pytest.mark.requires_cuda
 from utils.metrics import relative_error  # noqa: E402
 from quantization.tensorrt_route.cache import CalibKey, CalibrationCache  # noqa: E402
 from quantization.tensorrt_route.calib import CalibrationStream  # noqa: E402
-from evaluation.harness import Latency  # noqa: E402
+from utils.harness import Latency  # noqa: E402
 from quantization.tensorrt_route.gpu import Stream, device_info  # noqa: E402
 from quantization.tensorrt_route.plan import (build_plan, calibration_profile, image_profile, image_profiles,  # noqa: E402
                                               pad_right, text_profile, text_profiles)

@@ -1,0 +1,79 @@
+"""One toolchain declaration: everything else (environments, tests, packages, run order, entry point) reads it."""
+import dataclasses
+import re
+
+import pytest
+
+from utils import registry
+from utils.paths import REPO_ROOT
+from utils.registry import EnvDecl, Part, Toolchain
+
+
+def test_layers_name_no_toolchain():
+    """envs, test and bench read the declaration: no toolchain literal in them."""
+    for f in ("evaluation/envs.py", "evaluation/test.py", "evaluation/bench.py"):
+        text = (REPO_ROOT / f).read_text()
+        for lit in ("onnxruntime", "modelopt", "tensorrt", "tripy"):
+            assert lit not in text, (f, lit)
+
+
+def test_run_order_is_derived_from_needs():
+    order = registry.ORDER
+    for name, tc in registry.TOOLCHAINS.items():
+        for dep in tc.needs:
+            assert order.index(dep) < order.index(name), (dep, name)
+    assert registry.PREPARE_TOOLCHAIN == order[0]
+
+
+def test_a_new_toolchain_is_one_declaration(monkeypatch):
+    """Adding a toolchain = one entry: environment, test order, recorded packages and run order follow."""
+    new = Toolchain(name="newtc", route="quantization.newtc_route:ROUTE",
+                    env=EnvDecl("newtc", (Part("newtc.txt"),), tests="tests/newtc"),
+                    variants={"resnet50": (("fp32", "fp32"), ("int8", "int8"))}, packages=("newtc-lib",),
+                    needs=("onnxruntime",), baseline=("newtc", "fp32"))
+    decls = (new,) + registry._DECLS  # declared first, must still run after what it needs
+    monkeypatch.setattr(registry, "_DECLS", decls)
+    monkeypatch.setattr(registry, "TOOLCHAINS", {t.name: t for t in decls})
+    order = registry._run_order()
+    assert order.index("newtc") > order.index("onnxruntime") > order.index("torch")
+    monkeypatch.setattr(registry, "ORDER", order)
+    assert registry.all_envs()["newtc"].parts == (Part("newtc.txt"),)
+    assert "newtc" in registry.test_order()
+    assert "newtc-lib" in registry.recorded_packages()
+    assert new.module == "quantization.newtc_route" and new.precision("resnet50", "int8") == "int8"
+
+
+def test_cycle_is_refused(monkeypatch):
+    a = Toolchain(name="a", route="x:y", env=EnvDecl("a", ()), variants={}, needs=("b",))
+    b = dataclasses.replace(a, name="b", needs=("a",))
+    monkeypatch.setattr(registry, "_DECLS", (a, b))
+    monkeypatch.setattr(registry, "TOOLCHAINS", {"a": a, "b": b})
+    with pytest.raises(ValueError, match="cycle"):
+        registry._run_order()
+
+
+def test_every_declared_route_resolves_to_a_module_file():
+    for tc in registry.TOOLCHAINS.values():
+        mod = tc.module.replace(".", "/")
+        assert (REPO_ROOT / f"{mod}.py").is_file() or (REPO_ROOT / mod / "__init__.py").is_file(), tc.route
+        assert (REPO_ROOT / "requirements" / tc.env.parts[0].file).is_file()
+        assert (REPO_ROOT / tc.env.tests).is_dir()
+
+
+def test_model_name_dispatch_is_rare():
+    """Tasks, not model names: at most 3 comparisons against "resnet50"/"gpt2" in quantization/ and evaluation/."""
+    pat = re.compile(r'(==|!=)\s*"(resnet50|gpt2)"|"(resnet50|gpt2)"\s*(==|!=)')
+    hits = [(p, ln) for folder in ("quantization", "evaluation") for p in (REPO_ROOT / folder).rglob("*.py")
+            for ln in p.read_text().splitlines() if pat.search(ln)]
+    assert len(hits) <= 3, hits
+
+
+def test_one_per_variant_loop_and_no_route_internals_in_evaluation():
+    loops = [(p, ln) for p in (REPO_ROOT / "quantization").rglob("*.py") for ln in p.read_text().splitlines()
+             if re.search(r"for \(?method, precision\)? in", ln)]
+    assert len(loops) <= 1, loops
+    for p in (REPO_ROOT / "evaluation").rglob("*.py"):
+        text = p.read_text()
+        assert ".parser()" not in text and "make_artifact_fn" not in text, p
+        for mod in re.findall(r"from quantization\.([\w.]+) import", text):
+            assert mod.split(".")[0] == "kit", (p, mod)  # evaluation reaches routes through the kit only

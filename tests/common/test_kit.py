@@ -1,0 +1,134 @@
+"""The route kit's one loop, driven by a NumPy route (this tests the kit, not a toolchain): rows, failure
+isolation with one failed-row format, skipped variants, timer plug-ins, and no ok row lost to a later failure."""
+import json
+
+import numpy as np
+import pytest
+
+from quantization import kit
+from quantization.kit import Built, Calibration, Route, SkipVariant
+from utils.rows import read_attempts, read_rows
+from utils.specs import ModelSource
+
+
+class NumpyRoute(Route):
+    """Pretends to be the onnxruntime toolchain (its declared variants) with NumPy 'models'."""
+
+    toolchain = "onnxruntime"
+    description = "test route"
+
+    def __init__(self, fail=(), skip=(), unavailable=None):
+        self.fail, self.skip, self._unavailable, self.opened = set(fail), set(skip), unavailable, 0
+
+    def unavailable(self, opts):
+        return self._unavailable
+
+    def open(self, ctx):
+        self.opened += 1
+        rng = np.random.default_rng(0)
+        ctx.state["w"] = rng.standard_normal((3 * ctx.data.resolution ** 2, 10)).astype(np.float32)
+
+    def build(self, ctx, method, precision, device):
+        if method in self.fail:
+            raise RuntimeError("boom " + "x" * 1000 + " the real cause at the end")
+        if method in self.skip:
+            raise SkipVariant(f"{method} needs hardware this machine lacks")
+        w = ctx.state["w"] if method == "fp32" else np.round(ctx.state["w"] * 8) / 8
+
+        def predict(x):
+            return x.reshape(len(x), -1)[:, : w.shape[0]] @ w if x.shape[-1] == ctx.data.resolution else \
+                np.zeros((len(x), 10), np.float32)
+
+        calls = []
+        built = Built(predict, size_mb=1.0, compute_precision=precision,
+                      calibration=None if method == "fp32" else Calibration(16, 0.5, method), notes=[f"n-{method}"])
+        if method == "percentile":  # a device clock plugged into the harness: 5 ms per call, exactly
+            built.timer = lambda fn: (fn(), calls.append(1), 5.0)[2]
+            built.latency_kind = "cuda-events"
+        return built
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setattr("utils.specs.CACHE_DIR", tmp_path / "cache")
+    src = ModelSource("resnet50")
+    src.cache_dir.mkdir(parents=True)
+    src.manifest_path.write_text(json.dumps({"resolution": 8, "num_classes": 10, "latency_resolution": 8,
+                                             "dataset": "digits-8px", "ops_per_item": 1e3}))
+    return tmp_path
+
+
+ARGS = ["--model", "resnet50", "--batches", "1,4", "--min-time", "0.01", "--min-iters", "3", "--calib-samples", "16"]
+
+
+def test_rows_failure_isolation_and_skips(cache):
+    runs = cache / "runs"
+    assert kit.run(NumpyRoute(fail={"minmax"}, skip={"entropy"}), ARGS + ["--runs-dir", str(runs)]) == 0
+    rows = {(r.method, r.batch): r for r in read_rows(runs)}
+    assert set(rows) == {(m, b) for m in ("fp32", "minmax", "entropy", "percentile") for b in (1, 4)}
+    ok = rows[("fp32", 4)]
+    assert ok.status == "ok" and ok.metric == "top1" and 0 <= ok.value <= 100 and ok.extra["n_eval"] == 359
+    assert ok.latency_kind == "host-wall" and ok.extra["latency"]["n"] >= 3 and ok.throughput_unit == "images/s"
+    assert ok.extra["latency_shape"] == [4, 3, 8, 8] and ok.notes == "n-fp32"
+    f = rows[("minmax", 1)]
+    assert f.status == "failed" and f.reason.startswith("RuntimeError: boom") and f.reason.endswith("cause at the end")
+    assert len(f.reason) <= kit.FAILED_REASON_CHARS and "\n" not in f.reason and " ... " in f.reason
+    assert rows[("entropy", 1)].status == "skipped" and "hardware" in rows[("entropy", 1)].reason
+    p = rows[("percentile", 4)]
+    assert p.status == "ok" and p.latency_kind == "cuda-events" and p.latency_p50_ms == 5.0
+    assert p.calib_samples == 16 and p.calib_method == "percentile" and p.compute_precision == "int8"
+    # accuracy is scored once per variant and shared by its batches
+    assert rows[("percentile", 1)].value == p.value and rows[("percentile", 1)].extra["correct_bits"] == p.extra["correct_bits"]
+
+
+def test_unavailable_route_writes_skipped_rows_for_every_variant(cache):
+    runs = cache / "runs"
+    assert kit.run(NumpyRoute(unavailable="libfoo cannot be imported"), ARGS + ["--runs-dir", str(runs)]) == 0
+    rows = read_rows(runs)
+    assert len(rows) == 8 and {r.status for r in rows} == {"skipped"} and {r.reason for r in rows} == {
+        "libfoo cannot be imported"}
+
+
+def test_a_later_failure_never_replaces_an_ok_row(cache):
+    runs = cache / "runs"
+    assert kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs), "--methods", "fp32"]) == 0
+    before = {r.key: r for r in read_rows(runs)}
+    assert {r.status for r in before.values()} == {"ok"}
+    assert kit.run(NumpyRoute(fail={"fp32"}), ARGS + ["--runs-dir", str(runs), "--methods", "fp32"]) == 0
+    after = {r.key: r for r in read_rows(runs)}
+    assert after == before  # the ok rows are still there, unchanged
+    att = read_attempts(runs)
+    assert set(att) == set(before) and {a.status for a in att.values()} == {"failed"}
+    assert kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs), "--methods", "fp32"]) == 0
+    assert not read_attempts(runs)  # a new ok row clears the recorded failed attempt
+
+
+def test_subset_rows_never_replace_full_rows(cache):
+    runs = cache / "runs"
+    kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs), "--methods", "fp32"])
+    kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs), "--methods", "fp32", "--eval-limit", "50"])
+    rows = read_rows(runs)
+    full = [r for r in rows if r.eval_limit is None]
+    sub = [r for r in rows if r.eval_limit == 50]
+    assert len(full) == 2 and len(sub) == 2
+    assert all(r.extra["n_eval"] == 359 for r in full) and all(r.extra["n_eval"] == 50 for r in sub)
+    assert all(r.key.endswith("__lim50") for r in sub)
+
+
+def test_bad_timing_flags_exit_2_before_any_row(cache, capsys):
+    runs = cache / "runs"
+    main = kit.main_for(NumpyRoute())
+    assert main(ARGS + ["--runs-dir", str(runs), "--min-time", "-1"]) == 2
+    assert main(ARGS + ["--runs-dir", str(runs), "--min-iters", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("error: argument --min-") for e in err)
+    assert not runs.exists()
+
+
+def test_build_variant_is_the_public_build_api(cache, monkeypatch):
+    route = NumpyRoute()
+    monkeypatch.setattr(kit, "route_for", lambda name: route)
+    ctx, built = kit.build_variant("onnxruntime", "resnet50", "minmax", argv=["--calib-samples", "16"])
+    assert ctx.task.kind == "image-classification" and ctx.hashes["n_calib"] == 16
+    s = kit.score_built(ctx, built)
+    assert s.n == 359 and built.calibration.samples == 16
