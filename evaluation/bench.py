@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "named 'runs', e.g. results/; else <runs-dir>-report)")
     ap.add_argument("--online", action="store_true", help="allow downloads (pretrained weights, datasets)")
     ap.add_argument("--no-report", action="store_true", help="skip the aggregation step")
+    ap.add_argument("--ceilings", default=True, action=argparse.BooleanOptionalAction,
+                    help="measure the device's matmul ceilings for the efficiency column (a few seconds)")
     ap.add_argument("--update-readme", action="store_true",
                     help="also rewrite the README's results block (use when committing results/)")
     return ap
@@ -283,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     prepared: dict[str, str] = {}
     try:
         envs.ensure_env(prep_env)
-        prep = ["-m", "models.prepare", "--model", ",".join(models), "--weights", args.weights, "--ceilings",
-                "--threads", str(args.threads)]
+        prep = ["-m", "models.prepare", "--model", ",".join(models), "--weights", args.weights,
+                "--threads", str(args.threads)] + (["--ceilings"] if args.ceilings else [])
         for flag, val in (("--weights-path", args.weights_path), ("--data", args.data)):
             if val is not None:
                 prep += [flag, val]

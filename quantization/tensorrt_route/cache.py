@@ -141,8 +141,8 @@ class EngineCache:
         ours = (trt_version, device.name, device.compute_capability)
         if theirs != ours:
             raise SuiteError(
-                f"engine {self.path} was built with TensorRT {theirs[0]} for {theirs[1]} (sm_"
-                f"{str(theirs[2]).replace('.', '')}); this machine has TensorRT {ours[0]} and {device}: {REBUILD_HINT}")
+                f"cached engine built with TensorRT {theirs[0]} for {theirs[1]} (sm_{str(theirs[2]).replace('.', '')}); "
+                f"this machine has TensorRT {ours[0]} and {device}: {REBUILD_HINT} (engine {self.path.name})")
         return True
 
     def load(self, trt_version: str, device: DeviceInfo) -> bytes:

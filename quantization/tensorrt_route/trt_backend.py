@@ -93,6 +93,11 @@ def make_entropy_calibrator(trt, batches: CalibrationStream, cache: CalibrationC
             return data
 
         def write_calibration_cache(self, data):
+            if self.error is not None or (not self.cache_served and self.fed != self.expected):
+                # a partial calibration must never become a valid cache that a later run would build from
+                log.warning("not writing the calibration cache: calibration incomplete (%d of %d batches fed%s)",
+                            self.fed, self.expected, f", {self.error!r}" if self.error is not None else "")
+                return
             try:
                 cache.write(bytes(data))
             except BaseException as exc:
