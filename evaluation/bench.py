@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from evaluation import envs
-from utils.errors import ArgParser, SuiteError, cli_main
+from utils.cli import ArgParser, int_list_text, positive_float, positive_int
+from utils.errors import SuiteError, cli_main
 from utils.paths import REPO_ROOT, RESULTS_DIR, RUNS_DIR
 from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, PREPARE_TOOLCHAIN, TOOLCHAINS, WEIGHTS, parse_list
 from utils.rows import ResultRow, read_attempts, read_rows, status_rows, write_row
@@ -39,57 +40,25 @@ def say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _positive_int(flag: str):
-    def conv(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-        return v
-    return conv
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def _batches(text: str) -> str:
-    try:
-        b = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a comma list of integers, got {text!r}") from None
-    if not b or min(b) < 1:
-        raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
-    return ",".join(map(str, b))
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgParser(prog="python3 -m evaluation.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", default="all", help=f"comma list or 'all': {', '.join(MODELS)}")
     ap.add_argument("--toolchains", default="all", help=f"comma list or 'all': {', '.join(ORDER)}")
     ap.add_argument("--methods", default=None, help="comma list of methods (each toolchain runs those it has)")
-    ap.add_argument("--batches", type=_batches, default=None,
+    ap.add_argument("--batches", type=int_list_text, default=None,
                     help="comma list of latency batch sizes (default per model: " +
                          "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) + ")")
     ap.add_argument("--weights", default="embedded", choices=WEIGHTS)
     ap.add_argument("--weights-path", default=None, help="pretrained: ResNet50 state-dict file or GPT-2 hub id/dir")
     ap.add_argument("--data", default=None, help="pretrained: ImageNet-layout folder (resnet50); wikitext-2 or a text file (gpt2)")
-    ap.add_argument("--calib-samples", type=_positive_int("--calib-samples"), default=None,
+    ap.add_argument("--calib-samples", type=positive_int, default=None,
                     help="calibration samples (default per model)")
-    ap.add_argument("--eval-limit", type=_positive_int("--eval-limit"), default=None,
+    ap.add_argument("--eval-limit", type=positive_int, default=None,
                     help="cap on evaluation samples (rows are marked as subset rows)")
-    ap.add_argument("--threads", type=_positive_int("--threads"), default=2)
-    ap.add_argument("--min-time", type=_positive_float, default=1.0, help="minimum timed seconds per latency row")
-    ap.add_argument("--min-iters", type=_positive_int("--min-iters"), default=5)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--min-time", type=positive_float, default=1.0, help="minimum timed seconds per latency row")
+    ap.add_argument("--min-iters", type=positive_int, default=5)
     ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where the rows (one JSON each) go")
     ap.add_argument("--out", type=Path, default=None,
                     help="where tables, plots and device.json go (default: the folder holding --runs-dir when it is "

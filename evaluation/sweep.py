@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from utils.cli import ArgParser, positive_float, positive_int
 from utils.errors import SuiteError, cli_main
 from utils.paths import RESULTS_DIR
 from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, TOOLCHAINS, check_choice, parse_list, task_of
@@ -89,7 +90,7 @@ def timing_flags(args) -> list[str]:
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python3 -m evaluation.sweep", description=__doc__.split("\n\n")[0],
+    ap = ArgParser(prog="python3 -m evaluation.sweep", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -98,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", default="embedded", choices=("embedded", "pretrained"))
         p.add_argument("--weights-path", default=None)
         p.add_argument("--data", default=None)
-        p.add_argument("--threads", type=int, default=2)
-        p.add_argument("--min-time", type=float, default=min_time, help="minimum timed seconds per latency row")
-        p.add_argument("--min-iters", type=int, default=min_iters, help="minimum timed calls per latency row")
+        p.add_argument("--threads", type=positive_int, default=2)
+        p.add_argument("--min-time", type=positive_float, default=min_time, help="minimum timed seconds per latency row")
+        p.add_argument("--min-iters", type=positive_int, default=min_iters, help="minimum timed calls per latency row")
         p.add_argument("--sweeps-dir", type=Path, default=SWEEPS_DIR, help="root of the sweep runs dirs")
         p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the PNG and CSV go")
         p.add_argument("--no-plot", action="store_true", help="only run the routes")
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batches", default=None, help="comma list (default: resnet50 1,2,4,8,16,32,64; gpt2 1,2,4,8,16)")
     b.add_argument("--methods", default=None,
                    help="comma list; each toolchain runs the ones it has (default: torch eager,fx; onnxruntime fp32,minmax)")
-    b.add_argument("--calib-samples", type=int, default=None)
+    b.add_argument("--calib-samples", type=positive_int, default=None)
     common(b, 0.2, 2)
 
     pc = sub.add_parser("plot-calib", help="(report env) rows of a calib sweep -> PNG + CSV")

@@ -218,6 +218,12 @@ def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
     import_torchvision()
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
+    if src.data != "wikitext-2":  # check the data before loading (and later exporting) the model
+        p = Path(src.data)
+        if not p.is_file():
+            raise SuiteError(f"text file {p} does not exist (or pass --data wikitext-2)")
+        if p.stat().st_size == 0:
+            raise SuiteError(f"text file {p} is empty: pass a text file with the evaluation corpus")
     ident = src.weights_path or "gpt2"
     try:
         tok = AutoTokenizer.from_pretrained(ident)
@@ -241,6 +247,8 @@ def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
         if not p.is_file():
             raise SuiteError(f"text file {p} does not exist (or pass --data wikitext-2)")
         text = p.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise SuiteError(f"text file {p} is empty: pass a text file with the evaluation corpus")
         cut = int(len(text) * 0.8)  # first 80% for calibration, last 20% for evaluation: disjoint
         train_text, val_text = text[:cut], text[cut:]
     hf_dir = out / "hf"
@@ -294,9 +302,15 @@ def prepare(src: ModelSource, force: bool = False) -> dict:
         if manifest is not None:
             log.info("%s (%s): cached at %s (hashes verified)", src.model, src.weights, out)
             return manifest
+    fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    info = globals()[PREPARERS[task_of(src.model)]](src, out, force)
+    try:
+        info = globals()[PREPARERS[task_of(src.model)]](src, out, force)
+    except BaseException:
+        if fresh and not src.manifest_path.exists():  # a failed first preparation leaves no half-made cache folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     info.update(source=src.to_dict(), key=src.key, embedded_config=EMBEDDED.get(src.model) if src.weights == "embedded"
                 else None, prepared_seconds=time.time() - t0)
     # every file is recorded with its hash, and stored relative to the cache folder (a moved cache still works)

@@ -1,7 +1,6 @@
 """User-facing errors: one line, non-zero exit, no stack trace."""
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import sys
@@ -44,9 +43,3 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
     )
 
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse with one-line errors: a bad flag raises SuiteError (cli_main prints it and exits 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise SuiteError(f"{message} (see {self.prog} --help)")

@@ -12,47 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.envinfo import environment_record
-from utils.errors import ArgParser, SuiteError
+from utils.cli import ArgParser, int_list, positive_float, positive_int
+from utils.errors import SuiteError
 from utils.paths import RUNS_DIR
 from utils.registry import DEFAULT_BATCHES, DEFAULT_CALIB, METRIC, TOOLCHAINS, WEIGHTS, parse_list
 from utils.rows import ResultRow, status_rows, write_row
 from utils.specs import DATASET_NAME, ModelSource
 
 log = logging.getLogger(__name__)
-
-
-def positive_int(flag: str):
-    def conv(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-        return v
-    return conv
-
-
-def positive_float(flag: str, allow_zero: bool = False):
-    def conv(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if v < 0 or (v == 0 and not allow_zero) or v != v:
-            raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}, got {text}")
-        return v
-    return conv
-
-
-def batch_list(text: str) -> tuple[int, ...]:
-    try:
-        b = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a comma list of integers, got {text!r}") from None
-    if not b or any(x < 1 for x in b):
-        raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
-    return b
 
 
 def add_source_flags(ap: argparse.ArgumentParser) -> None:
@@ -68,18 +35,18 @@ def add_source_flags(ap: argparse.ArgumentParser) -> None:
 
 def add_measure_flags(ap: argparse.ArgumentParser) -> None:
     """Calibration size, evaluation cap, threads and timing: the flags every route and the bench share."""
-    ap.add_argument("--batches", type=batch_list, default=None,
+    ap.add_argument("--batches", type=int_list, default=None,
                     help="comma list of latency batch sizes (default: " +
                          "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) + ")")
-    ap.add_argument("--calib-samples", type=positive_int("--calib-samples"), default=None,
+    ap.add_argument("--calib-samples", type=positive_int, default=None,
                     help=f"calibration samples from the train split (default: {DEFAULT_CALIB})")
-    ap.add_argument("--eval-limit", type=positive_int("--eval-limit"), default=None,
+    ap.add_argument("--eval-limit", type=positive_int, default=None,
                     help="cap on evaluation samples (default: all); rows scored on a subset are marked and never "
                          "replace full-evaluation rows")
-    ap.add_argument("--threads", type=positive_int("--threads"), default=2, help="CPU threads for inference")
-    ap.add_argument("--min-time", type=positive_float("--min-time"), default=1.0,
+    ap.add_argument("--threads", type=positive_int, default=2, help="CPU threads for inference")
+    ap.add_argument("--min-time", type=positive_float, default=1.0,
                     help="minimum seconds of timed calls per latency row")
-    ap.add_argument("--min-iters", type=positive_int("--min-iters"), default=5, help="minimum timed calls per latency row")
+    ap.add_argument("--min-iters", type=positive_int, default=5, help="minimum timed calls per latency row")
 
 
 def route_parser(toolchain: str, description: str) -> argparse.ArgumentParser:
