@@ -268,6 +268,35 @@ def measure_and_store(threads: int, path=None, **kw) -> dict:
     return rec
 
 
+def merge(*records: dict) -> dict:
+    """Combine measure() records of one machine taken in different environments (e.g. the torch env
+    and the onnxruntime env): per-library details are united (a library measured in several records
+    keeps its best), and each precision's ceiling is again the max over all libraries."""
+    recs = [r for r in records if r]
+    if not recs:
+        raise ValueError("merge needs at least one record")
+    if len({(r.get("cpu"), r.get("threads")) for r in recs}) > 1:
+        raise ValueError("merge: records of different CPUs or thread counts")
+    out = {k: v for k, v in recs[-1].items() if k != "libraries"}
+    libs: dict = {}
+    for r in recs:
+        for name, lib in r.get("libraries", {}).items():
+            cur = libs.get(name)
+            if cur is None or (lib.get("ops_per_s") or 0) > (cur.get("ops_per_s") or 0):
+                libs[name] = lib
+    out["libraries"] = libs
+    for prec in ("fp32", "int8"):
+        cands = [(lib["ops_per_s"], name) for name, lib in libs.items() if lib["precision"] == prec and lib.get("ops_per_s")]
+        best = max(cands) if cands else (None, None)
+        out[f"{prec}_ops_per_s"], out[f"{prec}_library"] = best
+        out[f"{prec}_method"] = METHOD.get(best[1], best[1]) if best[1] else "unavailable"
+    out["matmul_n"] = libs[out["fp32_library"]]["best_n"] if out["fp32_library"] else None
+    out["sizes"] = sorted({n for r in recs for n in r.get("sizes", [])})
+    out["elapsed_s"] = sum(r.get("elapsed_s", 0.0) for r in recs)
+    out["merged_from"] = [r.get("measured_at") for r in recs]
+    return out
+
+
 def summary(rec: dict) -> str:
     """One line per library: best GOP/s per size and what was skipped."""
     lines = []
@@ -284,11 +313,20 @@ def summary(rec: dict) -> str:
 if __name__ == "__main__":
     import argparse
     import json
+    from pathlib import Path
 
-    ap = argparse.ArgumentParser(prog="python -m utils.ceilings")
+    ap = argparse.ArgumentParser(prog="python -m utils.ceilings", description="measure matmul ceilings")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", type=float, default=20.0)
+    ap.add_argument("--out", type=Path, help="write the record here (atomic JSON)")
+    ap.add_argument("--merge", action="store_true", help="merge with the record already at --out (another env's)")
     args = ap.parse_args()
     r = measure(args.threads, args.budget)
+    if args.out and args.merge and args.out.exists():
+        r = merge(json.loads(args.out.read_text()), r)
+    if args.out:
+        from utils.atomic import atomic_write_json
+
+        atomic_write_json(args.out, r)
     print(summary(r))
     print(json.dumps({k: v for k, v in r.items() if k != "libraries"}, indent=1))
