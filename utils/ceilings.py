@@ -149,7 +149,8 @@ def measure(threads: int, budget_s: float = 20.0, *, sizes: Iterable[int] = DEFA
     3. bursts are interleaved: round r times burst r of every planned (library, size) in turn, so
        a transient load spike hits one burst of many configurations instead of all bursts of one,
        and best-of-bursts picks each configuration's undisturbed moment;
-    4. extra_bursts: while budget is left, further interleaved rounds (each burst only if it fits),
+    4. extra_bursts: while budget is left, further interleaved rounds (each burst only if it fits;
+       cheap configurations get several bursts per round so all get a similar share of the time),
        so the run takes about budget_s (plus imports) and never much more.
 
     Keys: fp32_ops_per_s / int8_ops_per_s (max over libraries of the best over sizes; None when no
@@ -224,10 +225,16 @@ def measure(threads: int, budget_s: float = 20.0, *, sizes: Iterable[int] = DEFA
             rates[key].append(_burst(fn, calls, 2.0 * key[1] ** 3, clock))
             cost[key] = clock() - t
     # 4. budget left: more interleaved bursts (more chances at an undisturbed moment), each only if it fits
-    while extra_bursts:
+    #    A cheap configuration gets several bursts per round (about the time of the costliest one's
+    #    burst, at most 16), so every configuration gets a similar share of the remaining time.
+    longest = max(cost.values(), default=0.0)
+    reps = {k: min(16, max(1, int(longest / max(c, 1e-9)))) for k, c in cost.items()}
+    while extra_bursts and fns:
         ran = False
         for key, (fn, calls) in fns.items():
-            if clock() - t_start + 1.1 * cost[key] <= budget_s:
+            for _ in range(reps[key]):
+                if clock() - t_start + 1.1 * cost[key] > budget_s:
+                    break
                 rates[key].append(_burst(fn, calls, 2.0 * key[1] ** 3, clock))
                 ran = True
         if not ran:
