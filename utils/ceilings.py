@@ -19,6 +19,11 @@ list each library gets: every library first runs the smallest size, then larger 
 ascending order only while the run predicted from the library's measured rate fits the remaining
 budget; skipped (library, size) pairs are listed with the reason. torch, numpy, onnx and
 onnxruntime are imported lazily; whatever is not importable is recorded as unavailable.
+
+On the 2-core bench machine (shared, 2 threads) the default 20 s budget covers n = 2048 and 3072
+for torch.mm, numpy.matmul and torch._int_mm (n = 4096 fp32 alone needs ~10 s per library); the
+torch env has no onnxruntime, so run `python -m utils.ceilings --out results/device.json --merge`
+in the onnxruntime env as well to add MatMulInteger (merge() keeps the best library per precision).
 """
 from __future__ import annotations
 
