@@ -1,0 +1,344 @@
+"""The device's own matmul ceilings, robustly: several sizes, best of several bursts, several libraries.
+
+A speedup against a slow FP32 path flatters; efficiency (achieved ops/s over the ceiling of the
+precision the model computes in) does not, if the ceiling is honest. One 1024^3 torch.mm call
+under-states a CPU's peak (too small to amortise packing, one library's kernels, one moment's load),
+so here:
+
+- sizes: square matmuls of n >= 2048 (default 2048, 3072, 4096), 2 n^3 ops each;
+- bursts: each (library, size) is warmed up once, then timed in `bursts` (>= 5) bursts of
+  back-to-back calls (>= min_burst_s each); its rate is the best burst (least disturbed by other load);
+- libraries, each recorded on its own:
+    fp32: torch.mm (float32), numpy.matmul (float32, its own BLAS, threads via threadpoolctl when present);
+    int8: torch._int_mm (int8 x int8 -> int32, oneDNN), onnxruntime MatMulInteger (uint8 x int8 ->
+    int32, B a constant initializer as in a quantized model) when onnx + onnxruntime import;
+- a precision's ceiling is the max over its libraries of the best over sizes.
+
+A time budget (default 20 s; the whole run stays <= ~25 s on 2 cores) decides how far up the size
+list each library gets: every library first runs the smallest size, then larger sizes are taken in
+ascending order only while the run predicted from the library's measured rate fits the remaining
+budget; skipped (library, size) pairs are listed with the reason. torch, numpy, onnx and
+onnxruntime are imported lazily; whatever is not importable is recorded as unavailable.
+
+On the 2-core bench machine (shared, 2 threads) the default 20 s budget covers n = 2048 and 3072
+for torch.mm, numpy.matmul and torch._int_mm (n = 4096 fp32 alone needs ~10 s per library); the
+torch env has no onnxruntime, so run `python -m utils.ceilings --out results/device.json --merge`
+in the onnxruntime env as well to add MatMulInteger (merge() keeps the best library per precision).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZES = (2048, 3072, 4096)
+DEFAULT_LIBRARIES = ("torch.mm", "numpy.matmul", "torch._int_mm", "onnxruntime.MatMulInteger")
+PRECISION = {"torch.mm": "fp32", "numpy.matmul": "fp32", "torch._int_mm": "int8", "onnxruntime.MatMulInteger": "int8"}
+METHOD = {"torch.mm": "torch.mm float32",
+          "numpy.matmul": "numpy.matmul float32 (numpy's BLAS)",
+          "torch._int_mm": "torch._int_mm int8 x int8 -> int32 (oneDNN)",
+          "onnxruntime.MatMulInteger": "onnxruntime MatMulInteger uint8 x int8 -> int32 (one-node model, CPU EP)"}
+
+
+class Unavailable(Exception):
+    """A library cannot run here (not importable, op missing)."""
+
+
+# --------------------------------------------------------------------------------------- factories
+def _torch_mm(n: int, threads: int) -> Callable[[], object]:
+    try:
+        import torch
+    except ImportError as exc:
+        raise Unavailable("torch not importable") from exc
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    out = torch.empty(n, n)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def _numpy_matmul(n: int, threads: int) -> Callable[[], object]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return lambda: np.matmul(a, b, out=out)  # BLAS default threads (all cores)
+
+    def run():
+        with threadpool_limits(limits=threads, user_api="blas"):
+            return np.matmul(a, b, out=out)
+    return run
+
+
+def _torch_int_mm(n: int, threads: int) -> Callable[[], object]:
+    try:
+        import torch
+    except ImportError as exc:
+        raise Unavailable("torch not importable") from exc
+    if not hasattr(torch, "_int_mm"):
+        raise Unavailable("torch._int_mm missing")
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=g)
+    try:
+        torch._int_mm(a, b)
+    except (RuntimeError, NotImplementedError) as exc:
+        raise Unavailable(f"torch._int_mm: {exc.__class__.__name__}: {str(exc)[:120]}") from exc
+    return lambda: torch._int_mm(a, b)
+
+
+def _ort_matmul_integer(n: int, threads: int) -> Callable[[], object]:
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError as exc:
+        raise Unavailable("onnx/onnxruntime not importable") from exc
+    rng = np.random.default_rng(0)
+    b = rng.integers(-128, 128, (n, n), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "ceiling",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])],
+        initializer=[numpy_helper.from_array(b, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any ORT failure means: not measurable here
+        raise Unavailable(f"onnxruntime: {exc.__class__.__name__}: {str(exc)[:120]}") from exc
+    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    feed = {"A": a}
+    return lambda: sess.run(None, feed)
+
+
+FACTORIES: dict[str, Callable[[int, int], Callable[[], object]]] = {
+    "torch.mm": _torch_mm, "numpy.matmul": _numpy_matmul, "torch._int_mm": _torch_int_mm,
+    "onnxruntime.MatMulInteger": _ort_matmul_integer}
+
+
+# ------------------------------------------------------------------------------------------ timing
+def _burst(fn: Callable[[], object], calls: int, ops: float, clock=time.perf_counter) -> float:
+    s = clock()
+    for _ in range(calls):
+        fn()
+    return calls * ops / max(clock() - s, 1e-12)
+
+
+def _predict_s(rate: float, n: int, bursts: int, calls: int = 1) -> float:
+    """Seconds a (library, n) will take at `rate`: warm-up + bursts, + 20% for setup and allocation."""
+    return 1.2 * (1 + bursts * calls) * 2.0 * n ** 3 / rate
+
+
+# ------------------------------------------------------------------------------------------ measure
+def measure(threads: int, budget_s: float = 20.0, *, sizes: Iterable[int] = DEFAULT_SIZES, bursts: int = 5,
+            min_burst_s: float = 0.05, libraries: Iterable[str] = DEFAULT_LIBRARIES,
+            factories: dict | None = None, extra_bursts: bool = True) -> dict:
+    """Measure FP32 and INT8 matmul ceilings with `threads` threads within ~budget_s seconds (JSON-able dict).
+
+    1. probe: every library at the smallest size (warm-up call + one timed call = its rate estimate);
+    2. plan: larger sizes are added in ascending order, round-robin over libraries, while the
+       predicted time of all planned measurements fits the budget (the rest is listed as skipped);
+    3. bursts are interleaved: round r times burst r of every planned (library, size) in turn, so
+       a transient load spike hits one burst of many configurations instead of all bursts of one,
+       and best-of-bursts picks each configuration's undisturbed moment;
+    4. extra_bursts: while budget is left, further interleaved rounds (each burst only if it fits;
+       cheap configurations get several bursts per round so all get a similar share of the time),
+       so the run takes about budget_s (plus imports) and never much more.
+
+    Keys: fp32_ops_per_s / int8_ops_per_s (max over libraries of the best over sizes; None when no
+    library ran), fp32_method / int8_method and fp32_library / int8_library (the winners),
+    libraries ({name: {precision, method, available, reason, ops_per_s, best_n, sizes: {n: {ops_per_s,
+    median_ops_per_s, rates, calls_per_burst}}, skipped: {n: reason}}}), sizes, bursts, min_burst_s,
+    threads, budget_s, elapsed_s, matmul_n (the FP32 winner's best size), cpu, measured_at (UTC ISO).
+    factories: name -> (n, threads) -> zero-argument callable; overrides/extends FACTORIES (tests).
+    """
+    from utils.envinfo import cpu_name
+
+    clock = time.perf_counter
+    t_start = clock()
+    sizes = sorted({int(n) for n in sizes})
+    if not sizes:
+        raise ValueError("measure needs at least one size")
+    bursts = max(1, int(bursts))
+    fac = {**FACTORIES, **(factories or {})}
+    libs: dict[str, dict] = {}
+    for name in libraries:
+        libs[name] = {"precision": PRECISION.get(name, "int8" if "int" in name else "fp32"),
+                      "method": METHOD.get(name, name), "available": None, "reason": None, "ops_per_s": None,
+                      "best_n": None, "sizes": {}, "skipped": {}}
+    fns: dict[tuple[str, int], tuple[Callable, int]] = {}  # (lib, n) -> (fn, calls per burst)
+    est: dict[str, float] = {}  # lib -> rate estimate (ops/s)
+
+    def prepare(name: str, n: int) -> float | None:
+        """Build and warm (name, n); returns the rate of one timed call, None when it failed."""
+        rec = libs[name]
+        try:
+            fn = fac[name](n, threads)
+            fn()  # warm-up: allocation, packing, thread pool start
+            t = clock()
+            fn()
+            dt = max(clock() - t, 1e-9)
+        except Unavailable as exc:
+            rec.update(available=False, reason=str(exc))
+            return None
+        except (RuntimeError, MemoryError, ValueError, TypeError) as exc:
+            rec["skipped"][str(n)] = f"failed: {exc.__class__.__name__}: {str(exc)[:120]}"
+            return None
+        rec["available"] = True
+        fns[(name, n)] = (fn, max(1, math.ceil(min_burst_s / dt)))
+        return 2.0 * n ** 3 / dt
+
+    # 1. probe every library at the smallest size
+    for name in libs:
+        r = prepare(name, sizes[0])
+        if r:
+            est[name] = r
+    # 2. plan larger sizes while the predicted total fits
+    def burst_cost(name: str, n: int, calls: int = 1) -> float:
+        return 1.2 * bursts * calls * 2.0 * n ** 3 / est[name]
+
+    planned = sum(burst_cost(nm, n, c) for (nm, n), (_, c) in fns.items())  # bursts still to run
+    for n in sizes[1:]:
+        for name in list(est):
+            need = _predict_s(est[name], n, bursts)
+            left = budget_s - (clock() - t_start) - planned
+            if need > left:
+                libs[name]["skipped"][str(n)] = f"budget: needs ~{need:.1f} s, {max(left, 0):.1f} s left"
+                continue
+            if prepare(name, n) is not None:
+                planned += burst_cost(name, n, fns[(name, n)][1])
+    # 3. interleaved bursts
+    rates: dict[tuple[str, int], list[float]] = {k: [] for k in fns}
+    calls_of = {k: c for k, (_, c) in fns.items()}
+    cost: dict[tuple[str, int], float] = {}
+    for _ in range(bursts):
+        for key, (fn, calls) in fns.items():
+            t = clock()
+            rates[key].append(_burst(fn, calls, 2.0 * key[1] ** 3, clock))
+            cost[key] = clock() - t
+    # 4. budget left: more interleaved bursts (more chances at an undisturbed moment), each only if it fits
+    #    A cheap configuration gets several bursts per round (about the time of the costliest one's
+    #    burst, at most 16), so every configuration gets a similar share of the remaining time.
+    longest = max(cost.values(), default=0.0)
+    reps = {k: min(16, max(1, int(longest / max(c, 1e-9)))) for k, c in cost.items()}
+    while extra_bursts and fns:
+        ran = False
+        for key, (fn, calls) in fns.items():
+            for _ in range(reps[key]):
+                if clock() - t_start + 1.1 * cost[key] > budget_s:
+                    break
+                rates[key].append(_burst(fn, calls, 2.0 * key[1] ** 3, clock))
+                ran = True
+        if not ran:
+            break
+    fns.clear()
+    for (name, n), rs in rates.items():
+        srt = sorted(rs)
+        rec = libs[name]
+        rec["sizes"][str(n)] = {"ops_per_s": srt[-1], "median_ops_per_s": srt[len(srt) // 2], "rates": rs,
+                                "calls_per_burst": calls_of[(name, n)]}
+        if rec["ops_per_s"] is None or srt[-1] > rec["ops_per_s"]:
+            rec["ops_per_s"], rec["best_n"] = srt[-1], n
+
+    out = {"cpu": cpu_name(), "threads": threads, "sizes": sizes, "bursts": bursts, "min_burst_s": min_burst_s,
+           "budget_s": budget_s, "libraries": libs,
+           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for prec in ("fp32", "int8"):
+        cands = [(rec["ops_per_s"], name) for name, rec in libs.items() if rec["precision"] == prec and rec["ops_per_s"]]
+        best = max(cands) if cands else (None, None)
+        out[f"{prec}_ops_per_s"] = best[0]
+        out[f"{prec}_method"] = METHOD.get(best[1], best[1]) if best[1] else "unavailable"
+        out[f"{prec}_library"] = best[1]
+    out["matmul_n"] = libs[out["fp32_library"]]["best_n"] if out["fp32_library"] else None
+    out["elapsed_s"] = clock() - t_start
+    return out
+
+
+def measure_and_store(threads: int, path=None, **kw) -> dict:
+    """measure() and write it atomically to results/device.json (or path)."""
+    from utils.atomic import atomic_write_json
+    from utils.envinfo import DEVICE_FILE
+
+    rec = measure(threads, **kw)
+    atomic_write_json(path or DEVICE_FILE, rec)
+    log.info("device ceilings (%d threads, %.1f s): FP32 %.1f GFLOP/s (%s), INT8 %s GOP/s (%s)", threads,
+             rec["elapsed_s"], (rec["fp32_ops_per_s"] or 0) / 1e9, rec["fp32_library"],
+             f"{rec['int8_ops_per_s'] / 1e9:.1f}" if rec.get("int8_ops_per_s") else "n/a", rec["int8_library"])
+    return rec
+
+
+def merge(*records: dict) -> dict:
+    """Combine measure() records of one machine taken in different environments (e.g. the torch env
+    and the onnxruntime env): per-library details are united (a library measured in several records
+    keeps its best), and each precision's ceiling is again the max over all libraries."""
+    recs = [r for r in records if r]
+    if not recs:
+        raise ValueError("merge needs at least one record")
+    if len({(r.get("cpu"), r.get("threads")) for r in recs}) > 1:
+        raise ValueError("merge: records of different CPUs or thread counts")
+    out = {k: v for k, v in recs[-1].items() if k != "libraries"}
+    libs: dict = {}
+    for r in recs:
+        for name, lib in r.get("libraries", {}).items():
+            cur = libs.get(name)
+            if cur is None or (lib.get("ops_per_s") or 0) > (cur.get("ops_per_s") or 0):
+                libs[name] = lib
+    out["libraries"] = libs
+    for prec in ("fp32", "int8"):
+        cands = [(lib["ops_per_s"], name) for name, lib in libs.items() if lib["precision"] == prec and lib.get("ops_per_s")]
+        best = max(cands) if cands else (None, None)
+        out[f"{prec}_ops_per_s"], out[f"{prec}_library"] = best
+        out[f"{prec}_method"] = METHOD.get(best[1], best[1]) if best[1] else "unavailable"
+    out["matmul_n"] = libs[out["fp32_library"]]["best_n"] if out["fp32_library"] else None
+    out["sizes"] = sorted({n for r in recs for n in r.get("sizes", [])})
+    out["elapsed_s"] = sum(r.get("elapsed_s", 0.0) for r in recs)
+    out["merged_from"] = [r.get("measured_at") for r in recs]
+    return out
+
+
+def summary(rec: dict) -> str:
+    """One line per library: best GOP/s per size and what was skipped."""
+    lines = []
+    for name, r in rec["libraries"].items():
+        if not r["available"]:
+            lines.append(f"{name:28s} unavailable: {r['reason']}")
+            continue
+        per = ", ".join(f"{n}: {d['ops_per_s'] / 1e9:.1f}" for n, d in r["sizes"].items())
+        skip = f"; skipped {', '.join(r['skipped'])}" if r["skipped"] else ""
+        lines.append(f"{name:28s} {r['precision']} GOP/s by n {{{per}}}{skip}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m utils.ceilings", description="measure matmul ceilings")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--budget", type=float, default=20.0)
+    ap.add_argument("--out", type=Path, help="write the record here (atomic JSON)")
+    ap.add_argument("--merge", action="store_true", help="merge with the record already at --out (another env's)")
+    args = ap.parse_args()
+    r = measure(args.threads, args.budget)
+    if args.out and args.merge and args.out.exists():
+        r = merge(json.loads(args.out.read_text()), r)
+    if args.out:
+        from utils.atomic import atomic_write_json
+
+        atomic_write_json(args.out, r)
+    print(summary(r))
+    print(json.dumps({k: v for k, v in r.items() if k != "libraries"}, indent=1))
