@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cap on evaluation samples (rows are marked as subset rows)")
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--min-time", type=positive_float, default=1.0, help="minimum timed seconds per latency row")
-    ap.add_argument("--min-iters", type=positive_int, default=5)
+    ap.add_argument("--min-iters", type=positive_int, default=20,
+                    help="minimum timed trials per latency row (variant and baseline interleaved in each trial)")
     ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where the rows (one JSON each) go")
     ap.add_argument("--out", type=Path, default=None,
                     help="where tables, plots and device.json go (default: the folder holding --runs-dir when it is "

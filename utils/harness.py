@@ -71,32 +71,103 @@ class Latency:
                     samples_ms=[round(x, 4) for x in self.samples_ms])
 
 
+@dataclass
+class Timed:
+    """One thing to time: `fn` (zero arguments), how many items a call processes, how its samples are taken."""
+
+    fn: Callable[[], object]
+    items_per_call: int
+    kind: str = "host-wall"
+    sync: Callable[[], object] | None = None  # host-wall: called inside the timed region (queued device work)
+    timer: Callable[[Callable[[], object]], float] | None = None  # a device clock: timer(fn) -> ms of one call
+
+
+@dataclass
+class Trials:
+    """What `interleaved` measured: per name its Latency and the trial index of each sample."""
+
+    latency: dict[str, Latency]
+    trial_of: dict[str, list[int]]
+    overhead_ms: float  # the harness's own cost: an empty call timed the same way
+
+    def paired(self, base: str, other: str) -> tuple[list[float], list[float]]:
+        """Samples of `base` and `other` from the trials that timed both (in trial order)."""
+        b = dict(zip(self.trial_of[base], self.latency[base].samples_ms))
+        o = dict(zip(self.trial_of[other], self.latency[other].samples_ms))
+        common = sorted(set(b) & set(o))
+        return [b[t] for t in common], [o[t] for t in common]
+
+
+def _once(t: Timed, clock: Callable[[], float]) -> float:
+    if t.timer is not None:
+        return float(t.timer(t.fn))
+    t0 = clock()
+    t.fn()
+    if t.sync is not None:
+        t.sync()
+    return (clock() - t0) * 1000.0
+
+
+def interleaved(units: dict[str, Timed], *, baseline: str | None = None, min_trials: int = 20,
+                budget_s: float = 0.0, warmup: int = 3, max_trials: int = 10_000,
+                clock: Callable[[], float] = time.perf_counter,
+                widest: Callable[["Trials"], list[str] | None] | None = None) -> Trials:
+    """The one timing loop. Every unit's first call is timed on its own, then `warmup` calls each; then trials:
+    in each trial every unit is called once, in a rotating order, so slow drift of the machine hits all of
+    them alike and a variant can be paired with its baseline trial by trial. Trials go on until `min_trials`
+    are done and, after that, while the total time is under `budget_s`; then each extra trial times only the
+    units `widest(trials)` names (a variant whose speedup interval is widest, and its baseline), when given.
+    """
+    if min_trials < 1 or max_trials < min_trials:
+        raise ValueError("need 1 <= min_trials <= max_trials")
+    names = list(units)
+    first = {n: _once(units[n], clock) for n in names}
+    for _ in range(max(0, warmup)):
+        for n in names:
+            _once(units[n], clock)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    trial_of: dict[str, list[int]] = {n: [] for n in names}
+
+    def snapshot() -> Trials:
+        lat = {n: Latency.from_values(samples[n], kind=units[n].kind, items_per_call=units[n].items_per_call,
+                                      first_call_ms=first[n]) for n in names if samples[n]}
+        return Trials(lat, {n: list(v) for n, v in trial_of.items()}, overhead_ms=0.0)
+
+    start, trial = clock(), 0
+    while trial < max_trials:
+        done_min = trial >= min_trials
+        if done_min and clock() - start >= budget_s:
+            break
+        order = names[trial % len(names):] + names[:trial % len(names)]
+        if done_min and widest is not None and len(names) > 2:
+            pick = widest(snapshot())
+            if pick:
+                order = list(pick) if trial % 2 == 0 else list(reversed(pick))
+        for n in order:
+            samples[n].append(_once(units[n], clock))
+            trial_of[n].append(trial)
+        trial += 1
+    out = snapshot()
+    out.overhead_ms = harness_overhead_ms(clock)
+    return out
+
+
+def harness_overhead_ms(clock: Callable[[], float] = time.perf_counter, n: int = 2000) -> float:
+    """Median cost of timing an empty call the way `_once` does (host clock)."""
+    empty = Timed(lambda: None, 1)
+    xs = sorted(_once(empty, clock) for _ in range(n))
+    return xs[len(xs) // 2]
+
+
 def measure(fn: Callable[[], object], *, items_per_call: int, kind: str = "host-wall", warmup: int = 3,
             min_time_s: float = 1.0, min_iters: int = 10, max_iters: int = 10_000,
             sync: Callable[[], object] | None = None, clock: Callable[[], float] = time.perf_counter,
             timer: Callable[[Callable[[], object]], float] | None = None) -> Latency:
-    """Time `fn()`; returns a Latency with every sample kept.
-
-    `timer(fn) -> ms` replaces the host clock for one sample (a device clock such as CUDA events that
-    brackets the call itself); the loop, warm-up and stopping rule stay this one.
-    """
+    """Time one `fn()` through `interleaved`: first call apart, warm-up, then until both `min_iters` samples and
+    `min_time_s` seconds are reached. `timer(fn) -> ms` replaces the host clock for one sample (a device clock
+    such as CUDA events that brackets the call itself); the loop stays the one in `interleaved`."""
     if min_iters < 1 or max_iters < min_iters:
         raise ValueError("need 1 <= min_iters <= max_iters")
-
-    def once() -> float:
-        if timer is not None:
-            return float(timer(fn))
-        t0 = clock()
-        fn()
-        if sync is not None:
-            sync()
-        return (clock() - t0) * 1000.0
-
-    first = once()
-    for _ in range(max(0, warmup)):
-        once()
-    samples: list[float] = []
-    start = clock()
-    while len(samples) < max_iters and (len(samples) < min_iters or clock() - start < min_time_s):
-        samples.append(once())
-    return Latency.from_values(samples, kind=kind, items_per_call=items_per_call, first_call_ms=first)
+    unit = Timed(fn, items_per_call, kind, sync, timer)
+    return interleaved({"x": unit}, min_trials=min_iters, budget_s=min_time_s, warmup=warmup, max_trials=max_iters,
+                       clock=clock).latency["x"]

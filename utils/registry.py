@@ -198,6 +198,8 @@ def _run_order() -> tuple[str, ...]:
 
 
 ORDER = _run_order()
+# the FP32 reference runtime every other runtime's FP32 outputs are compared with (cross-runtime fidelity)
+REFERENCE = ("torch", "eager")
 PREPARE_TOOLCHAIN = next(t.name for t in _DECLS if t.prepares_models)
 
 

@@ -50,6 +50,24 @@ class ResultRow:
     calib_seconds: float | None = None
     calib_method: str | None = None
     eval_limit: int | None = None  # scored on a capped subset (--eval-limit): a separate row, never the full one
+    # fidelity against the FP32 baseline's outputs on the same evaluation samples (utils.fidelity)
+    fidelity_vs: str | None = None  # "<toolchain>/<method>" the outputs were compared with
+    agreement: float | None = None  # % top-1 (classifier) / next-token top-1 (LM) equal to the baseline's
+    flips_lost: int | None = None  # samples the baseline got right and this row wrong
+    flips_gained: int | None = None  # the reverse
+    sqnr_db: float | None = None  # logit SQNR against the baseline's logits (classifiers)
+    kl: float | None = None  # mean KL(baseline || this) of the softmax (per sample / per token)
+    # an FP32 row compared with the FP32 reference runtime (torch eager): export or runtime faults show here
+    xrt_vs: str | None = None
+    xrt_agreement: float | None = None
+    xrt_sqnr_db: float | None = None
+    # latency with confidence: trials interleaved with the baseline in the same process (utils.harness.interleaved)
+    latency_samples: int | None = None
+    speedup_vs: str | None = None  # what the paired speedup was measured against (in-process baseline)
+    speedup_paired: float | None = None  # median(baseline) / median(this), same trials
+    speedup_ci_low: float | None = None
+    speedup_ci_high: float | None = None
+    peak_mem_mb: float | None = None  # resident memory high-water of building and running this variant
     status: str = "ok"
     reason: str = ""
     notes: str = ""

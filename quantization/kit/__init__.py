@@ -28,7 +28,6 @@ import numpy as np
 from quantization.kit.config import RouteConfig, RowWriter, route_parser
 from quantization.kit.tasks import Task, data_hashes, file_size_mb, load_data, task_for  # noqa: F401 (public API)
 from utils.errors import RouteUnavailable, SuiteError, cli_main, setup_logging
-from utils.harness import measure
 from utils.registry import TOOLCHAINS, resolve
 from utils.specs import ModelSource
 
@@ -153,6 +152,16 @@ class Route:
     def open(self, ctx: ModelContext) -> None:
         """Per-model set-up before the variants (threads, a model loaded once)."""
 
+    def timing_baseline(self, ctx: ModelContext, device: str) -> "tuple[str, Built] | None":
+        """(name, Built) of an in-process FP32 reference to time the variants against, trial by trial, when their
+        declared baseline is not among the selected variants of this run. Default: the toolchain's own baseline
+        method, built here; None when the declared baseline belongs to another toolchain."""
+        tc = TOOLCHAINS[self.toolchain]
+        bl = tc.baseline
+        if bl is None or bl[0] != self.toolchain or bl[1] not in tc.methods(ctx.model):
+            return None
+        return bl[1], self.build(ctx, bl[1], tc.precision(ctx.model, bl[1]), device)
+
     def build(self, ctx: ModelContext, method: str, precision: str, device: str) -> Built:
         raise NotImplementedError
 
@@ -209,42 +218,160 @@ def score_built(ctx: ModelContext, built: Built, progress: bool = False):
 
 # ------------------------------------------------------------------------------ the one loop
 
-def measure_built(built: Built, ctx: ModelContext, writer: RowWriter, method: str, precision: str) -> list:
-    """Score once, time each batch through the harness, write one row per batch."""
-    cfg, task = ctx.cfg, ctx.task
+OUTPUTS = "outputs"  # <runs_dir>/outputs/<key>.npz: each variant's outputs on the evaluation samples
+
+
+def outputs_key(cfg: RouteConfig, model: str, toolchain: str, method: str, device: str) -> str:
+    parts = [model, cfg.weights, toolchain, method, device] + ([f"lim{cfg.eval_limit}"] if cfg.eval_limit else [])
+    return "__".join(parts)
+
+
+def _find_outputs(cfg: RouteConfig, model: str, ref: tuple[str, str] | None, device: str, eval_sha: str | None):
+    """Load the outputs a baseline run kept for these evaluation samples (same device first, else any)."""
+    if ref is None:
+        return None, None
+    from utils.fidelity import load_outputs
+
+    folder = Path(cfg.runs_dir) / OUTPUTS
+    names = [outputs_key(cfg, model, *ref, device)] + [outputs_key(cfg, model, *ref, d) for d in ("cpu", "cuda")]
+    for name in dict.fromkeys(names):
+        p = folder / f"{name}.npz"
+        if p.is_file():
+            try:
+                out = load_outputs(p)
+            except (OSError, ValueError, KeyError):
+                continue
+            if getattr(out, "meta", {}).get("eval_sha") == eval_sha:
+                return out, "/".join(ref)
+    return None, None
+
+
+def _rss_mb() -> tuple[float | None, float | None]:
+    """(current resident MB, high-water MB) of this process (Linux /proc), else (None, None)."""
+    cur = hwm = None
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None, None
+    return cur, hwm
+
+
+def _reset_peak() -> bool:
+    """Reset the resident high-water mark (Linux: writing 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class _Variant:
+    method: str
+    precision: str
+    built: Built
+    fields: dict  # row fields from scoring, fidelity, memory
+    extra: dict
+
+
+def _is_fp32(tc, method: str) -> bool:
+    return any(m == method and p == "fp32" for vs in tc.variants.values() for m, p in vs)
+
+
+def _score_variant(ctx: ModelContext, built: Built, method: str, device: str) -> tuple[dict, dict]:
+    """Score once, keep the outputs, compare them with the baseline's and (FP32 rows) the reference runtime's."""
+    from utils.fidelity import compare, save_outputs
+    from utils.registry import REFERENCE
+
+    cfg, task, tc = ctx.cfg, ctx.task, TOOLCHAINS[ctx.cfg.toolchain]
+    eval_sha = ctx.hashes.get("eval_sha")
+    bl = tc.baseline_for(method)
+    is_baseline = bl is None or bl == (cfg.toolchain, method)
+    reference, ref_name = (None, None) if is_baseline else _find_outputs(cfg, ctx.model, bl, device, eval_sha)
     t0 = time.perf_counter()
-    score = score_built(ctx, built, progress=True)
+    score, outputs, fid = task.score_outputs(built.predict, ctx.data, batch=built.score_batch, pad=built.score_pad,
+                                             progress=True, reference=reference)
     eval_s = time.perf_counter() - t0
-    cal = built.calibration
-    common = dict(size_mb=built.size_mb, compute_precision=built.compute_precision, notes="; ".join(built.notes),
-                  calib_samples=cal.samples if cal else None, calib_seconds=cal.seconds if cal else None,
-                  calib_method=cal.method if cal else None, **task.score_fields(score))
-    extra = {**score.extra(), **built.extra, "eval_seconds": round(eval_s, 3)}
-    batches = cfg.batches[ctx.model] if built.batches is None else built.batches
-    rows = []
-    if not batches:  # accuracy only (e.g. a fake-quant emulation that is not a deployment runtime)
-        return [writer.write(writer.row(method, precision, 1, **common, extra=extra))]
-    for b in batches:
-        li = task.latency_input(b, ctx.manifest, ctx.data)
-        fn = built.timed(li.x) if built.timed is not None else (lambda x=li.x: built.predict(x))
-        lat = measure(fn, items_per_call=li.items, kind=built.latency_kind, min_time_s=cfg.min_time,
-                      min_iters=cfg.min_iters, sync=built.sync, timer=built.timer)
-        rows.append(writer.write(writer.row(
-            method, precision, b, **common, **lat.row_fields(), throughput_unit=li.unit,
-            extra={**extra, "latency": lat.summary(), "latency_shape": list(li.shape)})))
-    return rows
+    save_outputs(Path(cfg.runs_dir) / OUTPUTS / f"{outputs_key(cfg, ctx.model, cfg.toolchain, method, device)}.npz",
+                 outputs, meta={"eval_sha": eval_sha, "toolchain": cfg.toolchain, "method": method, "device": device})
+    fields = {**task.score_fields(score), **task.fidelity_fields(fid), "fidelity_vs": ref_name}
+    extra = {**score.extra(), "eval_seconds": round(eval_s, 3)}
+    if fid and fid.get("ppl_bootstrap"):
+        extra["fidelity_ppl_bootstrap"] = {k: fid["ppl_bootstrap"].get(k) for k in
+                                           ("ratio", "ratio_ci_low", "ratio_ci_high", "significant", "block_len")}
+    if fid and fid.get("kl_exact") is False:
+        extra["kl_note"] = "KL over the baseline's top-k tokens plus one tail bucket (a lower bound)"
+    if _is_fp32(tc, method) and (cfg.toolchain, method) != REFERENCE:
+        ref_out, xname = _find_outputs(cfg, ctx.model, REFERENCE, "cpu", eval_sha)
+        if ref_out is not None:
+            x = compare(ref_out, outputs)
+            fields.update(xrt_vs=xname, xrt_agreement=x.get("agreement"), xrt_sqnr_db=x.get("sqnr_db"))
+            if task.kind == "language-model":
+                extra["xrt_ppl_ratio"] = x.get("ppl_ratio")
+    return fields, extra
+
+
+def _unit(built: Built, li) -> "Timed":
+    from utils.harness import Timed
+
+    fn = built.timed(li.x) if built.timed is not None else (lambda x=li.x: built.predict(x))
+    return Timed(fn, li.items, built.latency_kind, built.sync, built.timer)
+
+
+def _time_group(ctx: ModelContext, variants: list, bases: dict, pair_of: dict, batch: int) -> dict:
+    """Interleaved trials of the variants and their in-process FP32 baselines at one batch: every unit is timed
+    once per trial, so each variant is paired trial by trial with its own baseline (pair_of[method])."""
+    from utils.harness import interleaved
+    from utils.stats import speedup_ci, widest_interval
+
+    cfg = ctx.cfg
+    li = ctx.task.latency_input(batch, ctx.manifest, ctx.data)
+    units = {v.method: _unit(v.built, li) for v in variants}
+    for name, built in bases.items():
+        if name not in units:
+            units[name] = _unit(built, li)
+    pairs = {m: b for m, b in pair_of.items() if m in units and b in units and m != b}
+    main_base = next(iter(bases), None)
+
+    memo = {"n": 0, "pick": None}
+
+    def widest(tr):  # re-ranked every 8 extra trials (a bootstrap per row costs more than a fast call)
+        if memo["n"] % 8 == 0:
+            rows = {m: tr.paired(b, m) for m, b in pairs.items() if m in tr.latency and b in tr.latency}
+            memo["pick"] = widest_interval(rows, paired=True, n_boot=400)[0] if rows else None
+        memo["n"] += 1
+        pick = memo["pick"]
+        return [pairs[pick], pick] if pick else None
+
+    trials = interleaved(units, baseline=main_base, min_trials=cfg.min_iters, budget_s=cfg.min_time * len(units),
+                         widest=widest if pairs and main_base else None)
+    out = {"overhead_ms": trials.overhead_ms, "shape": list(li.shape), "unit": li.unit, "latency": trials.latency,
+           "speedup": {}}
+    for m in units:
+        if m in bases:
+            out["speedup"][m] = (1.0, 1.0, 1.0, m)
+        elif m in pairs:
+            b = pairs[m]
+            xb, xo = trials.paired(b, m)
+            if len(xb) >= 3 and units[m].kind == units[b].kind:
+                out["speedup"][m] = (*(float(x) for x in speedup_ci(xb, xo, paired=True)), b)
+    return out
 
 
 def run_model(route: Route, cfg: RouteConfig, opts, model: str) -> list:
-    """Every selected variant of one model on every device: built, scored, timed; failures isolated per variant."""
+    """Every selected variant of one model on every device: built and scored (outputs kept, fidelity against the
+    baseline's outputs), then timed in interleaved trials with the in-process FP32 baseline, one row per batch.
+    Failures are isolated per variant, in one format."""
     from tqdm import tqdm
 
     variants = cfg.variants(model)
     devices = route.devices(opts)
-    try:
-        ctx = open_model(route, cfg, model, opts)
-    except SuiteError:
-        raise  # bad input or a stale/corrupt artifact: one line, exit 2
+    ctx = open_model(route, cfg, model, opts)  # SuiteError (bad input, stale artifact): one line, exit 2
     writers = {d: RowWriter(cfg, model, ctx.manifest, device=d, hashes=ctx.hashes, **route.environment(d, opts))
                for d in devices}
     rows, live = [], []
@@ -255,22 +382,140 @@ def run_model(route: Route, cfg: RouteConfig, opts, model: str) -> list:
             rows += writers[d].status("skipped", why, variants, sb[d])
         else:
             live.append(d)
-    for method, precision in tqdm(variants, desc=f"{cfg.toolchain}/{model}", unit="variant", disable=not live):
-        for d in live:
-            built = None
+    rss_open, _ = _rss_mb()
+    for d in live:
+        done: list[_Variant] = []
+        try:
+            for method, precision in tqdm(variants, desc=f"{cfg.toolchain}/{model}/{d}", unit="variant"):
+                rss_before, _ = _rss_mb()
+                measured = _reset_peak()
+                built = None
+                try:
+                    built = route.build(ctx, method, precision, d)
+                    fields, extra = _score_variant(ctx, built, method, d)
+                    _, hwm = _rss_mb()
+                    if measured and hwm and rss_before is not None and rss_open is not None:
+                        # the high-water of building and scoring this variant, less what the variants built
+                        # before it still hold in this process (they stay alive to be timed together)
+                        fields["peak_mem_mb"] = round(hwm - max(0.0, rss_before - rss_open), 1)
+                        extra["rss_high_water_mb"] = round(hwm, 1)
+                    done.append(_Variant(method, precision, built, fields, extra))
+                except SkipVariant as exc:
+                    _close(built)
+                    rows += writers[d].status("skipped", str(exc), [(method, precision)], sb[d])
+                except (KeyboardInterrupt, MemoryError):
+                    _close(built)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
+                    _close(built)
+                    log.warning("%s %s on %s failed: %s", model, method, d, failure_reason(exc), exc_info=cfg_verbose())
+                    rows += writers[d].status("failed", failure_reason(exc), [(method, precision)], sb[d])
+            rows += _time_and_write(route, ctx, writers[d], d, done)
+        finally:
+            for v in done:
+                _close(v.built)
+    return rows
+
+
+def _close(built: Built | None) -> None:
+    if built is not None and built.close is not None:
+        try:
+            built.close()
+        except Exception:  # noqa: BLE001 - releasing must not hide the real result
+            log.debug("close failed", exc_info=True)
+
+
+def _common(v: _Variant) -> dict:
+    cal = v.built.calibration
+    return dict(size_mb=v.built.size_mb, compute_precision=v.built.compute_precision, notes="; ".join(v.built.notes),
+                calib_samples=cal.samples if cal else None, calib_seconds=cal.seconds if cal else None,
+                calib_method=cal.method if cal else None, **v.fields)
+
+
+def _timing_baselines(route: Route, ctx: ModelContext, device: str, timed: list) -> tuple[dict, dict, list]:
+    """(bases name -> Built, pair_of method -> base name, names built here only for timing): each timed variant is
+    paired with its own FP32 baseline in this process: the toolchain's baseline method (or the method-specific one,
+    e.g. pt2e -> inductor), or the route's in-process FP32 reference when the declared baseline is another
+    toolchain's row (e.g. the FP32 ONNX for ModelOpt's Q/DQ models)."""
+    tc = TOOLCHAINS[ctx.cfg.toolchain]
+    live = {v.method: v.built for v in timed}
+    bases, pair_of, extra = {}, {}, []
+    fallback = None
+    for v in timed:
+        bl = tc.baseline_for(v.method)
+        if bl is None or bl == (ctx.cfg.toolchain, v.method):
+            bases.setdefault(v.method, v.built)
+            continue
+        if bl[0] == ctx.cfg.toolchain and bl[1] in live:
+            bases.setdefault(bl[1], live[bl[1]])
+            pair_of[v.method] = bl[1]
+            continue
+        if fallback is None:
             try:
-                built = route.build(ctx, method, precision, d)
-                rows += measure_built(built, ctx, writers[d], method, precision)
-            except SkipVariant as exc:
-                rows += writers[d].status("skipped", str(exc), [(method, precision)], sb[d])
+                fallback = route.timing_baseline(ctx, device) or False
+            except Exception as exc:  # noqa: BLE001 - no paired speedup then; the rows still get their latency
+                log.warning("no in-process timing baseline for %s on %s: %s", ctx.model, device, failure_reason(exc))
+                fallback = False
+            if fallback:
+                extra.append(fallback[0])
+        if fallback:
+            bases.setdefault(fallback[0], fallback[1])
+            pair_of[v.method] = fallback[0]
+    return bases, pair_of, extra
+
+
+def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: str, done: list) -> list:
+    """Time every scored variant, batch by batch, in interleaved trials with the baseline; write the rows."""
+    cfg, tc = ctx.cfg, TOOLCHAINS[ctx.cfg.toolchain]
+    rows = []
+    timed = [v for v in done if v.built.batches is None or v.built.batches]
+    for v in done:
+        if v not in timed:  # accuracy only (e.g. a fake-quant emulation that is not a deployment runtime)
+            rows.append(writer.write(writer.row(v.method, v.precision, 1, **_common(v), extra=v.extra)))
+    if not timed:
+        return rows
+    bases, pair_of, only_for_timing = _timing_baselines(route, ctx, device, timed)
+    failed: set[str] = set()
+    try:
+        for b in cfg.batches[ctx.model]:
+            group = [v for v in timed if v.method not in failed and (v.built.batches is None or b in v.built.batches)]
+            if not group:
+                continue
+            try:
+                res = _time_group(ctx, group, bases, pair_of, b)
             except (KeyboardInterrupt, MemoryError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
-                log.warning("%s %s on %s failed: %s", model, method, d, failure_reason(exc), exc_info=cfg_verbose())
-                rows += writers[d].status("failed", failure_reason(exc), [(method, precision)], sb[d])
-            finally:
-                if built is not None and built.close is not None:
-                    built.close()
+            except Exception as exc:  # noqa: BLE001 - find the variant whose timing fails and fail it alone
+                res = None
+                log.warning("timing %s at batch %d failed (%s); timing each variant alone", ctx.model, b,
+                            failure_reason(exc))
+            for v in group:
+                one = res
+                if one is None:
+                    try:
+                        one = _time_group(ctx, [v], {k: x for k, x in bases.items() if k == pair_of.get(v.method)},
+                                          pair_of, b)
+                    except (KeyboardInterrupt, MemoryError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        failed.add(v.method)
+                        rows += writer.status("failed", failure_reason(exc), [(v.method, v.precision)],
+                                              route.status_batches(device, cfg.batches[ctx.model]))
+                        continue
+                lat = one["latency"][v.method]
+                spd = one["speedup"].get(v.method)
+                fields = dict(_common(v), **lat.row_fields(), throughput_unit=one["unit"],
+                              latency_samples=len(lat.samples_ms))
+                if spd is not None:
+                    own = spd[3] in tc.methods(ctx.model)
+                    fields.update(speedup_paired=spd[0], speedup_ci_low=spd[1], speedup_ci_high=spd[2],
+                                  speedup_vs=f"{cfg.toolchain}/{spd[3]}" + ("" if own else " (in-process FP32)"))
+                extra = {**v.extra, "latency": lat.summary(), "latency_shape": one["shape"],
+                         "harness_overhead_ms": round(one["overhead_ms"], 6)}
+                rows.append(writer.write(writer.row(v.method, v.precision, b, **fields, extra=extra)))
+    finally:
+        for name in only_for_timing:
+            _close(bases.get(name))
     return rows
 
 

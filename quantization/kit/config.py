@@ -45,8 +45,10 @@ def add_measure_flags(ap: argparse.ArgumentParser) -> None:
                          "replace full-evaluation rows")
     ap.add_argument("--threads", type=positive_int, default=2, help="CPU threads for inference")
     ap.add_argument("--min-time", type=positive_float, default=1.0,
-                    help="minimum seconds of timed calls per latency row")
-    ap.add_argument("--min-iters", type=positive_int, default=5, help="minimum timed calls per latency row")
+                    help="timing budget per latency row in seconds: after --min-iters trials, further trials go to the "
+                         "variant whose speedup interval is widest until the budget of the batch is spent")
+    ap.add_argument("--min-iters", type=positive_int, default=20,
+                    help="minimum timed trials per latency row (each trial times every variant and its baseline once)")
 
 
 def route_parser(toolchain: str, description: str) -> argparse.ArgumentParser:
@@ -77,7 +79,7 @@ class RouteConfig:
     eval_limit: int | None = None
     threads: int = 2
     min_time: float = 1.0
-    min_iters: int = 5
+    min_iters: int = 20
     runs_dir: Path = RUNS_DIR
 
     def __post_init__(self) -> None:

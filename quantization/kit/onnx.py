@@ -375,6 +375,11 @@ class OnnxRoute(Route):
     def slow_reason(self, rec: "ProviderRecord") -> str | None:
         return None
 
+    def timing_baseline(self, ctx: ModelContext, device: str):
+        """The FP32 ONNX itself, in this route's ONNX Runtime: what its variants are timed against, trial by trial."""
+        src, _ = ctx.state["src"]
+        return "fp32-onnx", onnx_built(ctx, Artifact(src, "fp32-onnx", "fp32"), device)
+
     def build(self, ctx: ModelContext, method: str, precision: str, device: str) -> Built:
         made = ctx.state["artifacts"]
         if method not in made:  # one artifact per variant, whatever the devices

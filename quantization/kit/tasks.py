@@ -65,6 +65,18 @@ class Task:
         """ResultRow fields a score fills (value, and top5 for classifiers)."""
         raise NotImplementedError
 
+    def score_outputs(self, predict, data, *, batch: int | None = None, pad: bool = False, progress: bool = False,
+                      reference=None):
+        """(score, this run's outputs for later comparisons, fidelity against `reference` outputs or None)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def fidelity_fields(fid: dict | None) -> dict:
+        """ResultRow fidelity fields from a utils.fidelity.compare result."""
+        if not fid:
+            return {}
+        return {k: fid.get(k) for k in ("agreement", "flips_lost", "flips_gained", "sqnr_db", "kl")}
+
     def hashes(self, data) -> dict:
         raise NotImplementedError
 
@@ -88,9 +100,10 @@ class ImageClassification(Task):
     def calib_array(self, data: ImageData) -> np.ndarray:
         return data.calib.x
 
-    def score(self, predict, data: ImageData, *, batch=None, pad=False, progress=False) -> ClassificationScore:
+    def score(self, predict, data: ImageData, *, batch=None, pad=False, progress=False, sink=None) -> ClassificationScore:
         """Top-1/top-5 over the evaluation split in batches of `batch`; with `pad` every call sees exactly `batch`
-        samples (the last batch zero-padded, the padding dropped), for runtimes compiled for one shape."""
+        samples (the last batch zero-padded, the padding dropped), for runtimes compiled for one shape.
+        `sink` (a list) receives each batch's logits."""
         bs = batch or self.default_batch
 
         def batches():
@@ -98,9 +111,21 @@ class ImageClassification(Task):
                 n = len(y)
                 if pad and n < bs and len(data.test) > bs:
                     x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), x.dtype)])
-                yield np.asarray(predict(x))[:n], y
+                out = np.asarray(predict(x))[:n]
+                if sink is not None:
+                    sink.append(out)
+                yield out, y
 
         return classification_score(batches())
+
+    def score_outputs(self, predict, data: ImageData, *, batch=None, pad=False, progress=False, reference=None):
+        from utils.fidelity import ClassifierOutputs, compare
+
+        sink: list = []
+        score = self.score(predict, data, batch=batch, pad=pad, progress=progress, sink=sink)
+        outputs = ClassifierOutputs(np.concatenate(sink).astype(np.float32), np.asarray(data.test.y))
+        fid = compare(reference, outputs) if reference is not None else None
+        return score, outputs, fid
 
     def latency_input(self, batch, manifest, data) -> LatencyInput:
         res = int(manifest.get("latency_resolution", 224))
@@ -140,6 +165,34 @@ class LanguageModel(Task):
         return strided_perplexity(predict, data.val_ids, max_length=data.seq_len, stride=data.stride,
                                   progress=progress)
 
+    def score_outputs(self, predict, data: TextData, *, batch=None, pad=False, progress=False, reference=None):
+        """Perplexity exactly as `score`, while keeping per-token outputs (top-1, NLL, top-k log-probs) of every
+        scored token, and per-token agreement/KL against `reference` outputs of the baseline run."""
+        from utils.fidelity import LMFidelity
+        from utils.metrics import strided_windows
+
+        ids = np.asarray(data.val_ids, dtype=np.int64).reshape(-1)
+        windows = strided_windows(ids.size, data.seq_len, data.stride)
+        own = LMFidelity(topk=LM_TOPK)
+        vs = LMFidelity(reference=reference, topk=LM_TOPK) if reference is not None else None
+        i = [0]
+
+        def fn(chunk: np.ndarray) -> np.ndarray:
+            logits = np.asarray(predict(chunk))
+            begin, end, n_scored = windows[i[0]]
+            i[0] += 1
+            pos = np.arange(end - begin)[-n_scored:]
+            pos = pos[pos >= 1]  # position t-1 predicts token t (the scoring rule of strided_perplexity)
+            rows, targets = logits[0][pos - 1], chunk[0, pos]
+            own.update(ref_logits=rows, targets=targets)
+            if vs is not None:
+                vs.update(q_logits=rows, targets=targets)
+            return logits
+
+        score = strided_perplexity(fn, ids, max_length=data.seq_len, stride=data.stride, progress=progress)
+        fid = vs.result() if vs is not None else None
+        return score, own.reference_outputs(), fid
+
     def latency_input(self, batch, manifest, data: TextData) -> LatencyInput:
         ids = lm_latency_input(batch, data.seq_len, data.vocab_size)
         return LatencyInput(ids, batch * data.seq_len, "tokens/s", (batch, data.seq_len))
@@ -151,6 +204,8 @@ class LanguageModel(Task):
         return {"calib_sha": ids_sha(data.calib), "eval_sha": ids_sha(data.val_ids), "n_calib": int(data.calib.shape[0]),
                 "n_eval_tokens": int(data.val_ids.size)}
 
+
+LM_TOPK = 32  # reference log-probs kept per token for cross-process KL (exact when the vocabulary is <= this)
 
 TASKS: dict[str, Task] = {t.kind: t for t in (ImageClassification(), LanguageModel())}
 

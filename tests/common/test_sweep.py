@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from utils.errors import SuiteError
+
 from evaluation import sweep
 from utils.metrics import pack_bits
 from evaluation.stats import mcnemar_exact
@@ -49,7 +51,7 @@ def test_calib_runs_the_route_once_per_size_plus_the_baseline(calls, tmp_path):
         assert a["--calib-samples"] == str(n) and a["--methods"] == "minmax,entropy" and a["--batches"] == "1"
         assert a["--runs-dir"].endswith(f"calib-onnxruntime-resnet50/n{n}")
         assert a["--min-time"] == "0.2" and a["--min-iters"] == "2"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SuiteError, match="unrecognized arguments: --bogus"):  # one line, exit 2 through cli_main
         sweep.build_parser().parse_args(["calib", "--bogus"])
     calls.clear()
     assert sweep.main(["calib", "--toolchain", "onnxruntime", "--methods", "fp32", "--sweeps-dir", str(tmp_path)]) == 2
