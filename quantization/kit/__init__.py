@@ -399,7 +399,7 @@ def run_model(route: Route, cfg: RouteConfig, opts, model: str) -> list:
                         # before it still hold in this process (they stay alive to be timed together)
                         fields["peak_mem_mb"] = round(hwm - max(0.0, rss_before - rss_open), 1)
                         extra["rss_high_water_mb"] = round(hwm, 1)
-                    done.append(_Variant(method, precision, built, fields, extra))
+                    done.append(_Variant(method, precision, built, fields, {**extra, **built.extra}))
                 except SkipVariant as exc:
                     _close(built)
                     rows += writers[d].status("skipped", str(exc), [(method, precision)], sb[d])
