@@ -11,17 +11,19 @@ precision its matmuls run in.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from utils.metrics import unpack_bits
-from evaluation.stats import bootstrap_ppl_delta, mcnemar_exact
+from utils.stats import block_bootstrap_ppl, mcnemar_exact, speedup_ci
 from utils.atomic import atomic_write_figure, atomic_write_text
+from utils.cli import ArgParser
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils.paths import RESULTS_DIR, RUNS_DIR
 from utils.registry import ORDER, TOOLCHAINS
@@ -31,9 +33,14 @@ log = logging.getLogger("evaluation.aggregate")
 
 COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "device", "batch", "metric", "value",
            "baseline_value", "delta", "delta_significant", "delta_p_value", "delta_ci_low", "delta_ci_high", "top5",
+           "fidelity_vs", "agreement", "flips_lost", "flips_gained", "sqnr_db", "kl", "xrt_vs", "xrt_agreement",
+           "xrt_sqnr_db",
            "latency_kind", "latency_p10_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "first_call_ms",
-           "throughput", "throughput_unit", "speedup", "speedup_vs_best_fp32", "efficiency", "compute_precision",
-           "ops_per_item", "size_mb", "calib_samples", "calib_seconds", "calib_method", "status", "reason", "notes",
+           "latency_samples", "throughput", "throughput_unit",
+           "speedup_vs_best_fp32", "speedup_best_ci_low", "speedup_best_ci_high", "best_fp32",
+           "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_vs",
+           "efficiency", "compute_precision", "ops_per_item", "peak_mem_mb", "size_mb", "calib_samples", "calib_seconds",
+           "calib_method", "status", "reason", "notes",
            "eval_sha", "calib_sha", "eval_limit", "cpu", "gpu", "host", "launcher", "threads", "git_commit", "run_id", "timestamp",
            "last_attempt"]
 ALPHA = 0.05
@@ -59,18 +66,79 @@ def _significance(row: ResultRow, base: ResultRow) -> dict:
         t = mcnemar_exact(unpack_bits(b["correct_bits"], n), unpack_bits(e["correct_bits"], n))
         out.update(delta_p_value=t["p_value"], delta_significant=t["p_value"] < ALPHA)
     elif row.metric == "ppl" and "window_nll" in e and "window_nll" in b and len(e["window_nll"]) == len(b["window_nll"]):
-        t = bootstrap_ppl_delta(b["window_nll"], e["window_nll"], b["window_tokens"])
+        if row.environment.get("eval_sha") != base.environment.get("eval_sha"):
+            return out  # not the same tokens: no paired test
+        # paired moving-block bootstrap over consecutive windows: adjacent strided windows share context,
+        # so resampling single windows would shrink the interval
+        t = block_bootstrap_ppl(b["window_nll"], e["window_nll"], b["window_tokens"])
         out.update(delta_ci_low=t["ci_low"], delta_ci_high=t["ci_high"], delta_significant=t["significant"])
     return out
 
 
+EFFICIENCY_NOTE_ABOVE = 110.0
+
+
+def _samples(r: ResultRow) -> list[float]:
+    return list((r.extra.get("latency") or {}).get("samples_ms") or [])
+
+
+def _ordered(point: float, lo: float, hi: float) -> tuple[float, float, float]:
+    return point, min(lo, point), max(hi, point)
+
+
+def _own_speedup(r: ResultRow, base: ResultRow | None) -> dict:
+    """Speedup over the row's own FP32 baseline: the paired measurement of the kit (interleaved trials in one
+    process) when there is one; else base p50 / row p50 with an unpaired bootstrap interval over both rows'
+    samples (rows measured at different times: a wider, honest interval)."""
+    if r.speedup_paired is not None and r.speedup_ci_low is not None:
+        p, lo, hi = _ordered(r.speedup_paired, r.speedup_ci_low, r.speedup_ci_high)
+        return {"speedup": p, "speedup_ci_low": lo, "speedup_ci_high": hi, "speedup_vs": r.speedup_vs}
+    if base is None or base.status != "ok" or not base.latency_p50_ms or base.device != r.device \
+            or base.batch != r.batch or base.latency_kind != r.latency_kind:
+        return {}
+    bs, rs = _samples(base), _samples(r)
+    if len(bs) < 3 or len(rs) < 3:
+        return {}
+    p, lo, hi = speedup_ci(bs, rs, paired=False)
+    p, lo, hi = _ordered(p, lo, hi)
+    return {"speedup": p, "speedup_ci_low": lo, "speedup_ci_high": hi,
+            "speedup_vs": f"{base.toolchain}/{base.method} (separate runs, unpaired)"}
+
+
+def _best_speedup(r: ResultRow, best: ResultRow) -> dict:
+    """Speedup over the fastest FP32 row of any runtime on the same device and batch, with its interval (paired when
+    the best FP32 row is the one this row was timed against in the same trials, else unpaired)."""
+    out = {"best_fp32": f"{best.toolchain}/{best.method}"}
+    if best is r:
+        return {**out, "speedup_vs_best_fp32": 1.0, "speedup_best_ci_low": 1.0, "speedup_best_ci_high": 1.0}
+    if r.speedup_vs == f"{best.toolchain}/{best.method}" and r.speedup_paired is not None \
+            and r.environment.get("run_id") == best.environment.get("run_id"):
+        p, lo, hi = _ordered(r.speedup_paired, r.speedup_ci_low, r.speedup_ci_high)
+    else:
+        bs, rs = _samples(best), _samples(r)
+        if len(bs) < 3 or len(rs) < 3:
+            return {**out, "speedup_vs_best_fp32": best.latency_p50_ms / r.latency_p50_ms}
+        p, lo, hi = _ordered(*speedup_ci(bs, rs, paired=False))
+    return {**out, "speedup_vs_best_fp32": p, "speedup_best_ci_low": lo, "speedup_best_ci_high": hi}
+
+
+def _efficiency_note(r: ResultRow, rec: dict) -> str:
+    c = r.environment.get("ceilings") or {}
+    lib = c.get("fp32_library" if r.compute_precision == "fp32" else "int8_library") or "the matmul microbenchmark"
+    return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}): the "
+            "ceiling is a GEMM microbenchmark, and this runtime's convolution kernels (direct/NCHWc convolutions "
+            "with fused bias/activation) reach a higher rate than that GEMM on this CPU; the FLOP count is torch's "
+            "FlopCounterMode count of the model (2 x MACs)")
+
+
 def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataFrame:
     by_key = {(r.model, r.weights, r.toolchain, r.method, r.device, r.batch): r for r in rows}
-    fastest_fp32: dict[tuple, float] = {}
+    fastest_fp32: dict[tuple, ResultRow] = {}
     for r in rows:
-        if r.status == "ok" and r.precision == "fp32" and r.latency_p50_ms:
+        if r.status == "ok" and r.precision == "fp32" and r.latency_p50_ms and r.eval_limit is None:
             k = (r.model, r.weights, r.device, r.batch, r.latency_kind)
-            fastest_fp32[k] = min(fastest_fp32.get(k, math.inf), r.latency_p50_ms)
+            if k not in fastest_fp32 or r.latency_p50_ms < fastest_fp32[k].latency_p50_ms:
+                fastest_fp32[k] = r
     records = []
     for r in rows:
         tc = TOOLCHAINS.get(r.toolchain)
@@ -79,20 +147,23 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
         if base is None and bl:  # e.g. a CUDA row whose FP32 baseline ran on CPU: accuracy only
             base = next((by_key[k] for k in by_key if k[:4] == (r.model, r.weights, *bl)), None)
         rec = {c: getattr(r, c, None) for c in COLUMNS if hasattr(r, c)}
-        rec.update(baseline_value=None, delta=None, speedup=None, speedup_vs_best_fp32=None, efficiency=None)
+        rec.update(baseline_value=None, delta=None, speedup=None, speedup_ci_low=None, speedup_ci_high=None,
+                   speedup_vs_best_fp32=None, speedup_best_ci_low=None, speedup_best_ci_high=None, best_fp32=None,
+                   efficiency=None)
         if base is not None and base.status == "ok" and r.status == "ok" and base.value is not None and r.value is not None:
             rec["baseline_value"] = base.value
             rec["delta"] = r.value - base.value
             rec.update(_significance(r, base))
-            if (base.latency_p50_ms and r.latency_p50_ms and base.device == r.device and base.batch == r.batch
-                    and base.latency_kind == r.latency_kind):
-                rec["speedup"] = base.latency_p50_ms / r.latency_p50_ms
-        best = fastest_fp32.get((r.model, r.weights, r.device, r.batch, r.latency_kind))
-        if best and r.status == "ok" and r.latency_p50_ms:
-            rec["speedup_vs_best_fp32"] = best / r.latency_p50_ms
+        if r.status == "ok" and r.latency_p50_ms:
+            rec.update(_own_speedup(r, base))
+            best = fastest_fp32.get((r.model, r.weights, r.device, r.batch, r.latency_kind))
+            if best is not None:
+                rec.update(_best_speedup(r, best))
         ceil = _ceiling(r)
         if ceil and r.ops_per_item and r.throughput and r.status == "ok":
             rec["efficiency"] = 100.0 * r.ops_per_item * r.throughput / ceil
+            if rec["efficiency"] > EFFICIENCY_NOTE_ABOVE:
+                rec["notes"] = (rec.get("notes") or "") + ("; " if rec.get("notes") else "") + _efficiency_note(r, rec)
         env = r.environment
         rec.update(eval_sha=env.get("eval_sha"), calib_sha=env.get("calib_sha"), cpu=env.get("cpu"), gpu=env.get("gpu"),
                    host=env.get("host"), launcher=env.get("launcher"), threads=env.get("threads"),
@@ -114,37 +185,136 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
 def _fmt(x, spec: str) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return ""
+    try:
+        if pd.isna(x):
+            return ""
+    except (TypeError, ValueError):
+        pass
     return format(x, spec)
 
 
-def render_markdown(df: pd.DataFrame, rows: list[ResultRow]) -> str:
+def _ci(p, lo, hi, spec: str = ".2f") -> str:
+    """'2.95 [2.90–3.01]', with '†' when the interval contains 1.0 (no speedup shown)."""
+    if _fmt(p, spec) == "":
+        return ""
+    if _fmt(lo, spec) == "":
+        return _fmt(p, spec)
+    mark = " †" if lo <= 1.0 <= hi and not (lo == hi == 1.0) else ""
+    return f"{p:{spec}} [{lo:{spec}}–{hi:{spec}}]{mark}"
+
+
+def _delta(r) -> str:
+    d = _fmt(r["delta"], "+.2f")
+    return d + (" ~" if d and r["delta_significant"] is False else "")
+
+
+# ------------------------------------------------------------------------------------ verdict
+
+@dataclass(frozen=True)
+class Criterion:
+    """What 'accurate enough' means for the verdict (flags of evaluation.aggregate)."""
+
+    max_top1_drop: float = 1.0  # points of top-1
+    max_ppl_increase_pct: float = 1.0  # percent of perplexity
+    min_agreement: float = 99.0  # % top-1 / next-token agreement with the FP32 baseline
+
+    def describe(self) -> str:
+        return (f"accuracy drop not significant or within {self.max_top1_drop:g} pt top-1 / "
+                f"{self.max_ppl_increase_pct:g} % perplexity, and agreement ≥ {self.min_agreement:g} %")
+
+    def accepts(self, r) -> bool:
+        if r["status"] != "ok" or pd.isna(r["value"]):
+            return False
+        if r["precision"] != "fp32":
+            if pd.isna(r["agreement"]) or r["agreement"] < self.min_agreement:
+                return False
+        if pd.isna(r["delta"]):
+            return True  # an FP32 baseline itself
+        if r["delta_significant"] is False:
+            return True
+        if r["metric"] == "top1":
+            return -r["delta"] <= self.max_top1_drop
+        return 100.0 * r["delta"] / r["baseline_value"] <= self.max_ppl_increase_pct
+
+
+def verdicts(df: pd.DataFrame, crit: Criterion) -> list[dict]:
+    """Per (model, weights, device, batch, latency kind): the fastest ok row meeting the criterion, with its speedup
+    over the best FP32 row and that speedup's interval. Full-evaluation rows only."""
+    out = []
+    ok = df[(df["status"] == "ok") & df["latency_p50_ms"].notna() & df["eval_limit"].isna()]
+    for key, g in ok.groupby(["model", "weights", "device", "batch", "latency_kind"], sort=False):
+        good = g[[crit.accepts(r) for _, r in g.iterrows()]]
+        if good.empty:
+            continue
+        best = good.loc[good["latency_p50_ms"].idxmin()]
+        out.append({"model": key[0], "weights": key[1], "device": key[2], "batch": int(key[3]), "kind": key[4],
+                    "toolchain": best["toolchain"], "method": best["method"], "precision": best["precision"],
+                    "p50_ms": best["latency_p50_ms"], "speedup": best["speedup_vs_best_fp32"],
+                    "ci_low": best["speedup_best_ci_low"], "ci_high": best["speedup_best_ci_high"],
+                    "best_fp32": best["best_fp32"], "agreement": best["agreement"], "delta": best["delta"],
+                    "metric": best["metric"], "n_rows": len(g)})
+    return out
+
+
+def render_verdicts(vs: list[dict], crit: Criterion, model: str | None = None, weights: str | None = None) -> list[str]:
+    lines = []
+    for v in vs:
+        if (model and v["model"] != model) or (weights and v["weights"] != weights):
+            continue
+        agree = f", agreement {v['agreement']:.2f} %" if _fmt(v["agreement"], ".2f") else ""
+        delta = f", Δ {v['metric']} {_fmt(v['delta'], '+.2f')}" if _fmt(v["delta"], ".2f") else ""
+        lines.append(f"- **{v['model']} · {v['device']} · batch {v['batch']}**: **{v['toolchain']} {v['method']}** "
+                     f"({v['precision']}), {v['p50_ms']:.2f} ms p50, "
+                     f"{_ci(v['speedup'], v['ci_low'], v['ci_high'])}× over the best FP32 ({v['best_fp32']}){agree}"
+                     f"{delta}; fastest of {v['n_rows']} rows meeting the criterion.")
+    if lines:
+        lines = [f"Verdict (criterion: {crit.describe()}; † marks a speedup interval containing 1):", ""] + lines + [""]
+    return lines
+
+
+# ------------------------------------------------------------------------------------ tables
+
+LEGEND = (
+    "Δ: against the toolchain's FP32 baseline on the same samples; `~` marks a Δ that is not significant (McNemar "
+    "exact p ≥ 0.05 for top-1; 95 % paired moving-block bootstrap over perplexity windows containing 0). Fidelity "
+    "(against the FP32 baseline's outputs on the same samples): agreement = % equal top-1 (next-token top-1 for "
+    "LMs), flips = samples lost / gained, SQNR = logit SQNR in dB, KL = mean KL(FP32 ‖ this). FP32 rows of other "
+    "runtimes are compared with the torch FP32 reference (`x-SQNR`), so an export or runtime fault shows up without "
+    "quantization. Latency: p50 over n interleaved trials. `vs best FP32` is the headline speedup: over the fastest "
+    "FP32 row of any runtime on the same device and batch, with a 95 % bootstrap interval; `vs own FP32` is over "
+    "the row's own FP32 baseline, measured in the same process in interleaved trials (paired interval). † marks an "
+    "interval containing 1.0. Efficiency: useful ops/s over the device's measured matmul ceiling for the row's "
+    "compute precision. peak MB: resident high-water of building and running the variant.")
+
+
+def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = Criterion()) -> str:
     envs = [r.environment for r in rows if r.status == "ok" and r.environment]
     lines = ["# Results", ""]
     if envs:
         e = max(envs, key=lambda x: x.get("timestamp", ""))
         ceil = e.get("ceilings") or {}
         pk = {**{k: v for env in envs for k, v in env.get("packages", {}).items()}}
+        hosts = sorted({str(env.get("host")) for env in envs if env.get("host")})
         lines += [f"Machine: {e.get('cpu')} ({e.get('cores')} cores, {e.get('threads')} threads used), "
                   f"GPU: {e.get('gpu') or 'none'}; Python {e.get('python')}; commit {e.get('git_commit')}; "
-                  f"latest row {e.get('timestamp')}.",
+                  f"latest row {e.get('timestamp')}" + (f"; hosts {', '.join(hosts)}" if len(hosts) > 1 else "") + ".",
                   "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())) + "."]
         if ceil:
             lines.append(f"Device ceilings ({ceil.get('threads')} threads): FP32 matmul "
-                         f"{ceil.get('fp32_ops_per_s', 0) / 1e9:.1f} GFLOP/s, INT8 matmul "
-                         f"{(ceil.get('int8_ops_per_s') or 0) / 1e9:.1f} GOP/s.")
+                         f"{(ceil.get('fp32_ops_per_s') or 0) / 1e9:.1f} GFLOP/s ({ceil.get('fp32_library', 'torch.mm')}),"
+                         f" INT8 matmul {(ceil.get('int8_ops_per_s') or 0) / 1e9:.1f} GOP/s "
+                         f"({ceil.get('int8_library', 'torch._int_mm')}).")
         lines.append("")
-    lines += ["Δ: against the toolchain's FP32 baseline on the same samples; `~` marks a Δ that is not significant "
-              "(McNemar exact p ≥ 0.05 for top-1; 95% paired-bootstrap interval over windows containing 0 for ppl). "
-              "Latency: p50 with p10–p90; speedup vs the same runtime's FP32; `vs best FP32` vs the fastest FP32 row of "
-              "any toolchain (same model, device, batch); efficiency: useful ops/s over the device's matmul ceiling for "
-              "the row's compute precision (it can exceed 100% where a runtime's convolution kernels beat the sgemm "
-              "microbenchmark that defines the ceiling).", ""]
+    lines += [LEGEND, ""]
+    vs = verdicts(df, crit)
     for (model, weights, dataset), g in df.groupby(["model", "weights", "dataset"], sort=False):
         metric = g["metric"].iloc[0]
-        lines += [f"## {model} ({weights} weights, {dataset}; metric {metric})", "",
-                  f"| toolchain | method | prec | dev | batch | {metric} | Δ | p50 ms (p10–p90) | throughput | speedup | "
-                  "vs best FP32 | eff. % | size MB | calib n / s | status |",
-                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+        lines += [f"## {model} ({weights} weights, {dataset}; metric {metric})", ""]
+        lines += render_verdicts(vs, crit, model, weights)
+        lines += [f"| toolchain | method | prec | dev | batch | {metric} | Δ | agree % | flips −/+ | SQNR dB | KL | "
+                  "x-SQNR dB | p50 ms (p10–p90) | n | vs best FP32 | vs own FP32 | eff. % | peak MB | size MB | "
+                  "calib n / s | status |",
+                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
         shown: set = set()
         for _, r in g.iterrows():
             if r["status"] != "ok":  # one line per skipped/failed variant, all batches together
@@ -155,29 +325,29 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow]) -> str:
                 batches = ",".join(str(b) for b in g[(g["toolchain"] == r["toolchain"]) & (g["method"] == r["method"])
                                                      & (g["device"] == r["device"])]["batch"])
                 lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {batches} |"
-                             f" | | | | | | | | | {r['status']}: {r['reason']} |")
+                             + " |" * 15 + f" {r['status']}: {r['reason']} |")
                 continue
-            vspec = ".2f"
-            delta = _fmt(r["delta"], "+.2f")
-            if delta and r["delta_significant"] is False:
-                delta += " ~"
             lat = ""
             if pd.notna(r["latency_p50_ms"]):
                 lat = f"{r['latency_p50_ms']:.2f} ({r['latency_p10_ms']:.2f}–{r['latency_p90_ms']:.2f})"
-            thr = f"{r['throughput']:.1f} {str(r['throughput_unit'] or '').replace('/s', '')}/s" if pd.notna(r["throughput"]) else ""
+            flips = f"{int(r['flips_lost'])}/{int(r['flips_gained'])}" if pd.notna(r["flips_lost"]) else ""
             cal = ""
             if pd.notna(r["calib_samples"]) and r["calib_samples"]:
                 cal = f"{int(r['calib_samples'])} / {_fmt(r['calib_seconds'], '.1f')}"
-            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+            status = r["status"]
             if pd.notna(r["eval_limit"]):
                 status += f" (subset: --eval-limit {int(r['eval_limit'])})"
             if r["last_attempt"]:
                 status += f"; latest attempt {r['last_attempt']}"
+            kl = _fmt(r["kl"], ".2e") if pd.notna(r["kl"]) and r["kl"] < 0.01 else _fmt(r["kl"], ".4f")
             lines.append(
                 f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} | "
-                f"{_fmt(r['value'], vspec)} | {delta} | {lat} | {thr} | {_fmt(r['speedup'], '.2f')} | "
-                f"{_fmt(r['speedup_vs_best_fp32'], '.2f')} | {_fmt(r['efficiency'], '.1f')} | {_fmt(r['size_mb'], '.1f')} | "
-                f"{cal} | {status} |")
+                f"{_fmt(r['value'], '.2f')} | {_delta(r)} | {_fmt(r['agreement'], '.2f')} | {flips} | "
+                f"{_fmt(r['sqnr_db'], '.1f')} | {kl} | {_fmt(r['xrt_sqnr_db'], '.1f')} | {lat} | "
+                f"{_fmt(r['latency_samples'], '.0f')} | "
+                f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
+                f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_fmt(r['efficiency'], '.1f')} | "
+                f"{_fmt(r['peak_mem_mb'], '.0f')} | {_fmt(r['size_mb'], '.1f')} | {cal} | {status} |")
         lines.append("")
         notes = list(dict.fromkeys((r["toolchain"], r["method"], r["notes"]) for _, r in g.iterrows() if r["notes"]))
         if notes:
@@ -185,35 +355,40 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow]) -> str:
     return "\n".join(lines)
 
 
-def render_compact(df: pd.DataFrame) -> str:
-    """One line per (model, toolchain, method): accuracy, Δ, p50 at each batch, speedup vs best FP32 at the largest."""
+def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
+    """The README block: the verdict, then one line per (model, toolchain, method, device): accuracy, Δ, agreement,
+    p50 at each batch, the headline speedup over the best FP32 (with its interval) at each batch."""
     out = []
-    for (model, weights, dataset), g in df.groupby(["model", "weights", "dataset"], sort=False):
+    vs = verdicts(df, crit)
+    full = df[df["eval_limit"].isna()]
+    for (model, weights, dataset), g in full.groupby(["model", "weights", "dataset"], sort=False):
         batches = sorted(g["batch"].unique())
         metric = g["metric"].iloc[0]
-        out += [f"**{model}** ({weights}, {dataset})", "",
-                f"| toolchain | method | prec | dev | {metric} | Δ | " + " | ".join(f"p50 ms b{b}" for b in batches)
-                + " | speedup vs own FP32 (" + " / ".join(f"b{b}" for b in batches) + f") | vs best FP32 (b{batches[-1]}) | status |",
-                "|---|---|---|---|--:|--:|" + "--:|" * len(batches) + "--:|--:|---|"]
+        out += [f"**{model}** ({weights}, {dataset})", ""]
+        out += render_verdicts(vs, crit, model, weights)
+        out += [f"| toolchain | method | prec | dev | {metric} | Δ | agree % | "
+                + " | ".join(f"p50 ms b{b}" for b in batches) + " | "
+                + " | ".join(f"vs best FP32 b{b}" for b in batches) + " | status |",
+                "|---|---|---|---|--:|--:|--:|" + "--:|" * (2 * len(batches)) + "---|"]
         for (tc, method, prec, dev), gg in g.groupby(["toolchain", "method", "precision", "device"], sort=False):
             first = gg.iloc[0]
-            lat = {int(r["batch"]): _fmt(r["latency_p50_ms"], ".1f") for _, r in gg.iterrows()}
-            spd = {int(r["batch"]): _fmt(r["speedup"], ".2f") for _, r in gg.iterrows()}
-            speedups = " / ".join(spd.get(int(b), "") for b in batches) if any(spd.values()) else ""
-            last = gg[gg["batch"] == gg["batch"].max()].iloc[0]
-            delta = _fmt(first["delta"], "+.2f") + (" ~" if first["delta_significant"] is False and pd.notna(first["delta"]) else "")
+            by = {int(r["batch"]): r for _, r in gg.iterrows()}
+            lat = [_fmt(by[b]["latency_p50_ms"], ".1f") if b in by else "" for b in batches]
+            spd = [_ci(by[b]["speedup_vs_best_fp32"], by[b]["speedup_best_ci_low"], by[b]["speedup_best_ci_high"])
+                   if b in by else "" for b in batches]
             status = "ok" if first["status"] == "ok" else f"{first['status']}: {str(first['reason']).split(':')[0][:90]}"
-            out.append(f"| {tc} | {method} | {prec} | {dev} | {_fmt(first['value'], '.2f')} | {delta} | "
-                       + " | ".join(lat.get(int(b), "") for b in batches)
-                       + f" | {speedups} | {_fmt(last['speedup_vs_best_fp32'], '.2f')} | {status} |")
+            out.append(f"| {tc} | {method} | {prec} | {dev} | {_fmt(first['value'], '.2f')} | {_delta(first)} | "
+                       f"{_fmt(first['agreement'], '.2f')} | " + " | ".join(lat) + " | " + " | ".join(spd)
+                       + f" | {status} |")
         out.append("")
+    out.append("![accuracy and fidelity vs speedup](results/accuracy_vs_latency.png)")
     return "\n".join(out)
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def update_readme(readme: Path, df: pd.DataFrame, rows: list[ResultRow]) -> bool:
+def update_readme(readme: Path, df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = Criterion()) -> bool:
     """Replace the README's results block (between the markers) with the compact table."""
     text = readme.read_text(encoding="utf-8")
     if README_START not in text or README_END not in text:
@@ -226,66 +401,205 @@ def update_readme(readme: Path, df: pd.DataFrame, rows: list[ResultRow]) -> bool
                 f"GPU: {e.get('gpu') or 'none'}), commit {e.get('git_commit')}; versions in results/summary.md.\n\n")
     pre, rest = text.split(README_START, 1)
     post = rest.split(README_END, 1)[1]
-    atomic_write_text(readme, f"{pre}{README_START}\n{head}{render_compact(df)}\n{README_END}{post}")
+    atomic_write_text(readme, f"{pre}{README_START}\n{head}{render_compact(df, crit)}\n{README_END}{post}")
     return True
 
 
+# ------------------------------------------------------------------------------------ plot
+
+def _fidelity_axis(g: pd.DataFrame) -> tuple[str, str]:
+    """The fidelity measure that separates the rows: SQNR for classifiers, KL for LMs, else accuracy."""
+    if g["metric"].iloc[0] == "top1" and g["sqnr_db"].notna().any():
+        return "sqnr_db", "logit SQNR vs FP32, dB (higher is better)"
+    if g["kl"].notna().any():
+        return "kl", "mean KL(FP32 ‖ row) per token (lower is better)"
+    return "value", g["metric"].iloc[0]
+
+
+def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both speedup (x, higher) and fidelity (y)."""
+    out = []
+    for i, (x, y) in enumerate(points):
+        dominated = False
+        for j, (x2, y2) in enumerate(points):
+            if j == i:
+                continue
+            better_y = y2 >= y if higher_is_better else y2 <= y
+            strictly = x2 > x or (y2 > y if higher_is_better else y2 < y)
+            if x2 >= x and better_y and strictly:
+                dominated = True
+                break
+        if not dominated:
+            out.append(i)
+    return out
+
+
 def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
+    """Per (model, weights, device, largest batch): fidelity against speedup over the best FP32, Pareto front
+    marked, one legend entry per row (no labels printed over each other)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = df[(df["status"] == "ok") & df["latency_p50_ms"].notna() & df["value"].notna()]
+    ok = df[(df["status"] == "ok") & df["speedup_vs_best_fp32"].notna() & df["eval_limit"].isna()]
     if ok.empty:
         return None
-    panels = sorted({(m, w, b) for m, w, b in zip(ok["model"], ok["weights"], ok["batch"])})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    panels = []
+    for (m, w, d), g in ok.groupby(["model", "weights", "device"], sort=True):
+        panels.append((m, w, d, int(g["batch"].max())))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.2), squeeze=False)
     markers = {t: tc.marker for t, tc in TOOLCHAINS.items()}
-    for ax, (m, w, b) in zip(axes[0], panels):
-        g = ok[(ok["model"] == m) & (ok["weights"] == w) & (ok["batch"] == b)]
-        for tc, gg in g.groupby("toolchain"):
-            ax.scatter(gg["latency_p50_ms"], gg["value"], marker=markers.get(tc, "x"), label=tc, s=45)
-            for _, r in gg.iterrows():
-                ax.annotate(f"{r['method']}", (r["latency_p50_ms"], r["value"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-        ax.set_xscale("log")
-        if g["metric"].iloc[0] == "top1":  # zoom on the spread of the rows, not 0-100
-            lo, hi = float(g["value"].min()), float(g["value"].max())
-            ax.set_ylim(max(0.0, lo - 1.0), min(100.5, hi + 0.5))
-        ax.set_xlabel(f"p50 latency, ms (batch {b}, {g['device'].iloc[0]})")
-        ax.set_ylabel(g["metric"].iloc[0] + (" (lower is better)" if g["metric"].iloc[0] == "ppl" else " %"))
-        ax.set_title(f"{m} ({w})")
+    cmap = plt.get_cmap("tab20")
+    for ax, (m, w, d, b) in zip(axes[0], panels):
+        g = ok[(ok["model"] == m) & (ok["weights"] == w) & (ok["device"] == d) & (ok["batch"] == b)]
+        col, label = _fidelity_axis(g)
+        g = g[g[col].notna()]
+        higher = col in ("sqnr_db",) or (col == "value" and g["metric"].iloc[0] == "top1")
+        pts = list(zip(g["speedup_vs_best_fp32"], g[col]))
+        front = set(pareto(pts, higher))
+        for i, (_, r) in enumerate(g.iterrows()):
+            x, y = r["speedup_vs_best_fp32"], r[col]
+            lo, hi = r["speedup_best_ci_low"], r["speedup_best_ci_high"]
+            xerr = [[x - lo], [hi - x]] if pd.notna(lo) else None
+            ax.errorbar([x], [y], xerr=xerr, fmt=markers.get(r["toolchain"], "x"), color=cmap(i % 20), ms=7,
+                        mec="black" if i in front else None, mew=1.6 if i in front else 0, capsize=2,
+                        label=f"{r['toolchain']} {r['method']} ({r['precision']})" + (" ★" if i in front else ""))
+        fx = sorted((pts[i] for i in front), key=lambda p: p[0])
+        if len(fx) > 1:
+            ax.plot([p[0] for p in fx], [p[1] for p in fx], "k--", lw=0.8, alpha=0.6)
+        if col == "kl":
+            ax.set_yscale("symlog", linthresh=1e-4)
+        ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(f"speedup over the best FP32 runtime (batch {b}, {d}; 95 % interval)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{m} ({w}): ★ = Pareto front")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     return atomic_write_figure(fig, path)
 
 
-def aggregate(runs_dir: Path, out_dir: Path, readme: Path | None = None) -> pd.DataFrame:
-    rows = read_rows(runs_dir)
+# ------------------------------------------------------------------------------------ generated doc blocks
+
+DOC_BLOCK = re.compile(r"<!-- generated:(?P<name>[\w.-]+)(?P<args>[^>]*)-->\n(?P<body>.*?)<!-- /generated -->", re.S)
+
+
+def _block_rows(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
+    g = df[(df["status"] == "ok") & df["eval_limit"].isna()]
+    for k in ("model", "weights", "toolchain", "device"):
+        if spec.get(k):
+            g = g[g[k].isin(spec[k].split(","))]
+    if spec.get("batch"):
+        g = g[g["batch"].isin([int(x) for x in spec["batch"].split(",")])]
+    return g
+
+
+def render_block(name: str, spec: dict, df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
+    """A generated block for docs: `rows` (a table of the selected ok rows) or `verdict`."""
+    if name == "verdict":
+        vs = [v for v in verdicts(df, crit) if all(not spec.get(k) or str(v[k]) in spec[k].split(",")
+                                                    for k in ("model", "weights", "device"))]
+        return "\n".join(render_verdicts(vs, crit)) or "(no row meets the criterion)\n"
+    if name != "rows":
+        raise SuiteError(f"unknown generated block {name!r} (valid: rows, verdict)")
+    g = _block_rows(df, spec)
+    lines = ["| model | toolchain | method | prec | batch | value | Δ | agree % | SQNR dB | KL | p50 ms | "
+             "vs best FP32 | vs own FP32 |", "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for _, r in g.iterrows():
+        lines.append(f"| {r['model']} | {r['toolchain']} | {r['method']} | {r['precision']} | {r['batch']} | "
+                     f"{_fmt(r['value'], '.2f')} | {_delta(r)} | {_fmt(r['agreement'], '.2f')} | "
+                     f"{_fmt(r['sqnr_db'], '.1f')} | {_fmt(r['kl'], '.2e')} | {_fmt(r['latency_p50_ms'], '.2f')} | "
+                     f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
+                     f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _spec(args: str) -> dict:
+    return dict(kv.split("=", 1) for kv in args.split() if "=" in kv)
+
+
+def rewrite_doc_blocks(text: str, df: pd.DataFrame, source: str) -> str:
+    """Rewrite every `<!-- generated:NAME k=v ... -->` ... `<!-- /generated -->` block from the table."""
+    def sub(m):
+        body = render_block(m.group("name"), _spec(m.group("args")), df)
+        return (f"<!-- generated:{m.group('name')}{m.group('args')}-->\n<!-- from {source}; do not edit by hand -->\n"
+                f"{body}<!-- /generated -->")
+    return DOC_BLOCK.sub(sub, text)
+
+
+def update_docs(docs: list[Path], df: pd.DataFrame, source: str) -> list[Path]:
+    changed = []
+    for p in docs:
+        text = p.read_text(encoding="utf-8")
+        new = rewrite_doc_blocks(text, df, source)
+        if new != text:
+            atomic_write_text(p, new)
+            changed.append(p)
+    return changed
+
+
+def aggregate(runs_dir: Path | list[Path], out_dir: Path, readme: Path | None = None, crit: Criterion = Criterion(),
+              docs: list[Path] | None = None) -> pd.DataFrame:
+    dirs = runs_dir if isinstance(runs_dir, list) else [runs_dir]
+    rows, attempts = merge_runs(dirs)
     if not rows:
-        raise SuiteError(f"no result rows in {runs_dir}: run `python3 -m evaluation.bench` first")
-    df = build_table(rows, read_attempts(runs_dir))
+        raise SuiteError(f"no result rows in {', '.join(map(str, dirs))}: run `python3 -m evaluation.bench` first")
+    df = build_table(rows, attempts)
     atomic_write_text(out_dir / "summary.csv", df.to_csv(index=False))
-    atomic_write_text(out_dir / "summary.md", render_markdown(df, rows))
+    atomic_write_text(out_dir / "summary.md", render_markdown(df, rows, crit))
     plot_accuracy_latency(df, out_dir / "accuracy_vs_latency.png")
-    if readme is not None and update_readme(readme, df, rows):
+    if readme is not None and update_readme(readme, df, rows, crit):
         log.info("results table updated in %s", readme)
+    if docs:
+        for p in update_docs(docs, df, str(out_dir / "summary.csv")):
+            log.info("generated blocks rewritten in %s", p)
     log.info("%d rows -> %s, %s, %s", len(df), out_dir / "summary.csv", out_dir / "summary.md",
              out_dir / "accuracy_vs_latency.png")
     return df
 
 
+def merge_runs(dirs: list[Path]) -> tuple[list[ResultRow], dict]:
+    """Rows of several run folders (e.g. copied from other machines), one per key: the newest ok row wins, a failed
+    or skipped row never replaces an ok one (it is kept as the latest attempt)."""
+    best: dict[str, ResultRow] = {}
+    attempts: dict[str, ResultRow] = {}
+    for d in dirs:
+        for r in read_rows(d):
+            cur = best.get(r.key)
+            ts = r.environment.get("timestamp", "")
+            if cur is None or (r.status == "ok") > (cur.status == "ok") or (
+                    (r.status == "ok") == (cur.status == "ok") and ts > cur.environment.get("timestamp", "")):
+                if cur is not None and cur.status != "ok" and r.status == "ok":
+                    attempts.pop(r.key, None)
+                best[r.key] = r
+            elif r.status != "ok":
+                attempts[r.key] = r
+        for k, a in read_attempts(d).items():
+            if k not in attempts or a.environment.get("timestamp", "") > attempts[k].environment.get("timestamp", ""):
+                attempts[k] = a
+    attempts = {k: a for k, a in attempts.items() if k in best and best[k].status == "ok"
+                and a.environment.get("timestamp", "") >= best[k].environment.get("timestamp", "")}
+    return list(best.values()), attempts
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.aggregate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    ap = ArgParser(prog="python -m evaluation.aggregate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs-dir", type=Path, action="append", default=None,
+                    help="a folder of result rows; repeat to merge folders copied from other machines (default: "
+                         "results/runs)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     ap.add_argument("--readme", type=Path, default=None, help="also refresh the results block of this README")
+    ap.add_argument("--docs", type=Path, action="append", default=None,
+                    help="also rewrite the generated blocks (<!-- generated:rows ... -->) of this doc (repeatable)")
+    ap.add_argument("--max-top1-drop", type=float, default=1.0, help="verdict: top-1 points an accepted row may lose")
+    ap.add_argument("--max-ppl-increase-pct", type=float, default=1.0, help="verdict: perplexity increase, percent")
+    ap.add_argument("--min-agreement", type=float, default=99.0, help="verdict: minimum agreement with FP32, percent")
     args = ap.parse_args(argv)
     setup_logging()
-    aggregate(args.runs_dir, args.out, args.readme)
+    crit = Criterion(args.max_top1_drop, args.max_ppl_increase_pct, args.min_agreement)
+    aggregate(args.runs_dir or [RUNS_DIR], args.out, args.readme, crit, args.docs)
     return 0
 
 

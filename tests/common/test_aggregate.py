@@ -18,7 +18,9 @@ def _row(toolchain, method, precision, p50, value, correct, batch=32, compute=No
                      latency_p99_ms=p50 * 1.2, throughput=batch / (p50 / 1000), throughput_unit="images/s",
                      ops_per_item=4e9, compute_precision=compute or precision,
                      environment={"ceilings": CEIL, "eval_sha": "abc", "cpu": "test-cpu", "threads": 2},
-                     extra={"n_eval": len(correct), "correct_bits": pack_bits(correct)}, **kw)
+                     latency_samples=21,
+                     extra={"n_eval": len(correct), "correct_bits": pack_bits(correct),
+                            "latency": {"samples_ms": [p50 * (1 + 0.01 * ((i % 5) - 2)) for i in range(21)]}}, **kw)
 
 
 def _rows():
@@ -44,7 +46,11 @@ def test_deltas_speedups_efficiency_and_significance():
     fx = df.loc[("torch", "fx")]
     assert fx["baseline_value"] == 95.0 and fx["delta"] == pytest.approx(-0.5)
     assert fx["speedup"] == pytest.approx(8.0)  # vs its own eager FP32
+    # rows measured in separate processes: an unpaired bootstrap interval over both rows' samples
+    assert fx["speedup_ci_low"] < 8.0 < fx["speedup_ci_high"] and "unpaired" in fx["speedup_vs"]
+    assert fx["speedup_ci_high"] / fx["speedup_ci_low"] < 1.05
     assert fx["speedup_vs_best_fp32"] == pytest.approx(4.0)  # vs ONNX Runtime FP32, the fastest FP32 row
+    assert fx["best_fp32"] == "onnxruntime/fp32" and fx["speedup_best_ci_low"] <= 4.0 <= fx["speedup_best_ci_high"]
     # 4 GFLOP x 640 images/s over the 400 GOP/s INT8 ceiling
     assert fx["efficiency"] == pytest.approx(100 * 4e9 * 640 / 400e9)
     assert bool(fx["delta_significant"]) is False
@@ -87,3 +93,63 @@ def test_pt2e_is_compared_with_fp32_under_the_same_compiler():
     df = build_table(rows).set_index(["toolchain", "method"])
     assert df.loc[("torch", "pt2e"), "speedup"] == pytest.approx(3.0)  # inductor FP32 / pt2e, not eager / pt2e
     assert df.loc[("torch", "pt2e"), "speedup_vs_best_fp32"] == pytest.approx(2.0)  # ORT FP32 at 200 ms is fastest
+
+
+def test_paired_speedup_from_the_kit_wins_and_efficiency_above_110_gets_a_note():
+    rows, _ = _rows()
+    base = [True] * 190 + [False] * 10
+    paired = _row("torch", "fx", "int8", 50.0, 95.0, base, speedup_paired=7.5, speedup_ci_low=7.2,
+                  speedup_ci_high=7.9, speedup_vs="torch/eager")
+    fast = _row("onnxruntime", "fp32", "fp32", 20.0, 95.0, base)  # 4e9 x 1600 / 100e9 = 6400 %
+    rows = [r for r in rows if (r.toolchain, r.method) not in (("torch", "fx"), ("onnxruntime", "fp32"))]
+    df = build_table(rows + [paired, fast]).set_index(["toolchain", "method"])
+    fx = df.loc[("torch", "fx")]
+    assert (fx["speedup"], fx["speedup_ci_low"], fx["speedup_ci_high"]) == (7.5, 7.2, 7.9)
+    assert fx["speedup_vs"] == "torch/eager"
+    ort = df.loc[("onnxruntime", "fp32")]
+    assert ort["efficiency"] > 110 and "above the measured fp32 ceiling" in ort["notes"]
+
+
+def test_mixed_latency_kinds_are_never_compared():
+    rows, _ = _rows()
+    base = [True] * 190 + [False] * 10
+    gpu = _row("torch", "fx", "int8", 5.0, 95.0, base).replace(latency_kind="cuda-events", method="fx")
+    rows = [r for r in rows if (r.toolchain, r.method) != ("torch", "fx")] + [gpu]
+    df = build_table(rows).set_index(["toolchain", "method"])
+    fx = df.loc[("torch", "fx")]
+    assert pd.isna(fx["speedup"]) and pd.isna(fx["speedup_vs_best_fp32"])  # no host-wall FP32 to divide by
+
+
+def test_mismatched_evaluation_hash_gives_no_paired_test():
+    rows, _ = _rows()
+    much = [False] * 40 + [True] * 150 + [False] * 10
+    other = _row("onnxruntime", "minmax", "int8", 80.0, 75.0, much)
+    other = other.replace(environment={**other.environment, "eval_sha": "another-split"})
+    rows = [r for r in rows if (r.toolchain, r.method) != ("onnxruntime", "minmax")] + [other]
+    mm = build_table(rows).set_index(["toolchain", "method"]).loc[("onnxruntime", "minmax")]
+    assert mm["delta"] == pytest.approx(-20.0)
+    assert pd.isna(mm["delta_p_value"]) and pd.isna(mm["delta_significant"])  # different samples: not paired
+
+
+def _lm_row(method, precision, window_nll, sha="s1", **kw):
+    tokens = [64] * len(window_nll)
+    ppl = math.exp(sum(window_nll) / sum(tokens))
+    return ResultRow(model="gpt2", weights="embedded", dataset="text", toolchain="onnxruntime", method=method,
+                     precision=precision, device="cpu", batch=1, metric="ppl", value=ppl,
+                     environment={"eval_sha": sha}, extra={"window_nll": window_nll, "window_tokens": tokens}, **kw)
+
+
+def test_perplexity_branch_block_bootstrap():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = list(rng.normal(3.0 * 64, 8.0, 60))
+    same = [x + rng.normal(0, 0.05) for x in base]  # noise only
+    worse = [x + 6.4 for x in base]  # +0.1 nat per token on every window
+    df = build_table([_lm_row("fp32", "fp32", base), _lm_row("minmax", "int8", same),
+                      _lm_row("entropy", "int8", worse)]).set_index("method")
+    assert bool(df.loc["minmax", "delta_significant"]) is False
+    assert bool(df.loc["entropy", "delta_significant"]) is True
+    assert df.loc["entropy", "delta_ci_low"] > 0 and df.loc["minmax", "delta_ci_low"] < 0 < df.loc["minmax", "delta_ci_high"]
+    other = build_table([_lm_row("fp32", "fp32", base), _lm_row("entropy", "int8", worse, sha="s2")])
+    assert pd.isna(other.set_index("method").loc["entropy", "delta_significant"])  # other tokens: no paired test
