@@ -203,9 +203,16 @@ def _ci(p, lo, hi, spec: str = ".2f") -> str:
     return f"{p:{spec}} [{lo:{spec}}–{hi:{spec}}]{mark}"
 
 
+def _is_false(x) -> bool:
+    """False for a missing value; bool(x) is False for False/numpy False/'False' (a CSV round trip)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return False
+    return str(x) == "False"
+
+
 def _delta(r) -> str:
     d = _fmt(r["delta"], "+.2f")
-    return d + (" ~" if d and r["delta_significant"] is False else "")
+    return d + (" ~" if d and _is_false(r["delta_significant"]) else "")
 
 
 # ------------------------------------------------------------------------------------ verdict
@@ -230,7 +237,7 @@ class Criterion:
                 return False
         if pd.isna(r["delta"]):
             return True  # an FP32 baseline itself
-        if r["delta_significant"] is False:
+        if _is_false(r["delta_significant"]):
             return True
         if r["metric"] == "top1":
             return -r["delta"] <= self.max_top1_drop
@@ -388,20 +395,32 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def readme_block(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
+    """The README's results block, from the table alone (a test re-renders it from results/summary.csv)."""
+    ok = df[df["status"] == "ok"]
+    head = ""
+    if not ok.empty:
+        e = ok.loc[ok["timestamp"].astype(str).idxmax()]
+        gpu = e["gpu"] if isinstance(e["gpu"], str) and e["gpu"] else "none"
+        head = (f"Measured {str(e['timestamp'])[:10]} on {e['cpu']} ({_fmt(e['threads'], '.0f')} threads, GPU: {gpu}), "
+                f"commit {e['git_commit']}; versions in results/summary.md.\n\n")
+    return head + render_compact(df, crit)
+
+
+def readme_block_of(text: str) -> str | None:
+    if README_START not in text or README_END not in text:
+        return None
+    return text.split(README_START, 1)[1].split(README_END, 1)[0].strip("\n")
+
+
 def update_readme(readme: Path, df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = Criterion()) -> bool:
     """Replace the README's results block (between the markers) with the compact table."""
     text = readme.read_text(encoding="utf-8")
     if README_START not in text or README_END not in text:
         return False
-    envs = [r.environment for r in rows if r.status == "ok" and r.environment]
-    head = ""
-    if envs:
-        e = max(envs, key=lambda x: x.get("timestamp", ""))
-        head = (f"Measured {e.get('timestamp', '')[:10]} on {e.get('cpu')} ({e.get('threads')} threads, "
-                f"GPU: {e.get('gpu') or 'none'}), commit {e.get('git_commit')}; versions in results/summary.md.\n\n")
     pre, rest = text.split(README_START, 1)
     post = rest.split(README_END, 1)[1]
-    atomic_write_text(readme, f"{pre}{README_START}\n{head}{render_compact(df, crit)}\n{README_END}{post}")
+    atomic_write_text(readme, f"{pre}{README_START}\n{readme_block(df, crit)}\n{README_END}{post}")
     return True
 
 
@@ -495,14 +514,41 @@ def _block_rows(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
     return g
 
 
+def render_csv(path: Path) -> str:
+    """A committed results CSV (e.g. a side-by-side settings measurement) as a Markdown table."""
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return "(empty)\n"
+    head, body = rows[0], rows[1:]
+
+    def cell(x: str) -> str:
+        try:
+            v = float(x)
+        except ValueError:
+            return x
+        return f"{v:.3g}" if abs(v) < 1000 and v != int(v) else (str(int(v)) if v == int(v) else f"{v:.0f}")
+
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in body]
+    return "\n".join(out) + "\n"
+
+
 def render_block(name: str, spec: dict, df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
-    """A generated block for docs: `rows` (a table of the selected ok rows) or `verdict`."""
+    """A generated block for docs: `rows` (a table of the selected ok rows of the summary), `verdict`, or `csv`
+    (file=results/<name>.csv: another committed results table)."""
+    if name == "csv":
+        from utils.paths import REPO_ROOT
+
+        return render_csv(REPO_ROOT / spec["file"])
     if name == "verdict":
         vs = [v for v in verdicts(df, crit) if all(not spec.get(k) or str(v[k]) in spec[k].split(",")
                                                     for k in ("model", "weights", "device"))]
         return "\n".join(render_verdicts(vs, crit)) or "(no row meets the criterion)\n"
     if name != "rows":
-        raise SuiteError(f"unknown generated block {name!r} (valid: rows, verdict)")
+        raise SuiteError(f"unknown generated block {name!r} (valid: rows, verdict, csv)")
     g = _block_rows(df, spec)
     lines = ["| model | toolchain | method | prec | batch | value | Δ | agree % | SQNR dB | KL | p50 ms | "
              "vs best FP32 | vs own FP32 |", "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]

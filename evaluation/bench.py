@@ -273,6 +273,23 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(reason)
         prepared = {m: reason for m in models}
 
+    # 1b. the ceilings through the other libraries that declare them (e.g. an ORT kernel beats torch's BLAS)
+    if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
+        for tc_name in toolchains:
+            tc = TOOLCHAINS[tc_name]
+            if not tc.measures_ceilings or tc.prepares_models:
+                continue
+            try:
+                envs.ensure_env(tc.env.name)
+            except envs.EnvError as exc:
+                say(f"{tc_name}: no ceiling measurement ({exc})")
+                continue
+            say(f"device ceilings through {tc_name}'s libraries")
+            rc = envs.run_in_env(tc.env.name, ["-m", "utils.ceilings", "--threads", str(args.threads), "--merge",
+                                               "--out", str(out / "device.json")]).returncode
+            if rc != 0:
+                say(f"{tc_name}: ceiling measurement exited {rc} (the torch environment's ceilings are kept)")
+
     # 2. each toolchain in its own env, in dependency order
     for tc_name in toolchains:
         tc = TOOLCHAINS[tc_name]

@@ -34,7 +34,8 @@ def evaluate_plant(fp32, qmodel, data, base_correct, spec: str) -> dict:
     """Corrupt a copy of qmodel with `spec`; score it and report its layers (one pass over the test split)."""
     from evaluation.layer_report import apply_plant, layer_errors, parse_plant
     from utils.metrics import classification_score
-    from evaluation.stats import mcnemar_exact
+    from utils.fidelity import classifier_fidelity
+    from utils.stats import mcnemar_exact
 
     plant = parse_plant(spec)
     q = copy.deepcopy(qmodel)
@@ -44,8 +45,10 @@ def evaluate_plant(fp32, qmodel, data, base_correct, spec: str) -> dict:
     layers = layer_errors(fp32, q, data.test.x, planted=plant.layer if plant else None, outputs=outs)
     score = classification_score([(outs["quantized"], data.test.y)])
     test = mcnemar_exact(base_correct, score.correct)
+    # fidelity of the logits against FP32 (the columns the results table carries): sees faults top-1 does not
+    fid = classifier_fidelity(outs["fp32"], outs["quantized"], data.test.y)
     return {"spec": spec, "plant": plant, "info": info, "score": score, "mcnemar": test, "layers": layers,
-            "seconds": time.time() - t0}
+            "fidelity": fid, "seconds": time.time() - t0}
 
 
 @cli_main
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"FP32 top-1 {base.top1:.2f}% on {len(data.test)} test samples")
-    print(f"{'plant':<28} {'top1':>6} {'delta':>7} {'p':>10} {'sig':>4}  worst layers (local SQNR dB)")
+    print(f"{'plant':<28} {'top1':>6} {'delta':>7} {'p':>10} {'sig':>4} {'SQNR':>6}  worst layers (local SQNR dB)")
     for r in results:
         plant, score, t = r["plant"], r["score"], r["mcnemar"]
         method = "fx" if plant is None else f"fx-planted-{plant.slug}"
@@ -92,16 +95,21 @@ def main(argv: list[str] | None = None) -> int:
         writer.write(writer.row(
             method, "int8", 1, value=score.top1, top5=score.top5, compute_precision="int8",
             calib_samples=len(data.calib), calib_method="minmax+histogram (x86 default)",
+            fidelity_vs="torch/eager (fused FP32)", agreement=r["fidelity"]["agreement"],
+            flips_lost=r["fidelity"]["flips_lost"], flips_gained=r["fidelity"]["flips_gained"],
+            sqnr_db=r["fidelity"]["sqnr_db"], kl=r["fidelity"]["kl"],
             notes=("clean FX INT8" if plant is None else f"PLANTED FAULT: {plant.describe()}"),
             extra={**score.extra(), "plant": r["spec"], "plant_info": r["info"], "mcnemar_vs_fp32": t,
                    "worst_layers": [{k: l[k] for k in ("layer", "local_sqnr_db", "accum_sqnr_db")} for l in worst]}))
         rank = next((l["rank"] for l in r["layers"] if l["planted"]), None)
         summary.append({"plant": r["spec"] or "clean", "top1": score.top1, "delta": score.top1 - base.top1,
+                        "sqnr_db": r["fidelity"]["sqnr_db"], "agreement": r["fidelity"]["agreement"],
+                        "kl": r["fidelity"]["kl"],
                         "p_value": t["p_value"], "significant": sig, "n_base_only": t["n_base_only"],
                         "n_other_only": t["n_other_only"], "planted_layer_rank": rank,
                         "worst_layers": [(l["layer"], round(l["local_sqnr_db"], 2)) for l in worst]})
         print(f"{(r['spec'] or 'clean'):<28} {score.top1:>6.2f} {score.top1 - base.top1:>+7.2f} {t['p_value']:>10.3g} "
-              f"{'yes' if sig else 'no':>4}  " + ", ".join(f"{l['layer']} {l['local_sqnr_db']:.1f}" for l in worst)
+              f"{'yes' if sig else 'no':>4} {r['fidelity']['sqnr_db']:>6.1f}  " + ", ".join(f"{l['layer']} {l['local_sqnr_db']:.1f}" for l in worst)
               + (f"  (planted layer rank {rank})" if rank else ""))
     from utils.atomic import atomic_write_text
 

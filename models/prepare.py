@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     for src in sources:
         prepare(src, force=args.force)
     if args.ceilings:
-        from evaluation.ceilings import measure_and_store
+        from utils.ceilings import measure_and_store
 
         measure_and_store(args.threads)
     return 0

@@ -82,6 +82,7 @@ class Toolchain:
     requires: str = ""  # one line: what it needs beyond its environment
     marker: str = "x"  # matplotlib marker in plots
     prepares_models: bool = False  # its environment runs models.prepare (training, ONNX export, op counts)
+    measures_ceilings: bool = False  # its environment adds its libraries' matmul rates to the device ceilings
 
     @property
     def module(self) -> str:
@@ -120,6 +121,7 @@ _DECLS = (
         method_baselines={"pt2e": "inductor"},
         marker="o",
         prepares_models=True,
+        measures_ceilings=True,
     ),
     Toolchain(
         name="onnxruntime",
@@ -132,6 +134,7 @@ _DECLS = (
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
         marker="s",
+        measures_ceilings=True,
     ),
     Toolchain(
         name="modelopt-onnx",

@@ -62,3 +62,16 @@ def test_planted_layer_is_flagged(setup, spec, layer, min_drop):
     before = {l["layer"]: l["local_sqnr_db"] for l in clean["layers"]}
     others = [l for l in r["layers"] if l["layer"] != layer]
     assert max(abs(l["local_sqnr_db"] - before[l["layer"]]) for l in others) < 3
+
+
+@pytest.mark.parametrize("spec", ["act-x4", "int4:layer3.0.conv2"])
+def test_fidelity_columns_see_faults_top1_does_not(setup, spec):
+    """Faults that leave top-1 (almost) unchanged still show in the logit SQNR / KL against FP32."""
+    from evaluation.planted import evaluate_plant
+
+    data, fp32, q, base, clean = setup
+    r = evaluate_plant(fp32, q, data, base.correct, spec)
+    c, f = clean["fidelity"], r["fidelity"]
+    assert f["sqnr_db"] < c["sqnr_db"] - 1.0, (spec, f["sqnr_db"], c["sqnr_db"])
+    assert f["kl"] > c["kl"], (spec, f["kl"], c["kl"])
+    assert c["agreement"] >= 99.0 and c["flips_lost"] + c["flips_gained"] <= 3

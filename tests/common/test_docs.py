@@ -1,0 +1,42 @@
+"""Docs cannot go stale: every generated block in docs/ and the README's results block equal what aggregation
+renders from the committed results/summary.csv (rerun `python3 -m evaluation.aggregate --readme README.md
+--docs docs/...` after committing results)."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from evaluation.aggregate import DOC_BLOCK, Criterion, _spec, readme_block, readme_block_of, render_block
+from utils.paths import REPO_ROOT, RESULTS_DIR
+
+SUMMARY = RESULTS_DIR / "summary.csv"
+DOCS = sorted((REPO_ROOT / "docs").rglob("*.md"))
+
+
+@pytest.fixture(scope="module")
+def table():
+    return pd.read_csv(SUMMARY)
+
+
+def test_readme_block_matches_the_committed_summary(table):
+    block = readme_block_of((REPO_ROOT / "README.md").read_text())
+    assert block is not None, "README has no results block"
+    assert block == readme_block(table, Criterion()).strip("\n")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_generated_blocks_match_the_committed_summary(doc: Path, table):
+    for m in DOC_BLOCK.finditer(doc.read_text()):
+        body = m.group("body").split("\n", 1)[1] if m.group("body").startswith("<!-- from ") else m.group("body")
+        assert body == render_block(m.group("name"), _spec(m.group("args")), table), (doc, m.group("name"))
+
+
+def test_a_changed_number_is_caught(table):
+    """The check above can fail: one changed latency gives another block."""
+    spec = {"model": "resnet50", "toolchain": "onnxruntime"}
+    before = render_block("rows", spec, table)
+    t2 = table.copy()
+    i = t2.index[(t2["status"] == "ok") & (t2["toolchain"] == "onnxruntime") & (t2["model"] == "resnet50")
+                 & t2["eval_limit"].isna()][0]
+    t2.loc[i, "latency_p50_ms"] = t2.loc[i, "latency_p50_ms"] * 1.5
+    assert render_block("rows", spec, t2) != before
