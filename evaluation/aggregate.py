@@ -514,8 +514,10 @@ def _block_rows(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
     return g
 
 
-def render_csv(path: Path) -> str:
-    """A committed results CSV (e.g. a side-by-side settings measurement) as a Markdown table."""
+def render_csv(path: Path, cols: list[str] | None = None, head_n: int | None = None,
+               where: dict[str, str] | None = None) -> str:
+    """A committed results CSV (a sweep, a layer report, a settings measurement) as a Markdown table: optionally
+    only some columns (`cols=a,b`), rows matching `where` (`where=col:value`), the first `head=N` rows."""
     import csv
 
     with open(path, newline="") as fh:
@@ -523,6 +525,13 @@ def render_csv(path: Path) -> str:
     if not rows:
         return "(empty)\n"
     head, body = rows[0], rows[1:]
+    for k, v in (where or {}).items():
+        body = [r for r in body if r[head.index(k)] == v]
+    if head_n:
+        body = body[:head_n]
+    if cols:
+        idx = [head.index(c) for c in cols]
+        head, body = [head[i] for i in idx], [[r[i] for i in idx] for r in body]
 
     def cell(x: str) -> str:
         try:
@@ -542,7 +551,9 @@ def render_block(name: str, spec: dict, df: pd.DataFrame, crit: Criterion = Crit
     if name == "csv":
         from utils.paths import REPO_ROOT
 
-        return render_csv(REPO_ROOT / spec["file"])
+        where = dict(w.split(":", 1) for w in spec["where"].split(";")) if spec.get("where") else None
+        return render_csv(REPO_ROOT / spec["file"], spec["cols"].split(",") if spec.get("cols") else None,
+                          int(spec["head"]) if spec.get("head") else None, where)
     if name == "verdict":
         vs = [v for v in verdicts(df, crit) if all(not spec.get(k) or str(v[k]) in spec[k].split(",")
                                                     for k in ("model", "weights", "device"))]

@@ -113,6 +113,19 @@ def main(argv: list[str] | None = None) -> int:
               + (f"  (planted layer rank {rank})" if rank else ""))
     from utils.atomic import atomic_write_text
 
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["plant", "top1", "delta", "mcnemar_p", "lost", "gained", "logit_sqnr_db", "agreement", "kl",
+                "planted_layer_rank", "worst_layer", "worst_local_sqnr_db", "next_layer", "next_local_sqnr_db"])
+    for x in summary:
+        wl = x["worst_layers"] + [("", float("nan"))] * 2
+        w.writerow([x["plant"], f"{x['top1']:.2f}", f"{x['delta']:+.2f}", f"{x['p_value']:.3g}", x["n_base_only"],
+                    x["n_other_only"], f"{x['sqnr_db']:.1f}", f"{x['agreement']:.2f}", f"{x['kl']:.2e}",
+                    x["planted_layer_rank"] or "", wl[0][0], f"{wl[0][1]:.1f}", wl[1][0], f"{wl[1][1]:.1f}"])
+    atomic_write_text(args.out / "plants.csv", buf.getvalue())
     atomic_write_text(args.out / "planted_summary.json",
                       json.dumps({"fp32_top1": base.top1, "n_eval": len(data.test), "plants": summary}, indent=1))
     if not args.no_aggregate:
