@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ceilings", default=True, action=argparse.BooleanOptionalAction,
                     help="measure the device's matmul ceilings for the efficiency column (a few seconds)")
     ap.add_argument("--update-readme", action="store_true",
-                    help="also rewrite the README's results block (use when committing results/)")
+                    help="also rewrite the README's results block and the generated blocks in docs/ from this "
+                         "run's table (use when committing results/)")
     return ap
 
 
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             agg = ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir), "--out", str(out)]
             if args.update_readme:
                 agg += ["--readme", str(REPO_ROOT / "README.md")]
+                for doc in sorted((REPO_ROOT / "docs").rglob("*.md")):
+                    agg += ["--docs", str(doc)]
             rc = envs.run_in_env("report", agg).returncode
             if rc != 0:
                 failures.append(f"aggregate exited {rc}")

@@ -44,3 +44,16 @@ def test_status_rows_cover_every_variant_and_batch():
     assert [(r.method, r.batch) for r in rows] == [("fp32", 1), ("fp32", 8), ("int8-qdq", 1), ("int8-qdq", 8)]
     assert all(r.status == "skipped" and r.reason == "TensorRT is not installed" and r.value is None for r in rows)
     assert len({r.key for r in rows}) == 4
+
+
+def test_written_files_keep_ordinary_permissions(tmp_path):
+    import os
+
+    from utils.atomic import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "x.csv", "a,b\n")
+        assert (p.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(mask)
