@@ -92,7 +92,9 @@ def _one_error_line(p):
 @pytest.mark.parametrize("args,expect", [
     (["--model", "vgg"], "unknown model 'vgg'; valid: resnet50, gpt2"),
     (["--model", "resnet50", "--methods", "awq"], "unknown method 'awq'; valid: eager, fx, inductor, pt2e"),
-    (["--model", "resnet50", "--calib-samples", "0"], "calibration size must be >= 1"),
+    (["--model", "resnet50", "--calib-samples", "0"], "argument --calib-samples: must be >= 1, got 0"),
+    (["--model", "resnet50", "--threads", "-2"], "argument --threads: must be >= 1, got -2"),
+    (["--model", "resnet50", "--min-time", "-1"], "argument --min-time: must be > 0"),
     (["--model", "resnet50", "--calib-samples", "5000"], "larger than the train split"),
     (["--model", "resnet50", "--weights", "pretrained"], "needs an ImageNet-layout folder"),
     (["--model", "gpt2", "--calib-samples", "100000"], "larger than the train split"),
