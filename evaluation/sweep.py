@@ -328,7 +328,7 @@ def train_size(args) -> int:
 def _significance(row, base) -> tuple[float | None, bool | None]:
     """(p-value or None, significant) of row vs base: McNemar on correctness bits / bootstrap over windows."""
     from utils.metrics import unpack_bits
-    from evaluation.stats import bootstrap_ppl_delta, mcnemar_exact
+    from utils.stats import block_bootstrap_ppl, mcnemar_exact
 
     if base is None or row.value is None or base.value is None:
         return None, None
@@ -340,7 +340,7 @@ def _significance(row, base) -> tuple[float | None, bool | None]:
         p = mcnemar_exact(unpack_bits(b["correct_bits"], n), unpack_bits(e["correct_bits"], n))["p_value"]
         return p, p < 0.05
     if row.metric == "ppl" and len(e.get("window_nll", [])) == len(b.get("window_nll", [])) > 0:
-        t = bootstrap_ppl_delta(b["window_nll"], e["window_nll"], b["window_tokens"])
+        t = block_bootstrap_ppl(b["window_nll"], e["window_nll"], b["window_tokens"])
         return None, t["significant"]
     return None, None
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from evaluation.stats import bootstrap_ppl_delta, mcnemar_exact
+from utils.stats import bootstrap_ppl_delta, mcnemar_exact
 
 
 def test_mcnemar_exact_known_values():

@@ -32,11 +32,13 @@ def test_bootstrap_ppl_delta_port_is_bit_identical():
         _old_bootstrap_ppl_delta(base, other, tokens, n_boot=300, seed=7, alpha=0.1)
 
 
-def test_evaluation_stats_reexports_the_one_module():
-    import evaluation.stats as old
-    import utils.stats as new
+def test_one_significance_module():
+    """evaluation/stats.py is gone: every caller uses utils.stats."""
+    from utils.paths import REPO_ROOT
 
-    assert old.mcnemar_exact is new.mcnemar_exact and old.bootstrap_ppl_delta is new.bootstrap_ppl_delta
+    assert not (REPO_ROOT / "evaluation" / "stats.py").exists()
+    for p in list((REPO_ROOT / "evaluation").rglob("*.py")) + list((REPO_ROOT / "quantization").rglob("*.py")):
+        assert "evaluation.stats" not in p.read_text(), p
 
 
 @pytest.mark.parametrize("k,n", [(0, 1), (0, 10), (3, 10), (5, 10), (4, 9), (17, 60), (120, 301), (0, 2000),

@@ -6,7 +6,7 @@ from utils.errors import SuiteError
 
 from evaluation import sweep
 from utils.metrics import pack_bits
-from evaluation.stats import mcnemar_exact
+from utils.stats import mcnemar_exact
 from utils.rows import ResultRow, write_row
 
 

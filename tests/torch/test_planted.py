@@ -1,7 +1,7 @@
 """Planted degradation on the embedded ResNet50 (torch env): the suite must flag a fault we put in on purpose.
 
 (a) the top-1 drop vs FP32 is significant by the McNemar exact test the results table uses
-    (evaluation.stats.mcnemar_exact on per-sample correctness, 359 test samples), while the clean
+    (utils.stats.mcnemar_exact on per-sample correctness, 359 test samples), while the clean
     FX INT8 model's difference is not;
 (b) the per-layer report (evaluation.layer_report, local SQNR) ranks the planted layer first.
 Skips with a reason when the embedded ResNet50 has not been prepared (python3 -m evaluation.bench).
