@@ -311,6 +311,11 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                          f"{(ceil.get('fp32_ops_per_s') or 0) / 1e9:.1f} GFLOP/s ({ceil.get('fp32_library', 'torch.mm')}),"
                          f" INT8 matmul {(ceil.get('int8_ops_per_s') or 0) / 1e9:.1f} GOP/s "
                          f"({ceil.get('int8_library', 'torch._int_mm')}).")
+        over = [r.extra.get("harness_overhead_ms") for r in rows if r.status == "ok" and r.extra.get("harness_overhead_ms")]
+        b1 = [r.latency_p50_ms for r in rows if r.status == "ok" and r.batch == 1 and r.latency_p50_ms]
+        if over and b1:
+            lines.append(f"Harness overhead (an empty call timed the same way): at most {max(over) * 1000:.2f} µs, "
+                         f"{100 * max(over) / min(b1):.3f} % of the fastest batch-1 p50 ({min(b1):.2f} ms).")
         lines.append("")
     lines += [LEGEND, ""]
     vs = verdicts(df, crit)
