@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -323,11 +324,14 @@ def relaunch_in_cluster_env(argv: list[str]) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:  # the driver cancels its tasks and writes nothing more; give it time to do so
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except Exception:  # noqa: BLE001
-            proc.kill()
+        try:  # a terminal's Ctrl-C reached it too; a signal sent to this process alone is passed on
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         raise
 
 

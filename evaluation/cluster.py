@@ -360,7 +360,9 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
             status = "skipped" if job.attempt == 0 else "failed"
             why = (f"no node of the cluster offers what {job.toolchain} needs ({need_text(gpu)}; cluster: "
                    f"{cluster_summary()})")
-            finish(job, status, why if status == "skipped" else f"{job.hosts and 'after ' + ', '.join(job.hosts) + ': '}{why}")
+            if status == "failed":
+                why = f"no suitable node left after attempt {job.attempt} (on {', '.join(job.hosts) or 'a lost node'}): {why}"
+            finish(job, status, why)
             return None
         if job.model not in packs:
             src = ModelSource(job.model, args.weights, args.weights_path, args.data)
@@ -410,8 +412,12 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
                     if nref is not None:
                         inflight[nref] = job
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cancelling short
         for ref in inflight:
-            ray.cancel(ref, force=True)
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as exc:  # noqa: BLE001  (the local cluster may already be going down with the signal)
+                say(f"cancel {inflight[ref].name}: {_one_line(exc)}")
         raise
 
 
