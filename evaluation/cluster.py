@@ -406,7 +406,7 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
             for ref in ready:
                 job = inflight.pop(ref)
-                again = handle(job, ref, args, run_id, finish, rows_for)
+                again = handle(job, ref, args, finish, failures)
                 if again:
                     nref = submit(job)
                     if nref is not None:
@@ -421,7 +421,7 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
         raise
 
 
-def handle(job: Job, ref, args, run_id: str, finish, rows_for) -> bool:
+def handle(job: Job, ref, args, finish, failures: list[str]) -> bool:
     """One finished attempt: write its rows; True when the route should be tried again."""
     import ray
 
@@ -452,9 +452,10 @@ def handle(job: Job, ref, args, run_id: str, finish, rows_for) -> bool:
         return False
     why = bench.died_reason(rc, res.get("peak_mb")) + f" on {res['host']}"
     left = [v for v in bench._variants(args, job.toolchain, job.model) if v not in job.done]
-    if not left:
+    if not left:  # as the local bench: every row is in, yet the run says the route process died
         finish(job)
-        say(f"{job.name}: {why}, after writing every variant's rows")
+        failures.append(f"{job.name}: {why}, after writing every variant's rows")
+        say(failures[-1])
         return False
     return _retry_or_fail(job, args, why, finish)
 
