@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -162,7 +163,13 @@ def route_task(spec: dict, model_pack: dict, *dep_packs):
     for dp in dep_packs:
         if dp:
             unpack(dp, model_dir / dp["folder"])
-    run_tmp = Path(tempfile.gettempdir()) / f"ptq-suite-{spec['run_id']}"
+    run_tmp = Path(tempfile.gettempdir()) / f"ptq-suite-{spec['run_id']}"  # this run's node ceilings
+    for old in Path(tempfile.gettempdir()).glob("ptq-suite-*-ray"):  # earlier runs' (a day old)
+        try:
+            if old != run_tmp and time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
     run_tmp.mkdir(parents=True, exist_ok=True)
     device_file = _node_ceilings(spec, run_tmp)
     with tempfile.TemporaryDirectory(prefix="rows-", dir=run_tmp) as tmp:
