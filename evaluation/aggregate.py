@@ -1,6 +1,12 @@
 """Rows -> results/summary.csv, results/summary.md and plots (report env: pandas, matplotlib, scipy).
 
     python -m evaluation.aggregate [--runs-dir results/runs] [--out results]
+    python -m evaluation.aggregate --runs-dir from-gpu-box/runs --runs-dir results/cluster/runs --out merged
+
+Several --runs-dir (run folders copied from other machines) merge into one table: rows of the same key (model,
+weights, toolchain, method, precision, device, batch, subset) keep the newest ok row by its timestamp, never a
+failed or skipped row over an ok one; a newer failed/skipped row beside the kept ok row is noted as its latest
+attempt. Rows of different devices and hosts stand side by side (`host`, `launcher` columns).
 
 Every number comes from the JSON rows; nothing is parsed from printed output. Deltas and
 `speedup` compare with the FP32 row the registry names as the toolchain's baseline (same model,
@@ -306,6 +312,10 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                   f"GPU: {e.get('gpu') or 'none'}; Python {e.get('python')}; commit {e.get('git_commit')}; "
                   f"latest row {e.get('timestamp')}" + (f"; hosts {', '.join(hosts)}" if len(hosts) > 1 else "") + ".",
                   "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items())) + "."]
+        hosts = sorted({(x.get("host"), x.get("cpu"), x.get("gpu")) for x in envs if x.get("host")}, key=str)
+        if len(hosts) > 1:
+            lines.append("Hosts: " + "; ".join(f"{h} ({c}, GPU: {g or 'none'})" for h, c, g in hosts)
+                         + " (the host column says which made each row).")
         if ceil:
             lines.append(f"Device ceilings ({ceil.get('threads')} threads): FP32 matmul "
                          f"{(ceil.get('fp32_ops_per_s') or 0) / 1e9:.1f} GFLOP/s ({ceil.get('fp32_library', 'torch.mm')}),"
@@ -601,10 +611,55 @@ def update_docs(docs: list[Path], df: pd.DataFrame, source: str) -> list[Path]:
     return changed
 
 
-def aggregate(runs_dir: Path | list[Path], out_dir: Path, readme: Path | None = None, crit: Criterion = Criterion(),
+def _stamp(row: ResultRow) -> str:
+    return str(row.environment.get("timestamp") or "")
+
+
+def _newer(a: ResultRow, b: ResultRow | None) -> bool:
+    """Does `a` win over `b` for the same key: an ok row over any other, else the newer timestamp (ties: later)."""
+    if b is None:
+        return True
+    if (a.status == "ok") != (b.status == "ok"):
+        return a.status == "ok"
+    return _stamp(a) >= _stamp(b)
+
+
+def merge_runs(runs_dirs) -> tuple[list[ResultRow], dict[str, ResultRow]]:
+    """Rows and latest attempts of one or several run folders, merged by key (see the module docstring)."""
+    kept: dict[str, ResultRow] = {}
+    others: dict[str, ResultRow] = {}  # newest failed/skipped row of each key, from rows and attempts alike
+    for d in runs_dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise SuiteError(f"--runs-dir {d} is not a folder")
+        try:
+            rows = read_rows(d)
+        except (ValueError, TypeError) as exc:
+            raise SuiteError(f"--runs-dir {d}: a row does not parse as this suite's row schema: {exc}") from None
+        for r in rows + list(read_attempts(d).values()):
+            if _newer(r, kept.get(r.key)):
+                if r.key in kept and kept[r.key].status != "ok":
+                    _keep_newest(others, kept[r.key])
+                kept[r.key] = r
+            elif r.status != "ok":
+                _keep_newest(others, r)
+    attempts = {k: a for k, a in others.items()
+                if k in kept and kept[k].status == "ok" and _stamp(a) > _stamp(kept[k])}
+    return sorted(kept.values(), key=lambda r: r.key), attempts
+
+
+def _keep_newest(into: dict, row: ResultRow) -> None:
+    if row.key not in into or _stamp(row) >= _stamp(into[row.key]):
+        into[row.key] = row
+
+
+def aggregate(runs_dir, out_dir: Path, readme: Path | None = None, crit: Criterion = Criterion(),
               docs: list[Path] | None = None) -> pd.DataFrame:
-    dirs = runs_dir if isinstance(runs_dir, list) else [runs_dir]
-    rows, attempts = merge_runs(dirs)
+    dirs = [Path(d) for d in (runs_dir if isinstance(runs_dir, (list, tuple)) else [runs_dir])]
+    if len(dirs) == 1:
+        rows, attempts = read_rows(dirs[0]), read_attempts(dirs[0])
+    else:
+        rows, attempts = merge_runs(dirs)
     if not rows:
         raise SuiteError(f"no result rows in {', '.join(map(str, dirs))}: run `python3 -m evaluation.bench` first")
     df = build_table(rows, attempts)
@@ -619,30 +674,6 @@ def aggregate(runs_dir: Path | list[Path], out_dir: Path, readme: Path | None = 
     log.info("%d rows -> %s, %s, %s", len(df), out_dir / "summary.csv", out_dir / "summary.md",
              out_dir / "accuracy_vs_latency.png")
     return df
-
-
-def merge_runs(dirs: list[Path]) -> tuple[list[ResultRow], dict]:
-    """Rows of several run folders (e.g. copied from other machines), one per key: the newest ok row wins, a failed
-    or skipped row never replaces an ok one (it is kept as the latest attempt)."""
-    best: dict[str, ResultRow] = {}
-    attempts: dict[str, ResultRow] = {}
-    for d in dirs:
-        for r in read_rows(d):
-            cur = best.get(r.key)
-            ts = r.environment.get("timestamp", "")
-            if cur is None or (r.status == "ok") > (cur.status == "ok") or (
-                    (r.status == "ok") == (cur.status == "ok") and ts > cur.environment.get("timestamp", "")):
-                if cur is not None and cur.status != "ok" and r.status == "ok":
-                    attempts.pop(r.key, None)
-                best[r.key] = r
-            elif r.status != "ok":
-                attempts[r.key] = r
-        for k, a in read_attempts(d).items():
-            if k not in attempts or a.environment.get("timestamp", "") > attempts[k].environment.get("timestamp", ""):
-                attempts[k] = a
-    attempts = {k: a for k, a in attempts.items() if k in best and best[k].status == "ok"
-                and a.environment.get("timestamp", "") >= best[k].environment.get("timestamp", "")}
-    return list(best.values()), attempts
 
 
 @cli_main

@@ -3,6 +3,7 @@
     python3 -m evaluation.bench                      # offline embedded default, all toolchains
     python3 -m evaluation.bench --models resnet50 --toolchains torch --methods eager,fx --eval-limit 50
     python3 -m evaluation.bench --weights pretrained --models resnet50 --data /data/imagenette2 --online
+    python3 -m evaluation.bench --cluster local --models resnet50 --toolchains torch --methods eager,fx
 
 Stdlib only: it runs under the system Python. Every flag and path is checked before anything is
 prepared or written (a bad one exits 2 with one line). Then it creates/reuses the virtualenvs,
@@ -17,12 +18,18 @@ replaces an earlier ok row; a route process that dies (a signal, the out-of-memo
 a route or a variant failed, and the last line says what. The tables go next to the rows
 (`results/` for the default `results/runs`); the README's results block is rewritten only with
 `--update-readme`.
+
+With `--cluster ADDRESS` (`ray://host:port`, `auto` for RAY_ADDRESS, `local` for a throw-away local cluster) the
+same run goes through Ray: the bench checks the flags, then re-launches itself as `evaluation.cluster` inside the
+`ray` environment, where every (toolchain, model) route becomes a Ray task on a node offering a benchmark slot
+(docs/scale-out.md).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -71,7 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--update-readme", action="store_true",
                     help="also rewrite the README's results block and the generated blocks in docs/ from this "
                          "run's table (use when committing results/)")
+    ap.add_argument("--cluster", default=None, metavar="ADDRESS",
+                    help="run the routes as Ray tasks: ray://host:port, 'auto' (RAY_ADDRESS / the local node's "
+                         "cluster) or 'local' (start a throw-away local cluster); see docs/scale-out.md")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="--cluster: attempts after the first for a route whose node died or whose process crashed")
     return ap
+
+
+CLUSTER_ENV = "ray"  # the support environment (utils/registry.py SUPPORT_ENVS) the --cluster driver runs in
+
+
+def check_cluster_address(addr: str) -> str:
+    if addr in ("local", "auto") or (addr.startswith("ray://") and len(addr) > len("ray://")):
+        return addr
+    if ":" in addr and not addr.startswith(("http://", "https://", "/")):  # host:port of a running head (GCS)
+        return addr
+    raise SuiteError(f"--cluster {addr!r}: pass ray://HOST:PORT, HOST:PORT, 'auto' or 'local'")
 
 
 def report_dir(runs_dir: Path, out: Path | None) -> Path:
@@ -122,6 +145,10 @@ def validate(args) -> dict:
             raise SuiteError(f"--data {p} does not exist")
         if p.is_file() and p.stat().st_size == 0:
             raise SuiteError(f"--data {p} is an empty file")
+    if args.cluster is not None:
+        check_cluster_address(args.cluster)
+    if args.retries < 0 or args.retries > 10:
+        raise SuiteError(f"--retries {args.retries}: pass 0 to 10")
     out = report_dir(args.runs_dir, args.out)
     _writable(args.runs_dir, "--runs-dir")
     _writable(out, "report folder")
@@ -154,11 +181,15 @@ def _variants(args, toolchain: str, model: str):
     return vs
 
 
-def status_all(args, toolchain: str, model: str, status: str, reason: str, run_id: str, variants=None) -> None:
+def status_all(args, toolchain: str, model: str, status: str, reason: str, run_id: str, variants=None,
+               launcher: str = "local", env_extra: dict | None = None) -> None:
+    import platform
+
     from utils.specs import DATASET_NAME
 
     tc = TOOLCHAINS[toolchain]
-    env = {"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "launcher": "local"}
+    env = {"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "launcher": launcher,
+           "host": platform.node(), **(env_extra or {})}
     for row in status_rows(status=status, reason=reason, model=model, weights=args.weights,
                            dataset=DATASET_NAME.get((model, args.weights), str(args.data)), toolchain=toolchain,
                            variants=variants if variants is not None else _variants(args, toolchain, model),
@@ -236,10 +267,85 @@ def died_reason(rc: int, peak_mb: float | None) -> str:
     return why + (f"; peak resident memory {peak_mb:.0f} MB" if peak_mb else "")
 
 
+def note_failed_rows(args, run_id: str, failures: list[str]) -> None:
+    """One closing failure line naming the variants that got failed rows in this run."""
+    failed_rows = [r for r in _this_run(read_rows(args.runs_dir) + list(read_attempts(args.runs_dir).values()), run_id)
+                   if r.status == "failed"]
+    if failed_rows:
+        names = sorted({f"{r.toolchain}/{r.model}/{r.method}" for r in failed_rows})
+        failures.append(f"{len(names)} variant(s) failed: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else ""))
+
+
+def prepare_models(args, models, failures: list[str], ceilings: bool) -> tuple[dict[str, str], int]:
+    """models.prepare in the model-preparing toolchain's environment: (model -> "ok" or the reason, exit code)."""
+    prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
+    try:
+        envs.ensure_env(prep_env)
+        prep = ["-m", "models.prepare", "--model", ",".join(models), "--weights", args.weights,
+                "--threads", str(args.threads)] + (["--ceilings"] if ceilings else [])
+        for flag, val in (("--weights-path", args.weights_path), ("--data", args.data)):
+            if val is not None:
+                prep += [flag, val]
+        say(f"preparing {', '.join(models)} ({args.weights}) in the {prep_env} environment")
+        rc = envs.run_in_env(prep_env, prep).returncode
+        if rc == 2:
+            return {}, 2
+        if rc != 0:
+            raise SuiteError(f"models.prepare exited {rc}")
+        return {m: "ok" for m in models}, 0
+    except (envs.EnvError, SuiteError) as exc:
+        reason = f"model preparation failed: {exc}"
+        say(reason)
+        failures.append(reason)
+        return {m: reason for m in models}, 1
+
+
+def report(args, out: Path, failures: list[str]) -> None:
+    """Tables and plots beside the rows, in the report environment (unless --no-report)."""
+    if args.no_report:
+        return
+    try:
+        envs.ensure_env("report")
+        agg = ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir), "--out", str(out)]
+        if args.update_readme:
+            agg += ["--readme", str(REPO_ROOT / "README.md")]
+            for doc in sorted((REPO_ROOT / "docs").rglob("*.md")):
+                agg += ["--docs", str(doc)]
+        rc = envs.run_in_env("report", agg).returncode
+        if rc != 0:
+            failures.append(f"aggregate exited {rc}")
+    except envs.EnvError as exc:
+        failures.append(f"report environment: {exc}")
+
+
+def relaunch_in_cluster_env(argv: list[str]) -> int:
+    """--cluster: the Ray driver runs in its own environment (Ray is no system-Python dependency of the bench)."""
+    try:
+        envs.ensure_env(CLUSTER_ENV)
+    except envs.EnvError as exc:
+        raise SuiteError(f"--cluster needs the {CLUSTER_ENV} environment: {exc}") from None
+    proc = envs.popen_in_env(CLUSTER_ENV, ["-m", "evaluation.cluster", *argv])
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # the driver cancels its tasks and writes nothing more; give it time to do so
+        try:  # a terminal's Ctrl-C reached it too; a signal sent to this process alone is passed on
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     plan = validate(args)
+    if args.cluster is not None:
+        return relaunch_in_cluster_env(argv)
     models, toolchains, out = plan["models"], plan["toolchains"], plan["out"]
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     os.environ["SUITE_RUN_ID"] = run_id
@@ -252,27 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"run {run_id}: {', '.join(models)} x {', '.join(toolchains)}; rows -> {args.runs_dir}, tables -> {out}")
 
     # 1. prepare every model (train/load, tokenise, export ONNX, count ops) and measure the device's ceilings
-    prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
-    prepared: dict[str, str] = {}
-    try:
-        envs.ensure_env(prep_env)
-        prep = ["-m", "models.prepare", "--model", ",".join(models), "--weights", args.weights,
-                "--threads", str(args.threads)] + (["--ceilings"] if args.ceilings else [])
-        for flag, val in (("--weights-path", args.weights_path), ("--data", args.data)):
-            if val is not None:
-                prep += [flag, val]
-        say(f"preparing {', '.join(models)} ({args.weights}) in the {prep_env} environment")
-        rc = envs.run_in_env(prep_env, prep).returncode
-        if rc == 2:
-            return 2  # bad input: the one-line error is already printed
-        if rc != 0:
-            raise SuiteError(f"models.prepare exited {rc}")
-        prepared = {m: "ok" for m in models}
-    except (envs.EnvError, SuiteError) as exc:
-        reason = f"model preparation failed: {exc}"
-        say(reason)
-        failures.append(reason)
-        prepared = {m: reason for m in models}
+    prepared, rc = prepare_models(args, models, failures, ceilings=args.ceilings)
+    if rc == 2:
+        return 2  # bad input: the one-line error is already printed
 
     # 1b. the ceilings through the other libraries that declare them (e.g. an ORT kernel beats torch's BLAS)
     if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
@@ -326,26 +414,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 say(f"{tc_name}: {m} done in {time.time() - t0:.0f} s")
 
-    failed_rows = [r for r in _this_run(read_rows(args.runs_dir) + list(read_attempts(args.runs_dir).values()), run_id)
-                   if r.status == "failed"]
-    if failed_rows:
-        names = sorted({f"{r.toolchain}/{r.model}/{r.method}" for r in failed_rows})
-        failures.append(f"{len(names)} variant(s) failed: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else ""))
+    note_failed_rows(args, run_id, failures)
 
     # 3. tables and plots, beside the rows
-    if not args.no_report:
-        try:
-            envs.ensure_env("report")
-            agg = ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir), "--out", str(out)]
-            if args.update_readme:
-                agg += ["--readme", str(REPO_ROOT / "README.md")]
-                for doc in sorted((REPO_ROOT / "docs").rglob("*.md")):
-                    agg += ["--docs", str(doc)]
-            rc = envs.run_in_env("report", agg).returncode
-            if rc != 0:
-                failures.append(f"aggregate exited {rc}")
-        except envs.EnvError as exc:
-            failures.append(f"report environment: {exc}")
+    report(args, out, failures)
     say(f"finished in {time.time() - t_start:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else "; all ok"))
     return 1 if failures else 0
 

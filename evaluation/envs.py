@@ -55,8 +55,14 @@ def requirements_hash(name: str) -> str:
     return h.hexdigest()[:16]
 
 
+def venvs_dir() -> Path:
+    """Where the environments live: SUITE_VENVS_DIR read when used (a long-lived process, e.g. a cluster worker,
+    points it at its node's folder), else utils.paths.VENVS_DIR."""
+    return Path(os.environ["SUITE_VENVS_DIR"]) if os.environ.get("SUITE_VENVS_DIR") else VENVS_DIR
+
+
 def env_dir(name: str) -> Path:
-    return VENVS_DIR / name
+    return venvs_dir() / name
 
 
 def env_python(name: str) -> Path:
@@ -86,8 +92,8 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
     if is_ready(name):
         return read_stamp(name)
     d = env_dir(name)
-    log = VENVS_DIR / f"{name}.log"
-    VENVS_DIR.mkdir(parents=True, exist_ok=True)
+    log = venvs_dir() / f"{name}.log"
+    venvs_dir().mkdir(parents=True, exist_ok=True)
     if d.exists():
         shutil.rmtree(d)
     t0 = time.time()
@@ -141,8 +147,14 @@ def _last_error(log: Path) -> str:
     return msg[:300]
 
 
-def _child_env() -> dict:
+def _child_env(extra: dict | None = None) -> dict:
+    """The child's environment: ours, the repository on PYTHONPATH, `extra` on top (a None value removes a name)."""
     env = dict(os.environ)
+    for k, v in (extra or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = str(v)
     env.setdefault("PYTHONPATH", "")
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env["PYTHONPATH"] else "")
     if "HF_HUB_OFFLINE" not in env:  # nothing may hang on a hub look-up unless asked to go online
@@ -151,14 +163,14 @@ def _child_env() -> dict:
     return env
 
 
-def run_in_env(name: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+def run_in_env(name: str, args: list[str], extra_env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run `<env python> <args>` from the repository root (so `-m package.module` resolves)."""
-    return subprocess.run([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(), **kwargs)
+    return subprocess.run([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(extra_env), **kwargs)
 
 
-def popen_in_env(name: str, args: list[str], **kwargs) -> subprocess.Popen:
+def popen_in_env(name: str, args: list[str], extra_env: dict | None = None, **kwargs) -> subprocess.Popen:
     """Start `<env python> <args>` from the repository root; the caller waits (and may watch its memory)."""
-    return subprocess.Popen([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(), **kwargs)
+    return subprocess.Popen([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(extra_env), **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

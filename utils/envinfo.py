@@ -36,6 +36,10 @@ def cpu_name() -> str:
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
+    """HEAD (+dirty), or SUITE_GIT_COMMIT where the driver of a cluster run says which commit it shipped (a node's
+    copy of the working tree has no .git)."""
+    if os.environ.get("SUITE_GIT_COMMIT"):
+        return os.environ["SUITE_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,

@@ -55,11 +55,14 @@ class EnvDecl:
     name: str
     parts: tuple[Part, ...]
     tests: str | None = None  # tests folder run inside this environment by the test command
+    tests_last: bool = False  # its tests drive the toolchains' environments: the test command runs them after those
 
 
-# environments that are not a toolchain: the shared layer's tests and the report (pandas, matplotlib, scipy)
+# environments that are not a toolchain: the shared layer's tests and the report (pandas, matplotlib, scipy), and
+# the Ray driver / task wrapper of `bench --cluster` (evaluation/cluster.py; docs/scale-out.md)
 SUPPORT_ENVS: dict[str, EnvDecl] = {
     "report": EnvDecl("report", (Part("report.txt"),), tests="tests/common"),
+    "ray": EnvDecl("ray", (Part("ray.txt"),), tests="tests/cluster", tests_last=True),
 }
 
 
@@ -215,9 +218,11 @@ def all_envs() -> dict[str, EnvDecl]:
 
 def test_order() -> list[str]:
     """Environments whose tests the test command runs, in order: the model-preparing toolchain first (its tests
-    train and export the embedded models later folders use), then the support environments, then the run order."""
+    train and export the embedded models later folders use), then the support environments, then the run order, then
+    the support environments whose tests drive the toolchains' environments (`tests_last`, e.g. the cluster's)."""
     envs = all_envs()
-    names = [TOOLCHAINS[PREPARE_TOOLCHAIN].env.name, *SUPPORT_ENVS, *(TOOLCHAINS[t].env.name for t in ORDER)]
+    names = [TOOLCHAINS[PREPARE_TOOLCHAIN].env.name, *(n for n, d in SUPPORT_ENVS.items() if not d.tests_last),
+             *(TOOLCHAINS[t].env.name for t in ORDER), *(n for n, d in SUPPORT_ENVS.items() if d.tests_last)]
     return [n for n in dict.fromkeys(names) if envs[n].tests]
 
 

@@ -153,3 +153,37 @@ def test_perplexity_branch_block_bootstrap():
     assert df.loc["entropy", "delta_ci_low"] > 0 and df.loc["minmax", "delta_ci_low"] < 0 < df.loc["minmax", "delta_ci_high"]
     other = build_table([_lm_row("fp32", "fp32", base), _lm_row("entropy", "int8", worse, sha="s2")])
     assert pd.isna(other.set_index("method").loc["entropy", "delta_significant"])  # other tokens: no paired test
+
+
+def _at(row: ResultRow, stamp: str, host: str, **kw) -> ResultRow:
+    return row.replace(environment={**row.environment, "timestamp": stamp, "host": host, "launcher": "ray"}, **kw)
+
+
+def test_run_folders_from_several_machines_merge_by_key_and_timestamp(tmp_path):
+    """Newest ok row wins; a failed row never replaces an ok one (it becomes the latest attempt); rows of another
+    device and host stand beside them; the CLI takes --runs-dir several times."""
+    from evaluation.aggregate import main, merge_runs
+
+    rows, _ = _rows()
+    eager, fx = rows[0], rows[1]
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write_row(_at(eager, "2026-01-01T00:00:00Z", "cpu-box"), a)
+    write_row(_at(fx, "2026-01-02T00:00:00Z", "cpu-box"), a)
+    write_row(_at(eager, "2026-01-03T00:00:00Z", "cpu-box-2", value=96.0), b)  # newer ok: wins
+    write_row(_at(fx, "2026-01-04T00:00:00Z", "cpu-box-2", status="failed", reason="route process killed by SIGKILL"), b)
+    cuda = _at(rows[2], "2026-01-01T00:00:00Z", "gpu-box").replace(device="cuda")
+    write_row(cuda, c)
+    write_row(_at(eager, "2025-12-01T00:00:00Z", "old-box", value=90.0), c)  # older ok: loses
+    merged, attempts = merge_runs([a, b, c])
+    by = {(r.toolchain, r.method, r.device): r for r in merged}
+    assert len(merged) == 3
+    assert by[("torch", "eager", "cpu")].value == 96.0 and by[("torch", "eager", "cpu")].environment["host"] == "cpu-box-2"
+    assert by[("torch", "fx", "cpu")].status == "ok" and "SIGKILL" in attempts[fx.key].reason
+    assert by[("onnxruntime", "fp32", "cuda")].environment["host"] == "gpu-box"
+    assert merge_runs([c, b, a])[0] == merged  # order of the folders does not matter
+    assert main(["--runs-dir", str(a), "--runs-dir", str(b), "--runs-dir", str(c), "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert {"host", "launcher"} <= set(table.columns) and set(table["host"]) == {"cpu-box", "cpu-box-2", "gpu-box"}
+    assert set(table["launcher"]) == {"ray"} and set(table["device"]) == {"cpu", "cuda"}
+    assert table[table["method"] == "fx"]["last_attempt"].str.contains("SIGKILL").all()
+    assert "Hosts: " in (tmp_path / "out" / "summary.md").read_text()

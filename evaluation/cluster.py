@@ -1,0 +1,479 @@
+"""The bench on a Ray cluster: every (toolchain, model, weights) route becomes a Ray task on a node with a bench slot.
+
+    python3 -m evaluation.bench --cluster local --models resnet50 --toolchains torch --methods eager,fx
+    python3 -m evaluation.bench --cluster ray://head:10001 ...        (re-launched here, in the `ray` environment)
+
+Driver (this process, the `ray` environment; docs/scale-out.md):
+  1. the bench's own checks, then `models.prepare` on the driver (torch environment) exactly as the local bench;
+  2. each prepared model folder (manifest, FP32 files; not route artifacts) is put once in Ray's object store and
+     unpacked on each node into its node-local model cache (kept per node, keyed by content digest); the manifests
+     store paths relative to their folder, so SUITE_CACHE_DIR=<node cache> points the routes at the copy;
+  3. the code reaches the nodes as Ray's runtime_env `working_dir` (this working tree, without .git, .venvs,
+     models/cache, results); rows record the driver's commit (SUITE_GIT_COMMIT);
+  4. each task asks for one bench slot ({"bench_slot": 1}, offered by a node when it joins) and `num_gpus=1` when
+     the toolchain's declared devices are cuda-only, so two timing jobs never share a machine; a route needing what
+     no alive node offers gets `skipped` rows and is never submitted;
+  5. a route that needs another toolchain of the run (declaration `needs`) waits for it and receives the artifacts
+     it made (the `<model folder>/<toolchain>/` files of that node), through the object store;
+  6. rows come back as JSON and are written here, atomically, by utils.rows.write_row; a route whose process died or
+     whose node/worker died is tried again (--retries, on another suitable node where there is one), then its
+     unfinished variants get `failed` rows with the reason;
+  7. Ctrl-C cancels every task (ray.cancel, force: the worker and its route process die) and writes nothing more;
+  8. the tables, as the bench makes them.
+
+Task (a node's `ray` environment, the shipped working tree as its working directory): creates or reuses the
+toolchain's environment from requirements/ with evaluation.envs (in SUITE_VENVS_DIR of the node, default
+~/.cache/ptq-suite/venvs), unpacks the model, measures the node's ceilings once per run (when the node has the
+model-preparing environment), runs `python -m quantization.kit <toolchain>` with SUITE_LAUNCHER=ray into a
+node-local temporary runs folder and returns the rows, each with `environment.cluster` = node, host, attempt and
+the task's start/end times.
+
+Test hook, honoured only by this task wrapper: SUITE_CLUSTER_TEST_CRASH="<toolchain>/<model>:<n>" kills the route
+process (SIGKILL) of that route's attempts 1..n once its first row is written (tests/cluster).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evaluation import bench, envs
+from utils.errors import SuiteError, cli_main
+from utils.paths import REPO_ROOT
+from utils.registry import PREPARE_TOOLCHAIN, TOOLCHAINS
+from utils.rows import ResultRow, write_row
+
+BENCH_SLOT = "bench_slot"  # custom resource: one per machine that may run timing jobs (`ray start --resources`)
+CRASH_HOOK = "SUITE_CLUSTER_TEST_CRASH"
+EXCLUDES = [".git", ".venvs", "models/cache", "results", "**/__pycache__", "*.tmp", ".pytest_cache"]
+NODE_HOME = Path.home() / ".cache" / "ptq-suite"
+
+
+def say(msg: str) -> None:
+    print(f"[cluster {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def needs_gpu(toolchain: str) -> bool:
+    """A toolchain whose declared devices are all cuda runs only on a node with a GPU."""
+    return set(TOOLCHAINS[toolchain].devices) == {"cuda"}
+
+
+# ------------------------------------------------------------------------------ shipping folders
+
+def pack_folder(folder: Path, skip_dirs=(), name: str | None = None) -> dict:
+    """Every file of `folder` (but top-level subfolders named in skip_dirs): {"folder", "digest", "files"}, where
+    files maps a relative path to (mtime_ns, mode, bytes), so the copy keeps the recorded size and mtime."""
+    files, h = {}, hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if not p.is_file() or p.name.endswith(".tmp") or (len(rel.parts) > 1 and rel.parts[0] in skip_dirs):
+            continue
+        st, data = p.stat(), p.read_bytes()
+        files[rel.as_posix()] = (st.st_mtime_ns, st.st_mode & 0o777, data)
+        h.update(rel.as_posix().encode() + b"\0" + hashlib.sha256(data).digest())
+    return {"folder": name or folder.name, "digest": h.hexdigest()[:16], "files": files}
+
+
+def unpack(pack: dict, dest: Path) -> bool:
+    """Write the pack's files into dest (each atomically, with its mtime); skipped when dest already holds this
+    digest. Returns whether anything was written. Other files in dest (route artifacts of earlier runs) stay."""
+    from utils.atomic import atomic_write_bytes, atomic_write_text
+
+    marker = dest / f".shipped-{pack['digest']}"
+    if marker.exists():
+        return False
+    for rel, (mtime_ns, mode, data) in pack["files"].items():
+        p = dest / rel
+        try:
+            st = p.stat()
+            if st.st_size == len(data) and st.st_mtime_ns == mtime_ns:
+                continue
+        except OSError:
+            pass
+        atomic_write_bytes(p, data)
+        os.chmod(p, mode)
+        os.utime(p, ns=(mtime_ns, mtime_ns))
+    atomic_write_text(marker, _now() + "\n")
+    return True
+
+
+# ------------------------------------------------------------------------------ the task (runs on a node)
+
+def _die_with_parent() -> None:
+    """preexec_fn: the route process gets SIGKILL when the worker that started it dies (a forced ray.cancel)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _crash_hook(toolchain: str, model: str, attempt: int) -> bool:
+    hook = os.environ.get(CRASH_HOOK, "")
+    target, _, n = hook.rpartition(":")
+    return bool(hook) and target == f"{toolchain}/{model}" and attempt <= int(n or 0)
+
+
+def _node_ceilings(spec: dict, run_tmp: Path) -> Path:
+    """This node's device file for the run: measured once per run in the model-preparing environment when the node
+    has it (a few seconds, inside the bench slot), else absent (the rows then carry no ceilings, never another
+    machine's)."""
+    dev = run_tmp / "device.json"
+    prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
+    if spec["args"].get("ceilings") and not dev.exists() and envs.is_ready(prep_env):
+        code = f"from evaluation.ceilings import measure_and_store; measure_and_store({int(spec['args']['threads'])})"
+        envs.run_in_env(prep_env, ["-c", code], extra_env={"SUITE_DEVICE_FILE": dev, "OMP_NUM_THREADS": None},
+                        capture_output=True, timeout=300)
+    return dev
+
+
+def route_task(spec: dict, model_pack: dict, *dep_packs):
+    """One route on this node. Returns (result, artifacts): result = {"rows": [...], "rc", "peak_mb", "host",
+    "node_id", "attempt", "task_start", "task_end"} (or "env_error"); artifacts = this toolchain's files of the model
+    folder when a later route of the run needs them, else None."""
+    t_start = time.time()
+    import ray
+
+    toolchain, model = spec["toolchain"], spec["model"]
+    info = {"host": platform.node(), "node_id": ray.get_runtime_context().get_node_id(), "attempt": spec["attempt"],
+            "task_start": t_start}
+    os.environ["SUITE_VENVS_DIR"] = os.environ.get("SUITE_VENVS_DIR") or str(NODE_HOME / "venvs")
+    node_cache = Path(os.environ.get("SUITE_NODE_CACHE_DIR") or NODE_HOME / "models")
+    env_name = TOOLCHAINS[toolchain].env.name
+    try:
+        envs.ensure_env(env_name)
+    except envs.EnvError as exc:
+        return {**info, "env_error": str(exc), "task_end": time.time()}, None
+    model_dir = node_cache / model_pack["folder"]
+    unpack(model_pack, model_dir)
+    for dp in dep_packs:
+        if dp:
+            unpack(dp, model_dir / dp["folder"])
+    run_tmp = Path(tempfile.gettempdir()) / f"ptq-suite-{spec['run_id']}"  # this run's node ceilings
+    for old in Path(tempfile.gettempdir()).glob("ptq-suite-*-ray"):  # earlier runs' (a day old)
+        try:
+            if old != run_tmp and time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    run_tmp.mkdir(parents=True, exist_ok=True)
+    device_file = _node_ceilings(spec, run_tmp)
+    with tempfile.TemporaryDirectory(prefix="rows-", dir=run_tmp) as tmp:
+        ns = argparse.Namespace(**{**spec["args"], "runs_dir": Path(tmp), "methods": spec["methods"]})
+        argv = ["-m", "quantization.kit", toolchain, *bench.route_args(ns, model, toolchain)]
+        extra = {"SUITE_CACHE_DIR": node_cache, "SUITE_LAUNCHER": "ray", "SUITE_RUN_ID": spec["run_id"],
+                 "SUITE_DEVICE_FILE": device_file, "OMP_NUM_THREADS": None}  # Ray sets OMP_NUM_THREADS=num_cpus
+        crash = _crash_hook(toolchain, model, spec["attempt"])
+        route_start = time.time()
+        proc = envs.popen_in_env(env_name, argv, extra_env=extra, preexec_fn=_die_with_parent)
+        mon = bench.PeakRss(proc.pid)
+        try:
+            while proc.poll() is None:
+                if crash and any(Path(tmp).glob("*.json")):
+                    os.kill(proc.pid, signal.SIGKILL)  # the test hook: a route killed mid-run
+                    crash = False
+                time.sleep(0.2)
+            rc = proc.returncode
+        except KeyboardInterrupt:  # a polite ray.cancel: stop the route as Ctrl-C stops the local bench
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001
+                proc.kill()
+            raise
+        finally:
+            peak = mon.stop()
+        route_end = time.time()
+        rows = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("*.json"))]
+    task_end = time.time()
+    rec = {**info, "route_start": route_start, "route_end": route_end, "task_end": task_end,
+           "resources": spec["resources"]}
+    for r in rows:
+        r.setdefault("environment", {})["cluster"] = rec
+    artifacts = None
+    if spec["return_artifacts"] and (model_dir / toolchain).is_dir():
+        artifacts = pack_folder(model_dir / toolchain, name=toolchain)
+    return {**rec, "rows": rows, "rc": rc, "peak_mb": peak}, artifacts
+
+
+# ------------------------------------------------------------------------------ the driver
+
+@dataclass
+class Job:
+    toolchain: str
+    model: str
+    deps: list[str]
+    attempt: int = 0
+    done: set = field(default_factory=set)  # (method, precision) with rows
+    hosts: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+    finished: bool = False
+    artifacts: object = None  # ObjectRef of the artifacts this route made, for the routes that need them
+
+    @property
+    def name(self) -> str:
+        return f"{self.toolchain}/{self.model}"
+
+
+def connect(address: str, runtime_env: dict) -> str:
+    import ray
+
+    kw = dict(runtime_env=runtime_env, namespace="ptq-bench", log_to_driver=True)
+    if address == "local":
+        ray.init(num_cpus=os.cpu_count() or 2, resources={BENCH_SLOT: 1}, include_dashboard=False,
+                 object_store_memory=2 * 1024 ** 3, **kw)
+        return "a local throw-away cluster (this machine, one bench slot)"
+    ray.init(address=address, **kw)
+    return address
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def suitable(nodes: list[dict], gpu: bool) -> list[dict]:
+    return [n for n in nodes if n["Resources"].get(BENCH_SLOT, 0) >= 1 and (not gpu or n["Resources"].get("GPU", 0) >= 1)]
+
+
+def need_text(gpu: bool) -> str:
+    return f'{{"{BENCH_SLOT}": 1' + (', "GPU": 1}' if gpu else "}")
+
+
+def cluster_summary() -> str:
+    import ray
+
+    res = ray.cluster_resources()
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(res.items()) if k in ("CPU", "GPU", BENCH_SLOT)) or "none"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:240]}"
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = bench.build_parser().parse_args(argv)
+    plan = bench.validate(args)
+    if args.cluster is None:
+        raise SuiteError("evaluation.cluster runs `bench --cluster ADDRESS`; pass --cluster")
+    models, toolchains, out = plan["models"], plan["toolchains"], plan["out"]
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}-ray"
+    os.environ["SUITE_RUN_ID"] = run_id
+    if args.online:
+        os.environ["SUITE_ONLINE"] = "1"
+        os.environ.setdefault("HF_HUB_OFFLINE", "0")
+    t_start = time.time()
+    failures: list[str] = []
+    say(f"run {run_id}: {', '.join(models)} x {', '.join(toolchains)} on cluster {args.cluster}; rows -> "
+        f"{args.runs_dir}, tables -> {out}")
+
+    # 1. models prepared once, here (the nodes get the files, never retrain); ceilings are measured per node
+    prepared, rc = bench.prepare_models(args, models, failures, ceilings=False)
+    if rc == 2:
+        return 2
+
+    from utils.envinfo import git_commit
+
+    env_vars = {"SUITE_GIT_COMMIT": git_commit(), "SUITE_LAUNCHER": "ray", "SUITE_RUN_ID": run_id,
+                "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0" if args.online else "1")}
+    if args.online:
+        env_vars["SUITE_ONLINE"] = "1"
+    if args.cluster == "local":  # the node is this machine: its environments and (if set) its node cache folder
+        env_vars["SUITE_VENVS_DIR"] = str(envs.venvs_dir())
+        if os.environ.get("SUITE_NODE_CACHE_DIR"):
+            env_vars["SUITE_NODE_CACHE_DIR"] = os.environ["SUITE_NODE_CACHE_DIR"]
+    if os.environ.get(CRASH_HOOK):
+        env_vars[CRASH_HOOK] = os.environ[CRASH_HOOK]
+    runtime_env = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
+
+    import ray
+
+    try:
+        where = connect(args.cluster, runtime_env)
+    except Exception as exc:  # noqa: BLE001  (a wrong address, no cluster running)
+        raise SuiteError(f"--cluster {args.cluster}: cannot connect: {_one_line(exc)}") from None
+    try:
+        nodes = alive_nodes()
+        say(f"connected to {where}: {len(nodes)} node(s), {cluster_summary()}; commit {env_vars['SUITE_GIT_COMMIT']}")
+        run_routes(args, models, toolchains, prepared, run_id, failures)
+    except KeyboardInterrupt:
+        say("interrupted: tasks cancelled; no rows written for routes that had not finished")
+        raise
+    finally:
+        ray.shutdown()
+
+    bench.note_failed_rows(args, run_id, failures)
+    bench.report(args, out, failures)
+    say(f"finished in {time.time() - t_start:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else "; all ok"))
+    return 1 if failures else 0
+
+
+def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: list[str]) -> None:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from utils.specs import ModelSource
+
+    remote = ray.remote(route_task)
+    in_run = set(toolchains)
+    jobs: list[Job] = []
+    for tc_name in toolchains:  # the run order of the declarations' `needs`
+        for m in models:
+            if m not in TOOLCHAINS[tc_name].variants or not bench._variants(args, tc_name, m):
+                continue
+            if bench.route_args(args, m, tc_name) is None:
+                continue
+            deps = [d for d in TOOLCHAINS[tc_name].needs if d in in_run and d != PREPARE_TOOLCHAIN]
+            jobs.append(Job(tc_name, m, deps))
+    needed = {(d, j.model) for j in jobs for d in j.deps}
+    by_name = {j.name: j for j in jobs}
+    packs: dict[str, object] = {}
+    args_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+    def rows_for(job: Job, status: str, reason: str, variants=None, extra=None) -> None:
+        bench.status_all(args, job.toolchain, job.model, status, reason, run_id, variants=variants, launcher="ray",
+                         env_extra={"cluster": {"attempt": job.attempt, "hosts": job.hosts, **(extra or {})}})
+
+    def finish(job: Job, status: str | None = None, reason: str = "") -> None:
+        job.finished = True
+        left = [v for v in bench._variants(args, job.toolchain, job.model) if v not in job.done]
+        if status and left:
+            rows_for(job, status, reason, variants=left)
+            if status == "failed":
+                failures.append(f"{job.name}: {reason} ({len(left)} variant(s) without rows -> failed rows)")
+            say(f"{job.name}: {status}: {reason}")
+
+    def submit(job: Job) -> object | None:
+        gpu = needs_gpu(job.toolchain)
+        nodes = suitable(alive_nodes(), gpu)
+        if not nodes:
+            status = "skipped" if job.attempt == 0 else "failed"
+            why = (f"no node of the cluster offers what {job.toolchain} needs ({need_text(gpu)}; cluster: "
+                   f"{cluster_summary()})")
+            if status == "failed":
+                why = f"no suitable node left after attempt {job.attempt} (on {', '.join(job.hosts) or 'a lost node'}): {why}"
+            finish(job, status, why)
+            return None
+        if job.model not in packs:
+            src = ModelSource(job.model, args.weights, args.weights_path, args.data)
+            packs[job.model] = ray.put(pack_folder(src.cache_dir, skip_dirs=set(TOOLCHAINS)))
+        job.attempt += 1
+        left = [v for v in bench._variants(args, job.toolchain, job.model) if v not in job.done]
+        methods = ",".join(dict.fromkeys(m for m, _ in left))
+        resources = {BENCH_SLOT: 1, **({"GPU": 1} if gpu else {})}
+        spec = {"toolchain": job.toolchain, "model": job.model, "attempt": job.attempt, "run_id": run_id,
+                "args": args_dict, "methods": methods, "resources": resources,
+                "return_artifacts": (job.toolchain, job.model) in needed}
+        opts = dict(num_cpus=1, num_gpus=1 if gpu else 0, resources={BENCH_SLOT: 1}, max_retries=0, num_returns=2)
+        fresh = [n for n in nodes if n["NodeID"] not in job.nodes]
+        if job.nodes and fresh:  # a retry goes to another suitable node where there is one
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=fresh[0]["NodeID"], soft=True)
+        dep_refs = [by_name[f"{d}/{job.model}"].artifacts for d in job.deps
+                    if by_name.get(f"{d}/{job.model}") and by_name[f"{d}/{job.model}"].artifacts is not None]
+        res_ref, art_ref = remote.options(**opts).remote(spec, packs[job.model], *dep_refs)
+        job.artifacts = art_ref
+        say(f"{job.name}: submitted (attempt {job.attempt}, needs {need_text(gpu)}, methods {methods})")
+        return res_ref
+
+    inflight: dict = {}
+    pending = []
+    for job in jobs:
+        if prepared.get(job.model) != "ok":
+            rows_for(job, "failed", prepared.get(job.model, "model not prepared"))
+            job.finished = True
+        else:
+            pending.append(job)
+    try:
+        while pending or inflight:
+            for job in list(pending):
+                if all(by_name[f"{d}/{job.model}"].finished for d in job.deps if f"{d}/{job.model}" in by_name):
+                    pending.remove(job)
+                    ref = submit(job)
+                    if ref is not None:
+                        inflight[ref] = job
+            if not inflight:
+                continue
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
+            for ref in ready:
+                job = inflight.pop(ref)
+                again = handle(job, ref, args, finish, failures)
+                if again:
+                    nref = submit(job)
+                    if nref is not None:
+                        inflight[nref] = job
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cancelling short
+        for ref in inflight:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as exc:  # noqa: BLE001  (the local cluster may already be going down with the signal)
+                say(f"cancel {inflight[ref].name}: {_one_line(exc)}")
+        raise
+
+
+def handle(job: Job, ref, args, finish, failures: list[str]) -> bool:
+    """One finished attempt: write its rows; True when the route should be tried again."""
+    import ray
+
+    try:
+        res = ray.get(ref)
+    except ray.exceptions.RayError as exc:  # the node or the worker died, the task was cancelled, ...
+        job.artifacts = None
+        why = f"task lost on the cluster ({_one_line(exc)})"
+        return _retry_or_fail(job, args, why, finish)
+    job.hosts.append(res["host"])
+    job.nodes.append(res["node_id"])
+    if "env_error" in res:
+        job.artifacts = None
+        finish(job, "skipped", f"environment could not be created on {res['host']}: {res['env_error']}")
+        return False
+    for d in res["rows"]:
+        row = ResultRow.from_dict(d)
+        write_row(row, args.runs_dir)
+        job.done.add((row.method, row.precision))
+    rc = res["rc"]
+    took = res["task_end"] - res["task_start"]
+    if rc == 0:
+        finish(job)
+        say(f"{job.name}: done on {res['host']} in {took:.0f} s ({len(res['rows'])} rows)")
+        return False
+    if rc == 2:
+        finish(job, "failed", f"route exited 2 (bad input) on {res['host']}")
+        return False
+    why = bench.died_reason(rc, res.get("peak_mb")) + f" on {res['host']}"
+    left = [v for v in bench._variants(args, job.toolchain, job.model) if v not in job.done]
+    if not left:  # as the local bench: every row is in, yet the run says the route process died
+        finish(job)
+        failures.append(f"{job.name}: {why}, after writing every variant's rows")
+        say(failures[-1])
+        return False
+    return _retry_or_fail(job, args, why, finish)
+
+
+def _retry_or_fail(job: Job, args, why: str, finish) -> bool:
+    if job.attempt <= args.retries:
+        say(f"{job.name}: attempt {job.attempt} failed: {why}; trying again")
+        return True
+    finish(job, "failed", f"{why} (attempt {job.attempt} of {args.retries + 1})")
+    return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
