@@ -1,7 +1,7 @@
 """Planted degradation: corrupt one thing on purpose and check that the suite flags it (torch env).
 
     python -m evaluation.planted                       # default plants -> results/planted/
-    python -m evaluation.planted --plants int2:fc,int3:conv1,int4:layer3.0.conv2,act-x4,act-x16
+    python -m evaluation.planted --plants int2:fc,int3:conv1,int4:layer2.0.downsample.0,int4:fc,act-x4,act-x16
 
 For each plant, the Torch.FX INT8 ResNet50 (the route's `resnet_fx`, default calibration subset) is
 corrupted after conversion (evaluation.layer_report: `int<b>:<layer>` = that layer's weights become
@@ -27,7 +27,7 @@ from utils.paths import RESULTS_DIR
 
 log = logging.getLogger("evaluation.planted")
 PLANTED_DIR = RESULTS_DIR / "planted"  # rows in runs/, tables, layer reports and the summary beside it
-DEFAULT_PLANTS = "int2:fc,int3:conv1,int4:layer3.0.conv2,act-x4,act-x16"
+DEFAULT_PLANTS = "int2:fc,int3:conv1,int4:layer2.0.downsample.0,int4:fc,act-x4,act-x16"
 
 
 def evaluate_plant(fp32, qmodel, data, base_correct, spec: str) -> dict:

@@ -64,7 +64,7 @@ def test_planted_layer_is_flagged(setup, spec, layer, min_drop):
     assert max(abs(l["local_sqnr_db"] - before[l["layer"]]) for l in others) < 3
 
 
-@pytest.mark.parametrize("spec", ["act-x4", "int4:layer3.0.conv2"])
+@pytest.mark.parametrize("spec", ["act-x4", "int4:fc", "int4:layer2.0.downsample.0"])
 def test_fidelity_columns_see_faults_top1_does_not(setup, spec):
     """Faults that leave top-1 (almost) unchanged still show in the logit SQNR / KL against FP32."""
     from evaluation.planted import evaluate_plant
