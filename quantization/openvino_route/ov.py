@@ -3,7 +3,7 @@
 openvino and nncf are imported inside the functions, so importing this module needs only numpy.
 Every failure a user can cause (missing or corrupt model file) is a one-line SuiteError.
 
-Pitfalls these functions guard against (see docs/routes/openvino.md once the route lands):
+Pitfalls these functions guard against (docs/routes/openvino.md has the full list):
 - The CPU plugin's default INFERENCE_PRECISION_HINT is bf16 on CPUs with AVX512_BF16/AMX, so an
   "FP32" row would silently compute in bf16: `compile_cpu` sets f32 and reads it back.
 - `ov.save_model` compresses FP32 weights to FP16 by default: `save_model` passes compress_to_fp16=False.
