@@ -181,7 +181,8 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
                 "src_sha": src_sha}
 
     path, meta, reused = oc.cached_artifact(out, build)
-    notes = [pre_note, f"QDQ per-channel U8/S8, {CALIB_METHODS[method]} calibration"]
+    notes = [pre_note, f"QDQ per-channel U8/S8 (ActivationSymmetric=False, WeightSymmetric=True; S8 activations "
+                       f"measured slower on the CPU EP), {CALIB_METHODS[method]} calibration"]
     if lm:
         notes.append(f"{meta.get('quantized_nodes')} weight MatMul/Gemm quantized, attention MatMuls FP32, "
                      f"LM head {meta.get('lm_head')}")

@@ -151,6 +151,20 @@ _DECLS = (
         marker="D",
     ),
     Toolchain(
+        name="openvino",
+        route="quantization.openvino_route.route:ROUTE",
+        env=EnvDecl("openvino", (Part("openvino.txt"),), tests="tests/openvino"),
+        # int8: NNCF post-training quantization (GPT-2 with model_type=transformer); int8-wo / int4-wo: NNCF
+        # weight-only compression (INT8_ASYM; INT4_SYM, group 128, embedding and LM head kept INT8_ASYM by NNCF)
+        variants={"resnet50": (("fp32", "fp32"), ("int8", "int8")),
+                  "gpt2": (("fp32", "fp32"), ("int8", "int8"), ("int8-wo", "int8"), ("int4-wo", "int4"))},
+        packages=_BASE + ("openvino", "nncf", "onnx"),
+        devices=("cpu",),
+        needs=("torch",),  # reads the FP32 ONNX that models.prepare exports
+        baseline=("openvino", "fp32"),
+        marker="P",
+    ),
+    Toolchain(
         name="modelopt-tripy",
         route="quantization.modelopt_tripy.route:ROUTE",
         env=EnvDecl("modelopt-tripy", (Part("modelopt-tripy.txt"), Part("modelopt-tripy-gpu.txt", optional=True)),

@@ -519,6 +519,18 @@ def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: 
     return rows
 
 
+# ------------------------------------------------------------------------------ calibration feed
+
+CALIB_BATCH = {"image-classification": 16, "language-model": 8}  # calibration feed batch size per task
+
+
+def calibration_batches(ctx: ModelContext, batch_size: int | None = None) -> list[np.ndarray]:
+    """The configured calibration samples, in order, cut into batches (every sample exactly once)."""
+    arr = ctx.task.calib_array(ctx.data)
+    bs = batch_size or CALIB_BATCH[ctx.task.kind]
+    return [arr[i:i + bs] for i in range(0, arr.shape[0], bs)]
+
+
 def cfg_verbose() -> bool:
     return logging.getLogger().isEnabledFor(logging.DEBUG)
 

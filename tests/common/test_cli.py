@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from utils.paths import REPO_ROOT
+from utils.registry import TOOLCHAINS
 
 
 def run(*args):
@@ -13,7 +14,7 @@ def run(*args):
 
 @pytest.mark.parametrize("args,expect", [
     (["--models", "vgg16"], "unknown model 'vgg16'; valid: resnet50, gpt2"),
-    (["--toolchains", "tflite"], "unknown toolchain 'tflite'; valid: torch, onnxruntime, modelopt-onnx, modelopt-tripy, tensorrt"),
+    (["--toolchains", "tflite"], f"unknown toolchain 'tflite'; valid: {', '.join(TOOLCHAINS)}"),  # the declaration's
     (["--calib-samples", "0"], "argument --calib-samples: must be >= 1, got 0"),
     (["--threads", "-2"], "argument --threads: must be >= 1, got -2"),
     (["--eval-limit", "0"], "argument --eval-limit: must be >= 1, got 0"),

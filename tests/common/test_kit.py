@@ -7,6 +7,7 @@ import pytest
 
 from quantization import kit
 from quantization.kit import Built, Calibration, Route, SkipVariant
+from utils.errors import SuiteError
 from utils.rows import read_attempts, read_rows
 from utils.specs import ModelSource
 
@@ -132,3 +133,34 @@ def test_build_variant_is_the_public_build_api(cache, monkeypatch):
     assert ctx.task.kind == "image-classification" and ctx.hashes["n_calib"] == 16
     s = kit.score_built(ctx, built)
     assert s.n == 359 and built.calibration.samples == 16
+
+
+def test_cached_artifact_with_companions_is_verified_and_made_again(tmp_path, caplog):
+    """kit.cache: a main file plus companions (an IR .xml + .bin); a changed companion makes it again."""
+    from quantization.kit import cache
+
+    made = []
+
+    def make(tmp_out):
+        made.append(tmp_out)
+        tmp_out.write_text("<xml/>")
+        tmp_out.with_suffix(".bin").write_bytes(b"\x01" * 64)
+        return {"how": "test"}
+
+    out = cache.artifact_path(tmp_path, "int8", {"src": "a"}, suffix=".xml")
+    p, meta, reused = cache.cached_artifact(out, make, companions=(".bin",))
+    assert p == out and not reused and ".bin" in meta["companions"] and out.with_suffix(".bin").is_file()
+    assert cache.cached_artifact(out, make, companions=(".bin",))[2] is True and len(made) == 1
+    out.with_suffix(".bin").write_bytes(b"\x01" * 10)  # truncated weights
+    _, _, reused = cache.cached_artifact(out, make, companions=(".bin",))
+    assert not reused and len(made) == 2 and out.with_suffix(".bin").read_bytes() == b"\x01" * 64
+    assert "cached artifact not reused" in caplog.text
+
+    def forgets_bin(tmp_out):
+        tmp_out.write_text("<xml/>")
+        return {}
+
+    other = cache.artifact_path(tmp_path, "int8", {"src": "b"}, suffix=".xml")
+    with pytest.raises(SuiteError, match="wrote no"):
+        cache.cached_artifact(other, forgets_bin, companions=(".bin",))
+    assert not other.exists()

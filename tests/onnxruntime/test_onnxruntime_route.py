@@ -147,6 +147,7 @@ def test_cli_end_to_end_rows_and_cache(tmp_path, h):
     fp = by[("resnet50", "fp32", 1)]
     assert fp["compute_precision"] == "fp32" and fp["latency_kind"] == "host-wall" and fp["throughput_unit"] == "images/s"
     assert fp["extra"]["n_eval"] == 64 and fp["top5"] >= fp["value"]
+    assert "ORT_ENABLE_ALL" in fp["notes"] and "session.intra_op.allow_spinning=0" in fp["notes"]  # fast path, recorded
     for m in ("minmax", "entropy", "percentile"):
         q = by[("resnet50", m, 2)]
         assert q["compute_precision"] == "int8" and q["calib_samples"] == 16 and q["calib_method"] == m
