@@ -74,6 +74,7 @@ class Toolchain:
     variants: dict[str, tuple[tuple[str, str], ...]]
     packages: tuple[str, ...] = ()  # distributions recorded in every row's environment record
     devices: tuple[str, ...] = ("cpu",)  # devices its rows may target ("cpu", "cuda")
+    device_flag: bool = False  # its route takes `--devices` (comma list of the declared devices, or auto)
     needs: tuple[str, ...] = ()  # toolchains whose artifacts it reads (they run first)
     # (toolchain, method) of the FP32 row that deltas and `speedup` compare against
     baseline: tuple[str, str] | None = None
@@ -104,6 +105,7 @@ class Toolchain:
 
 
 _ONNX_MODELS = ("resnet50", "gpt2")
+_TORCH_HALF = (("eager-fp16", "fp16"), ("eager-bf16", "bf16"), ("inductor-fp16", "fp16"), ("inductor-bf16", "bf16"))
 _BASE = ("numpy", "scikit-learn")
 
 _DECLS = (
@@ -111,13 +113,18 @@ _DECLS = (
         name="torch",
         route="quantization.torch_route:ROUTE",
         env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch"),
+        # fx/pt2e: x86 CPU backend only; *-fp16/*-bf16: cuda, and the CPU where oneDNN has that dtype natively
         variants={
-            "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8")),
-            "gpt2": (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8")),
+            "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"),
+                         *_TORCH_HALF),
+            "gpt2": (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"), ("inductor", "fp32"),
+                     *_TORCH_HALF),
         },
         packages=_BASE + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx", "datasets"),
+        devices=("cpu", "cuda"),
+        device_flag=True,
         baseline=("torch", "eager"),
-        method_baselines={"pt2e": "inductor"},
+        method_baselines={"pt2e": "inductor", "inductor-fp16": "inductor", "inductor-bf16": "inductor"},
         marker="o",
         prepares_models=True,
     ),
@@ -129,6 +136,7 @@ _DECLS = (
                   for m in _ONNX_MODELS},
         packages=_BASE + ("onnx", "onnxruntime", "onnxruntime-gpu"),
         devices=("cpu", "cuda"),
+        device_flag=True,
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
         marker="s",
@@ -140,6 +148,7 @@ _DECLS = (
         variants={m: (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")) for m in _ONNX_MODELS},
         packages=_BASE + ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt"),
         devices=("cpu", "cuda"),
+        device_flag=True,
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
         marker="D",
