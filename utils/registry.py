@@ -55,11 +55,15 @@ class EnvDecl:
     name: str
     parts: tuple[Part, ...]
     tests: str | None = None  # tests folder run inside this environment by the test command
+    # top-level modules its required parts provide: checked in an existing interpreter (--python NAME=PATH,
+    # --use-current-python) before anything runs; optional parts (TensorRT, nvtripy) are not listed
+    imports: tuple[str, ...] = ()
 
 
 # environments that are not a toolchain: the shared layer's tests and the report (pandas, matplotlib, scipy)
 SUPPORT_ENVS: dict[str, EnvDecl] = {
-    "report": EnvDecl("report", (Part("report.txt"),), tests="tests/common"),
+    "report": EnvDecl("report", (Part("report.txt"),), tests="tests/common",
+                      imports=("numpy", "pandas", "matplotlib", "scipy", "tabulate")),
 }
 
 
@@ -107,12 +111,14 @@ class Toolchain:
 _ONNX_MODELS = ("resnet50", "gpt2")
 _TORCH_HALF = (("eager-fp16", "fp16"), ("eager-bf16", "bf16"), ("inductor-fp16", "fp16"), ("inductor-bf16", "bf16"))
 _BASE = ("numpy", "scikit-learn")
+_BASE_IMPORTS = ("numpy", "sklearn", "tqdm")
 
 _DECLS = (
     Toolchain(
         name="torch",
         route="quantization.torch_route:ROUTE",
-        env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch"),
+        env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch",
+                    imports=_BASE_IMPORTS + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx")),
         # fx/pt2e: x86 CPU backend only; *-fp16/*-bf16: cuda, and the CPU where oneDNN has that dtype natively
         variants={
             "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"),
@@ -131,7 +137,8 @@ _DECLS = (
     Toolchain(
         name="onnxruntime",
         route="quantization.onnxruntime_route:ROUTE",
-        env=EnvDecl("onnxruntime", (Part("onnxruntime.txt"),), tests="tests/onnxruntime"),
+        env=EnvDecl("onnxruntime", (Part("onnxruntime.txt"),), tests="tests/onnxruntime",
+                    imports=_BASE_IMPORTS + ("onnx", "onnxruntime")),
         variants={m: (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8"))
                   for m in _ONNX_MODELS},
         packages=_BASE + ("onnx", "onnxruntime", "onnxruntime-gpu"),
@@ -144,7 +151,8 @@ _DECLS = (
     Toolchain(
         name="modelopt-onnx",
         route="quantization.modelopt_onnx_route:ROUTE",
-        env=EnvDecl("modelopt-onnx", (Part("modelopt-onnx.txt"),), tests="tests/modelopt_onnx"),
+        env=EnvDecl("modelopt-onnx", (Part("modelopt-onnx.txt"),), tests="tests/modelopt_onnx",
+                    imports=_BASE_IMPORTS + ("torch", "onnx", "onnxruntime", "modelopt", "requests")),
         variants={m: (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")) for m in _ONNX_MODELS},
         packages=_BASE + ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt"),
         devices=("cpu", "cuda"),
@@ -157,7 +165,8 @@ _DECLS = (
         name="modelopt-tripy",
         route="quantization.modelopt_tripy.route:ROUTE",
         env=EnvDecl("modelopt-tripy", (Part("modelopt-tripy.txt"), Part("modelopt-tripy-gpu.txt", optional=True)),
-                    tests="tests/modelopt_tripy"),
+                    tests="tests/modelopt_tripy",
+                    imports=_BASE_IMPORTS + ("torch", "transformers", "tokenizers", "modelopt", "requests")),
         variants={"gpt2": (("fp32", "fp32"), ("int8-weight-only", "int8"), ("int4-weight-only", "int4"),
                            ("float8", "fp8"))},
         packages=_BASE + ("torch", "transformers", "tokenizers", "nvidia-modelopt", "nvtripy", "tensorrt-cu12",
@@ -171,7 +180,8 @@ _DECLS = (
     Toolchain(
         name="tensorrt",
         route="quantization.tensorrt_route.route:ROUTE",
-        env=EnvDecl("tensorrt", (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)), tests="tests/tensorrt"),
+        env=EnvDecl("tensorrt", (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)), tests="tests/tensorrt",
+                    imports=_BASE_IMPORTS + ("onnx", "cuda.bindings")),
         variants={m: (("fp32", "fp32"), ("fp16", "fp16"), ("int8-entropy", "int8"), ("int8-qdq", "int8"))
                   for m in _ONNX_MODELS},
         packages=_BASE + ("onnx", "tensorrt", "tensorrt-cu12", "cuda-python", "cuda-bindings"),
