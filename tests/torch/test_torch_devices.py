@@ -16,7 +16,7 @@ from utils.harness import measure
 from utils.paths import REPO_ROOT
 from utils.registry import TOOLCHAINS
 
-NO_CAPS = {"cpu_fp16": False, "cpu_bf16": False, "cuda_bf16": False, "cpu_half": False}
+NO_CAPS = {"cpu_fp16": False, "cpu_bf16": False, "cuda_bf16": False}
 
 
 def test_declaration_has_cuda_and_the_half_variants():
@@ -50,13 +50,11 @@ def test_cpu_only_methods_are_skipped_on_cuda_with_the_x86_reason(method):
 
 
 def test_half_precision_plan_on_cpu_and_cuda():
-    # no native fp16 on this CPU: skipped, opt-in or not
-    why = tr.device_plan("eager-fp16", "cpu", {**NO_CAPS, "cpu_half": True})
+    # no native fp16 on this CPU: skipped, saying so; native bf16: runs
+    why = tr.device_plan("eager-fp16", "cpu", NO_CAPS)
     assert "no native FP16" in why and "cuda" in why
-    # native bf16 but not opted in: skipped, saying how to opt in
-    why = tr.device_plan("inductor-bf16", "cpu", {**NO_CAPS, "cpu_bf16": True})
-    assert "--cpu-half" in why
-    assert tr.device_plan("inductor-bf16", "cpu", {**NO_CAPS, "cpu_bf16": True, "cpu_half": True}) is None
+    assert "no native BF16" in tr.device_plan("inductor-bf16", "cpu", NO_CAPS)
+    assert tr.device_plan("inductor-bf16", "cpu", {**NO_CAPS, "cpu_bf16": True}) is None
     # cuda: fp16 always, bf16 where the GPU supports it
     assert tr.device_plan("eager-fp16", "cuda", NO_CAPS) is None
     assert "bfloat16" in tr.device_plan("eager-bf16", "cuda", NO_CAPS)
