@@ -257,9 +257,8 @@ def _build_image(method: str):
         import torch
 
         dtype = _dtype(prec)
-        model = _resnet(ctx)
-        size = state_size_mb(model.state_dict())
-        model = model.to(device=device, dtype=dtype)
+        model = _resnet(ctx).to(device=device, dtype=dtype)
+        size = state_size_mb(model.state_dict())  # in the variant's dtype
         notes = _device_notes(device, prec)
         cl = device == "cpu" and base in CPU_CHANNELS_LAST
         if cl:
@@ -383,9 +382,8 @@ def _build_lm(method: str):
     def build(ctx: ModelContext, device: str) -> Built:
         from models.embedded import load_gpt2
 
-        model = load_gpt2(ctx.manifest["hf_dir"])
-        size = state_size_mb(model.state_dict())
-        model = model.to(device=device, dtype=_dtype(prec))
+        model = load_gpt2(ctx.manifest["hf_dir"]).to(device=device, dtype=_dtype(prec))
+        size = state_size_mb(model.state_dict())  # in the variant's dtype
         notes = ["HF GPT2LMHeadModel (sdpa attention)"] + _device_notes(device, prec)
         if base == "inductor":
             model = _compile(model)
