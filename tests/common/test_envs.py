@@ -114,3 +114,13 @@ def test_rows_record_the_interpreter(monkeypatch):
     assert rec["interpreter"] == sys.executable and rec["interpreter_source"].startswith("existing interpreter")
     monkeypatch.delenv("SUITE_ENV_SOURCE")
     assert envinfo.environment_record()["interpreter_source"] in ("suite venv", "not a suite venv (run directly)")
+
+
+def test_test_command_checks_the_existing_interpreter_first(overrides, monkeypatch, capsys):
+    from evaluation import test as test_cmd
+
+    monkeypatch.setitem(envs.IMPORTS, "report", ("no_such_module_for_the_suite_test",))
+    monkeypatch.setattr(envs, "run_in_env", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran pytest")))
+    assert test_cmd.main(["report", "--python", f"report={sys.executable}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lacks no_such_module_for_the_suite_test" in err
