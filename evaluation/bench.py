@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-report", action="store_true", help="skip the aggregation step")
     ap.add_argument("--ceilings", default=True, action=argparse.BooleanOptionalAction,
                     help="measure the device's matmul ceilings for the efficiency column (a few seconds)")
+    ap.add_argument("--devices", default=None,
+                    help="comma list of cpu,cuda: routes that take --devices get the ones they declare; toolchains "
+                         "declaring none of them are left out (default: each route's own default, e.g. auto)")
+    ap.add_argument("--python", action="append", default=[], metavar="ENV=PATH",
+                    help="run environment ENV (a toolchain's, or report) with an existing interpreter that already "
+                         "holds its packages, e.g. torch=/usr/bin/python3: no venv is created; its declared modules "
+                         "are checked first (repeatable)")
+    ap.add_argument("--use-current-python", action="store_true",
+                    help="every selected toolchain runs in the interpreter running the bench (no venvs); "
+                         "--python ENV=PATH still wins for ENV")
     ap.add_argument("--update-readme", action="store_true",
                     help="also rewrite the README's results block and the generated blocks in docs/ from this "
                          "run's table (use when committing results/)")
@@ -149,10 +159,46 @@ def validate(args) -> dict:
         check_cluster_address(args.cluster)
     if args.retries < 0 or args.retries > 10:
         raise SuiteError(f"--retries {args.retries}: pass 0 to 10")
+    if args.devices:
+        devs = parse_list("device", args.devices, ("cpu", "cuda"))
+        toolchains = tuple(t for t in toolchains if set(devs) & set(TOOLCHAINS[t].devices))
+        if not toolchains:
+            raise SuiteError(f"no selected toolchain declares a device in --devices {args.devices}")
     out = report_dir(args.runs_dir, args.out)
     _writable(args.runs_dir, "--runs-dir")
     _writable(out, "report folder")
+    check_interpreters(args, toolchains)
     return {"models": models, "toolchains": toolchains, "out": out}
+
+
+def needed_envs(args, toolchains) -> list[str]:
+    """The environments this run uses: the model-preparing one, each toolchain's, the report's."""
+    names = [TOOLCHAINS[PREPARE_TOOLCHAIN].env.name, *(TOOLCHAINS[t].env.name for t in toolchains)]
+    return list(dict.fromkeys(names + ([] if args.no_report else ["report"])))
+
+
+def check_interpreters(args, toolchains, extra: tuple[str, ...] = ()) -> dict:
+    """--python / --use-current-python: set the interpreters, and check each needed one holds its declared modules
+    (one line, exit 2, before anything runs)."""
+    needed = needed_envs(args, toolchains)
+    tc_envs = [n for n in needed if n != "report"]
+    try:
+        overrides = envs.parse_python_flags(args.python, args.use_current_python, tc_envs)
+    except envs.EnvError as exc:
+        raise SuiteError(str(exc)) from None
+    for name in needed:
+        if name in overrides:
+            why = envs.missing_imports(name, extra)
+            if why:
+                raise SuiteError(why + ("; or select fewer --toolchains" if args.use_current_python else ""))
+    return overrides
+
+
+def _devices_of(args, toolchain: str) -> list[str]:
+    declared = TOOLCHAINS[toolchain].devices
+    if not args.devices:
+        return [TOOLCHAINS[toolchain].default_device()]
+    return [d for d in args.devices.split(",") if d in declared]
 
 
 def route_args(args, model: str, toolchain: str) -> list[str] | None:
@@ -162,6 +208,8 @@ def route_args(args, model: str, toolchain: str) -> list[str] | None:
                       ("--calib-samples", args.calib_samples), ("--eval-limit", args.eval_limit)):
         if val is not None:
             out += [flag, str(val)]
+    if args.devices and TOOLCHAINS[toolchain].device_flag:
+        out += ["--devices", ",".join(_devices_of(args, toolchain))]
     if args.methods:
         mine = [m for m in args.methods.split(",") if m in TOOLCHAINS[toolchain].methods(model)]
         if not mine:
@@ -190,12 +238,13 @@ def status_all(args, toolchain: str, model: str, status: str, reason: str, run_i
     tc = TOOLCHAINS[toolchain]
     env = {"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "launcher": launcher,
            "host": platform.node(), **(env_extra or {})}
-    for row in status_rows(status=status, reason=reason, model=model, weights=args.weights,
-                           dataset=DATASET_NAME.get((model, args.weights), str(args.data)), toolchain=toolchain,
-                           variants=variants if variants is not None else _variants(args, toolchain, model),
-                           device=tc.default_device(), batches=_batches_of(args, model), metric=METRIC[model],
-                           eval_limit=args.eval_limit, environment=env):
-        write_row(row, args.runs_dir)
+    for device in _devices_of(args, toolchain) if getattr(args, "devices", None) else [tc.default_device()]:
+        for row in status_rows(status=status, reason=reason, model=model, weights=args.weights,
+                               dataset=DATASET_NAME.get((model, args.weights), str(args.data)), toolchain=toolchain,
+                               variants=variants if variants is not None else _variants(args, toolchain, model),
+                               device=device, batches=_batches_of(args, model), metric=METRIC[model],
+                               eval_limit=args.eval_limit, environment=env):
+            write_row(row, args.runs_dir)
 
 
 def _this_run(rows: list[ResultRow], run_id: str) -> list[ResultRow]:
@@ -356,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     failures: list[str] = []
     say(f"run {run_id}: {', '.join(models)} x {', '.join(toolchains)}; rows -> {args.runs_dir}, tables -> {out}")
+    for name, python in envs.OVERRIDES.items():
+        say(f"environment '{name}': existing interpreter {python} (no venv)")
 
     # 1. prepare every model (train/load, tokenise, export ONNX, count ops) and measure the device's ceilings
     prepared, rc = prepare_models(args, models, failures, ceilings=args.ceilings)

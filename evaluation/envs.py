@@ -65,8 +65,74 @@ def env_dir(name: str) -> Path:
     return venvs_dir() / name
 
 
+# environment name -> an existing interpreter that already holds it (bench/test --python NAME=PATH,
+# --use-current-python): no virtualenv is created or checked for these, their declared imports are
+IMPORTS: dict[str, tuple[str, ...]] = {name: decl.imports for name, decl in all_envs().items()}
+OVERRIDES: dict[str, Path] = {}
+
+
 def env_python(name: str) -> Path:
+    if name in OVERRIDES:
+        return OVERRIDES[name]
     return env_dir(name) / "bin" / "python"
+
+
+def use_python(name: str, python: str | Path) -> Path:
+    """Run environment `name` with an existing interpreter (no venv). Raises EnvError (one line) if it is not one."""
+    if name not in ENVS:
+        raise EnvError(f"unknown environment {name!r} in --python; valid: {', '.join(ENVS)}")
+    p = Path(python).expanduser()
+    if not p.is_file() or not os.access(p, os.X_OK):
+        raise EnvError(f"--python {name}={python}: no executable interpreter at {p}")
+    OVERRIDES[name] = p.absolute()
+    return OVERRIDES[name]
+
+
+def parse_python_flags(items: list[str] | None, use_current: bool, current_for) -> dict[str, Path]:
+    """--python NAME=PATH (repeatable) and --use-current-python (the environments in `current_for` run in
+    sys.executable; an explicit --python for one of them wins). Sets OVERRIDES; returns them."""
+    if use_current:
+        for name in current_for:
+            use_python(name, sys.executable)
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EnvError(f"--python {item!r}: expected NAME=PATH, e.g. torch=/usr/bin/python3")
+        use_python(name.strip(), path.strip())
+    return dict(OVERRIDES)
+
+
+_IMPORT_CHECK = (
+    "import importlib.util, sys\n"
+    "missing = []\n"
+    "for m in sys.argv[1:]:\n"
+    "    try:\n"
+    "        found = importlib.util.find_spec(m) is not None\n"
+    "    except (ImportError, ValueError):\n"
+    "        found = False\n"
+    "    if not found:\n"
+    "        missing.append(m)\n"
+    "print(' '.join(missing))\n"
+)
+
+
+def missing_imports(name: str, extra: tuple[str, ...] = ()) -> str | None:
+    """One line naming what environment `name`'s interpreter lacks of its declared modules (found without
+    being imported: some need a GPU at import), or None."""
+    python = env_python(name)
+    mods = tuple(dict.fromkeys(IMPORTS.get(name, ()) + extra))
+    try:
+        p = subprocess.run([str(python), "-c", _IMPORT_CHECK, *mods], capture_output=True, text=True, timeout=120,
+                           cwd=REPO_ROOT)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"environment '{name}': {python} could not be run ({exc})"
+    if p.returncode != 0:
+        return f"environment '{name}': {python} could not check its modules: {(p.stderr.strip().splitlines() or ['?'])[-1]}"
+    missing = p.stdout.split()
+    if missing:
+        return (f"environment '{name}': {python} lacks {', '.join(missing)} (declared for '{name}' in "
+                f"utils/registry.py); install them there, or drop --python {name}=... to use a suite venv")
+    return None
 
 
 def read_stamp(name: str) -> dict | None:
@@ -89,6 +155,8 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
     """Create (or reuse) the environment; return its stamp. Raises EnvError with a one-line reason."""
     if name not in ENVS:
         raise EnvError(f"unknown environment {name!r}; valid: {', '.join(ENVS)}")
+    if name in OVERRIDES:  # an existing interpreter: nothing to create (its modules were checked up front)
+        return {"existing_python": str(OVERRIDES[name]), "optional_failed": {}}
     if is_ready(name):
         return read_stamp(name)
     d = env_dir(name)
@@ -147,9 +215,13 @@ def _last_error(log: Path) -> str:
     return msg[:300]
 
 
-def _child_env(extra: dict | None = None) -> dict:
+def _child_env(name: str | None = None, extra: dict | None = None) -> dict:
     """The child's environment: ours, the repository on PYTHONPATH, `extra` on top (a None value removes a name)."""
     env = dict(os.environ)
+    if name in OVERRIDES:  # recorded in the rows' environment record (utils/envinfo.py)
+        env["SUITE_ENV_SOURCE"] = f"existing interpreter {OVERRIDES[name]} (--python {name}=...)"
+    else:
+        env.pop("SUITE_ENV_SOURCE", None)
     for k, v in (extra or {}).items():
         if v is None:
             env.pop(k, None)
@@ -165,12 +237,12 @@ def _child_env(extra: dict | None = None) -> dict:
 
 def run_in_env(name: str, args: list[str], extra_env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run `<env python> <args>` from the repository root (so `-m package.module` resolves)."""
-    return subprocess.run([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(extra_env), **kwargs)
+    return subprocess.run([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(name, extra_env), **kwargs)
 
 
 def popen_in_env(name: str, args: list[str], extra_env: dict | None = None, **kwargs) -> subprocess.Popen:
     """Start `<env python> <args>` from the repository root; the caller waits (and may watch its memory)."""
-    return subprocess.Popen([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(extra_env), **kwargs)
+    return subprocess.Popen([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(name, extra_env), **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

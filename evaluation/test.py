@@ -39,11 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("envs", nargs="*", default=list(TEST_DIRS), help=f"environments: {', '.join(TEST_DIRS)}")
     ap.add_argument("-k", default=None, help="pytest -k expression")
     ap.add_argument("-x", action="store_true", help="stop each env at its first failure")
+    ap.add_argument("--python", action="append", default=[], metavar="ENV=PATH",
+                    help="run ENV's tests with an existing interpreter that holds its packages (no venv; repeatable)")
+    ap.add_argument("--use-current-python", action="store_true",
+                    help="run every selected environment's tests in this interpreter (no venvs)")
     args = ap.parse_args(argv)
     bad = [e for e in args.envs if e not in TEST_DIRS]
     if bad:
         print(f"error: unknown environment {bad[0]!r}; valid: {', '.join(TEST_DIRS)}", file=sys.stderr)
         return 2
+    try:
+        overrides = envs.parse_python_flags(args.python, args.use_current_python, args.envs)
+    except envs.EnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name in args.envs:
+        why = envs.missing_imports(name, ("pytest",)) if name in overrides else None
+        if why:
+            print(f"error: {why}", file=sys.stderr)
+            return 2
     total = {"passed": 0, "failures": 0, "errors": 0, "skipped": 0}
     problems = []
     t_all = time.time()

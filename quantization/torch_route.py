@@ -10,6 +10,13 @@ pt2e is compared with FP32 under the same compiler). GPT-2: `eager` FP32, `weigh
 `dynamic` INT8 (torchao) of the transformer blocks' linear layers: HF GPT-2 implements them as
 `Conv1D` (weight stored (in, out)), so they are first converted to equivalent `nn.Linear`
 (weight transposed) that torchao can quantize. The LM head (tied to the embedding) stays FP32.
+
+Both models also have `eager-fp16`/`eager-bf16` (the module cast to that dtype) and `inductor-fp16`/
+`inductor-bf16` (the same, through torch.compile); GPT-2 has `inductor` (FP32 compiled) too. Devices
+(`--devices`, default auto: cpu, plus cuda when torch.cuda.is_available()): on cuda the inputs are
+resident on the GPU and each timed call is bracketed by CUDA events (latency_kind "cuda-events");
+fx and pt2e are CPU-only (x86 backend); a half-precision variant runs on the CPU only where oneDNN
+reports native support for that dtype (AVX512-BF16 here: bf16 runs, fp16 is skipped; `device_plan`).
 """
 from __future__ import annotations
 
@@ -18,11 +25,12 @@ import io
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from quantization.kit import Built, Calibration, ModelContext, Route, main_for, unavailable_import
+from quantization.kit import Built, Calibration, ModelContext, Route, SkipVariant, main_for, unavailable_import
 from utils.torchvision_compat import import_torchvision
 
 log = logging.getLogger("quantization.torch_route")
@@ -61,14 +69,63 @@ def graph_tensor_mb(gm) -> float:
     return total / 1e6
 
 
-def torch_predict(model) -> Callable[[np.ndarray], np.ndarray]:
+def torch_predict(model, device: str = "cpu", dtype=None, channels_last: bool = False
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+    """NumPy batch -> logits (float32 NumPy): the input moved to `device` (and cast to `dtype`) first."""
     import torch
 
     def fn(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(x)).float().numpy()
+            return model(_to_device(torch.from_numpy(x), device, dtype, channels_last)).float().cpu().numpy()
 
     return fn
+
+
+def _to_device(t, device: str, dtype=None, channels_last: bool = False):
+    import torch
+
+    if device != "cpu" or dtype is not None:
+        t = t.to(device=device, dtype=dtype)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+def cuda_event_timer(torch_module=None) -> Callable[[Callable[[], object]], float]:
+    """`timer(fn) -> ms` for the harness: fn bracketed by a pair of CUDA events on the current stream,
+    the end event synchronised before reading (the GPU time of the queued work, not the host's)."""
+    def timer(fn: Callable[[], object]) -> float:
+        torch = torch_module or __import__("torch")
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+
+    return timer
+
+
+def timing_plug(device: str) -> dict:
+    """Built fields for timing on `device`: CUDA events on cuda, the host wall clock on cpu."""
+    if device == "cuda":
+        return dict(timer=cuda_event_timer(), latency_kind="cuda-events")
+    return {}
+
+
+def device_timed(model, device: str, dtype=None, channels_last: bool = False, call=None):
+    """Built.timed: the latency input is moved to the device (and cast) once, untimed; the timed call runs the
+    model on it and leaves the output where it is (no copy back)."""
+    import torch
+
+    def timed(x: np.ndarray):
+        xt = _to_device(torch.from_numpy(x), device, dtype, channels_last)
+
+        def once():
+            with torch.inference_mode():
+                return call(model, xt) if call is not None else model(xt)
+
+        return once
+
+    return timed
 
 
 SCORE_BATCH = 120  # classification scoring batch; padded so compiled models see one shape
@@ -107,7 +164,9 @@ def _pt2e_prepared(model, example):
     # batch dynamic; spatial dims static (at 16x16 the last stages are 1x1, which export specialises)
     ep = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
                              strict=True)
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    # the documented x86 defaults, spelled out: static PTQ, full-range u8 activations (VNNI: no reduce_range)
+    config = xiq.get_default_x86_inductor_quantization_config(is_qat=False, is_dynamic=False, reduce_range=False)
+    quantizer = xiq.X86InductorQuantizer().set_global(config)
     return prepare_pt2e(ep.module(), quantizer)
 
 
@@ -157,33 +216,92 @@ def _calibration(ctx: ModelContext, seconds: float, method: str = "minmax+histog
     return Calibration(len(ctx.task.calib_array(ctx.data)), seconds, method)
 
 
-def build_eager_image(ctx: ModelContext) -> Built:
-    model = _resnet(ctx)
-    return Built(torch_predict(model), size_mb=state_size_mb(model.state_dict()), compute_precision="fp32",
-                 score_batch=SCORE_BATCH, score_pad=True, handle=model)
+# method suffix -> (torch dtype name, precision label); no suffix: FP32
+HALF = {"fp16": "float16", "bf16": "bfloat16"}
 
 
-def build_fx(ctx: ModelContext) -> Built:
+def split_method(method: str) -> tuple[str, str]:
+    """'eager-bf16' -> ('eager', 'bf16'); 'inductor' -> ('inductor', 'fp32')."""
+    base, _, suffix = method.rpartition("-")
+    return (base, suffix) if base and suffix in HALF else (method, "fp32")
+
+
+def _dtype(prec: str):
+    import torch
+
+    return getattr(torch, HALF[prec]) if prec in HALF else None
+
+
+def _device_notes(device: str, prec: str) -> list[str]:
+    notes = []
+    if prec != "fp32":
+        notes.append(f"module and inputs cast to {HALF[prec]}; logits scored in float32")
+    if device == "cuda":
+        notes.append("cuda: input resident on the GPU, output left there; timed with CUDA events")
+    return notes
+
+
+# CPU fast path (docs/routes/torch.md "Fast-path settings"): channels-last (NHWC) weights and inputs let oneDNN
+# run ResNet50's convolutions without reordering to its blocked layout on every call; measured faster for eager
+# FP32 on the 2-core build machine, no gain for inductor (freezing already picks layouts) or FX INT8 (its
+# quantized kernels reorder internally)
+CPU_CHANNELS_LAST = ("eager",)
+CHANNELS_LAST_NOTE = "channels_last memory format (weights and input, converted in the timed call)"
+
+
+def _build_image(method: str):
+    """eager / inductor, FP32 or cast to fp16/bf16, on cpu or cuda."""
+    base, prec = split_method(method)
+
+    def build(ctx: ModelContext, device: str) -> Built:
+        import torch
+
+        dtype = _dtype(prec)
+        model = _resnet(ctx).to(device=device, dtype=dtype)
+        size = state_size_mb(model.state_dict())  # in the variant's dtype
+        notes = _device_notes(device, prec)
+        cl = device == "cpu" and base in CPU_CHANNELS_LAST
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+            notes.insert(0, CHANNELS_LAST_NOTE)
+        if base == "inductor":
+            model = _compile(model)
+            notes.insert(0, "torch.compile (inductor, freezing); compile time in first_call_ms")
+        extra = dict(score_batch=SCORE_BATCH, score_pad=True, notes=notes, **timing_plug(device))
+        if device != "cpu":
+            extra["timed"] = device_timed(model, device, dtype)
+        return Built(torch_predict(model, device, dtype, channels_last=cl), size_mb=size, compute_precision=prec,
+                     handle=model, **extra)
+
+    return build
+
+
+def build_fx(ctx: ModelContext, device: str = "cpu") -> Built:
     t0 = time.time()
     model = resnet_fx(_resnet(ctx), ctx.task.calib_array(ctx.data))
     calib_s = time.time() - t0
     # a converted FX model that first ran at 16x16 stays ~5x slower at 224x224 (kernel state kept from the
-    # first shape); the timed copy has only ever seen the latency shape
-    timed = torch_predict(copy.deepcopy(model))
-    return Built(torch_predict(model), size_mb=state_size_mb(model.state_dict()), compute_precision="int8",
+    # first shape); the timed copy has only ever seen the latency shape. Both run as frozen TorchScript
+    # (torch.jit.trace + torch.jit.freeze: constants folded, ~10% faster at batch 1; same kernels and outputs)
+    size = state_size_mb(model.state_dict())
+    timed = torch_predict(jit_frozen(copy.deepcopy(model)))
+    return Built(torch_predict(jit_frozen(model)), size_mb=size, compute_precision="int8",
                  calibration=_calibration(ctx, calib_s), score_batch=SCORE_BATCH, score_pad=True,
                  timed=lambda x: (lambda: timed(x)), handle=model,
-                 notes=["FX graph mode (deprecated API), x86 qconfig mapping, fbgemm/onednn kernels"])
+                 notes=["FX graph mode (deprecated API), x86 qconfig mapping, fbgemm/onednn kernels",
+                        "run as frozen TorchScript (torch.jit.trace + torch.jit.freeze)"])
 
 
-def build_inductor(ctx: ModelContext) -> Built:
-    model = _resnet(ctx)
-    size = state_size_mb(model.state_dict())
-    return Built(torch_predict(_compile(model)), size_mb=size, compute_precision="fp32", score_batch=SCORE_BATCH,
-                 score_pad=True, notes=["torch.compile (inductor, freezing); compile time in first_call_ms"])
+def jit_frozen(model):
+    """torch.jit.trace (example 1x3x224x224; ResNet50 has no shape-dependent control flow) + torch.jit.freeze."""
+    import torch
+
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.freeze(torch.jit.trace(model.eval(), torch.zeros(1, 3, 224, 224)))
 
 
-def build_pt2e(ctx: ModelContext) -> Built:
+def build_pt2e(ctx: ModelContext, device: str = "cpu") -> Built:
     t0 = time.time()
     q, q_timed = resnet_pt2e(_resnet(ctx), ctx.task.calib_array(ctx.data),
                              latency_resolution=int(ctx.manifest.get("latency_resolution", 224)))
@@ -224,71 +342,202 @@ def _block_linear(module, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear) and ".h." in f".{fqn}"
 
 
-def gpt2_quantized(hf_dir: str, method: str):
+def gpt2_quantized(hf_dir: str, method: str, device: str = "cpu"):
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
     from models.embedded import load_gpt2
 
     model = load_gpt2(hf_dir)
     n = conv1d_to_linear(model)
+    model = model.to(device)
     config = Int8WeightOnlyConfig() if method == "weight-only" else Int8DynamicActivationInt8WeightConfig()
     quantize_(model, config, filter_fn=_block_linear)
     return model.eval(), n
 
 
-def lm_logits(model) -> Callable[[np.ndarray], np.ndarray]:
+def _lm_call(model, ids):
+    return model(ids, use_cache=False).logits
+
+
+def lm_logits(model, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
     def fn(ids: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(ids), use_cache=False).logits.float().numpy()
+            return _lm_call(model, _to_device(torch.from_numpy(ids), device)).float().cpu().numpy()
 
     return fn
 
 
-def build_eager_lm(ctx: ModelContext) -> Built:
-    from models.embedded import load_gpt2
+def _lm_timing(model, device: str) -> dict:
+    if device == "cpu":
+        return {}
+    return dict(timed=device_timed(model, device, call=_lm_call), **timing_plug(device))
 
-    model = load_gpt2(ctx.manifest["hf_dir"])
-    return Built(lm_logits(model), size_mb=state_size_mb(model.state_dict()), compute_precision="fp32",
-                 notes=["HF GPT2LMHeadModel FP32 (sdpa attention)"])
+
+def _build_lm(method: str):
+    """eager / inductor GPT-2, FP32 or cast to fp16/bf16, on cpu or cuda."""
+    base, prec = split_method(method)
+
+    def build(ctx: ModelContext, device: str) -> Built:
+        from models.embedded import load_gpt2
+
+        model = load_gpt2(ctx.manifest["hf_dir"]).to(device=device, dtype=_dtype(prec))
+        size = state_size_mb(model.state_dict())  # in the variant's dtype
+        notes = ["HF GPT2LMHeadModel (sdpa attention)"] + _device_notes(device, prec)
+        if base == "inductor":
+            model = _compile(model)
+            notes.insert(1, "torch.compile (inductor, freezing, static shapes); compile time in first_call_ms")
+        return Built(lm_logits(model, device), size_mb=size, compute_precision=prec, notes=notes, handle=model,
+                     **_lm_timing(model, device))
+
+    return build
 
 
 def _build_torchao_lm(method: str):
-    def build(ctx: ModelContext) -> Built:
+    def build(ctx: ModelContext, device: str = "cpu") -> Built:
         t0 = time.time()
-        model, n = gpt2_quantized(ctx.manifest["hf_dir"], method)
+        model, n = gpt2_quantized(ctx.manifest["hf_dir"], method, device)
         prep_s = time.time() - t0
         dynamic = method == "dynamic"
         notes = (f"torchao {'Int8DynamicActivationInt8WeightConfig' if dynamic else 'Int8WeightOnlyConfig'}"
                  f" on {n} Conv1D->Linear block layers; LM head FP32; no calibration (weights: per-channel"
                  f"{'; activations: per-token dynamic' if dynamic else ''})")
-        return Built(lm_logits(model), size_mb=state_size_mb(model.state_dict()),
+        return Built(lm_logits(model, device), size_mb=state_size_mb(model.state_dict()),
                      compute_precision="int8" if dynamic else "fp32", calibration=Calibration(0, prep_s, None),
-                     notes=[notes])
+                     notes=[notes] + _device_notes(device, "fp32"), handle=model, **_lm_timing(model, device))
     return build
 
 
 # ------------------------------------------------------------------------------ the route
 
-# (task kind, method) -> builder: adding a method is one builder and one declared variant, no if/elif
-BUILDERS: dict[tuple[str, str], Callable[[ModelContext], Built]] = {
-    ("image-classification", "eager"): build_eager_image,
+_HALF_METHODS = ("eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16")
+
+# (task kind, method) -> builder(ctx, device): adding a method is one builder and one declared variant, no if/elif
+BUILDERS: dict[tuple[str, str], Callable[[ModelContext, str], Built]] = {
     ("image-classification", "fx"): build_fx,
-    ("image-classification", "inductor"): build_inductor,
     ("image-classification", "pt2e"): build_pt2e,
-    ("language-model", "eager"): build_eager_lm,
+    **{("image-classification", m): _build_image(m) for m in ("eager", "inductor", *_HALF_METHODS)},
+    **{("language-model", m): _build_lm(m) for m in ("eager", "inductor", *_HALF_METHODS)},
     ("language-model", "weight-only"): _build_torchao_lm("weight-only"),
     ("language-model", "dynamic"): _build_torchao_lm("dynamic"),
 }
+
+# methods that only exist on the x86 CPU backend, with the reason their cuda rows are skipped
+CPU_ONLY = {
+    "fx": "fx runs the x86 CPU backend (FX INT8 with fbgemm/oneDNN quantized kernels); it has no CUDA path",
+    "pt2e": "pt2e uses X86InductorQuantizer, which targets the x86 CPU backend (oneDNN INT8 through inductor's "
+            "CPU code generation); it has no CUDA path",
+}
+DEVICES = ("cpu", "cuda")
+
+
+def device_plan(method: str, device: str, caps: dict) -> str | None:
+    """Why `method` cannot run on `device` here (a skipped row), or None. `caps`: what this machine offers,
+    {"cpu_fp16", "cpu_bf16", "cuda_bf16"} -> bool (from `capabilities()`)."""
+    if device == "cuda" and method in CPU_ONLY:
+        return CPU_ONLY[method]
+    _, prec = split_method(method)
+    if device == "cpu" and prec in HALF and not caps.get(f"cpu_{prec}"):
+        return (f"{prec} on the CPU: oneDNN reports no native {prec.upper()} support on this CPU "
+                f"({'AVX512-FP16/AMX-FP16' if prec == 'fp16' else 'AVX512-BF16/AMX-BF16'} absent), so torch would "
+                f"run emulated kernels that say nothing about {prec} inference; the {prec} rows run on cuda")
+    if device == "cuda" and prec == "bf16" and not caps.get("cuda_bf16"):
+        return "bf16 on cuda: this GPU does not support bfloat16 (torch.cuda.is_bf16_supported() is False)"
+    return None
+
+
+def capabilities() -> dict:
+    """What `device_plan` needs to know about this machine (torch imported)."""
+    import torch
+
+    mk = torch.ops.mkldnn
+    caps = {"cpu_fp16": bool(getattr(mk, "_is_mkldnn_fp16_supported", lambda: False)()),
+            "cpu_bf16": bool(getattr(mk, "_is_mkldnn_bf16_supported", lambda: False)()),
+            "cuda_bf16": False}
+    if torch.cuda.is_available():
+        caps["cuda_bf16"] = bool(torch.cuda.is_bf16_supported())
+    return caps
+
+
+def torch_settings(device: str, built: Built) -> dict:
+    """The backend settings a row ran under (recorded in its extra): threads, oneDNN, inductor, quantized engine."""
+    import torch
+    import torch._inductor.config as ind
+
+    out = {"threads": torch.get_num_threads(), "inductor_freezing": bool(ind.freezing),
+           "channels_last": CHANNELS_LAST_NOTE in built.notes}
+    if device == "cpu":
+        out.update(mkldnn=bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
+                   quantized_engine=torch.backends.quantized.engine)
+    else:
+        out.update(cudnn=bool(torch.backends.cudnn.enabled), cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
+    return out
+
+
+def cuda_unavailable() -> str | None:
+    """Why torch cannot use CUDA here, or None."""
+    try:
+        import torch
+    except ImportError as exc:
+        return f"CUDA: torch cannot be imported ({exc})"
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return f"CUDA is not available: torch {torch.__version__} is a CPU-only build (install the CUDA wheel)"
+    return f"CUDA is not available: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU or driver"
+
+
+def devices_to_run(requested: str, cuda_ok: Callable[[], bool] | None = None) -> list[str]:
+    """'auto' -> cpu, plus cuda when torch.cuda.is_available(); or an explicit comma list of cpu,cuda."""
+    from utils.errors import SuiteError
+
+    if requested == "auto":
+        if cuda_ok is None:
+            def cuda_ok():
+                return cuda_unavailable() is None
+        return ["cpu"] + (["cuda"] if cuda_ok() else [])
+    devs = list(dict.fromkeys(d.strip() for d in requested.split(",") if d.strip()))
+    bad = [d for d in devs if d not in DEVICES]
+    if bad or not devs:
+        raise SuiteError(f"unknown device {', '.join(bad) or repr(requested)}; valid: auto, {', '.join(DEVICES)}")
+    return devs
+
+
+@dataclass(frozen=True)
+class Options:
+    devices: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.devices != "auto":
+            devices_to_run(self.devices)  # validates (one-line error, exit 2)
 
 
 class TorchRoute(Route):
     toolchain = TOOLCHAIN
     description = __doc__.split("\n\n")[0]
+    Options = Options
+
+    def add_options(self, ap) -> None:
+        g = ap.add_argument_group("torch")
+        g.add_argument("--devices", default="auto",
+                       help="comma list of cpu,cuda; auto: cpu, plus cuda when torch.cuda.is_available()")
 
     def unavailable(self, opts) -> str | None:
         return unavailable_import("torch", "torchao")
+
+    def devices(self, opts) -> list[str]:
+        return devices_to_run(opts.devices if opts is not None else "auto")
+
+    def device_unavailable(self, device: str, opts) -> str | None:
+        return cuda_unavailable() if device == "cuda" else None
+
+    def environment(self, device: str, opts) -> dict:
+        if device != "cuda" or cuda_unavailable():
+            return {}
+        import torch
+
+        return {"gpu": torch.cuda.get_device_name(0), "cuda_runtime": torch.version.cuda}
 
     def open(self, ctx: ModelContext) -> None:
         import torch
@@ -298,7 +547,15 @@ class TorchRoute(Route):
         torch.manual_seed(0)
 
     def build(self, ctx: ModelContext, method: str, precision: str, device: str) -> Built:
-        return BUILDERS[(ctx.task.kind, method)](ctx)
+        caps = ctx.state.get("caps")
+        if caps is None:
+            caps = ctx.state["caps"] = capabilities()
+        why = device_plan(method, device, caps)
+        if why:
+            raise SkipVariant(why)
+        built = BUILDERS[(ctx.task.kind, method)](ctx, device)
+        built.extra.setdefault("torch_settings", torch_settings(device, built))
+        return built
 
 
 ROUTE = TorchRoute()

@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from functools import lru_cache
 from importlib import metadata
@@ -21,6 +22,13 @@ def device_file():
 
     return Path(os.environ["SUITE_DEVICE_FILE"]) if os.environ.get("SUITE_DEVICE_FILE") else DEVICE_FILE
 COMMON_PACKAGES = recorded_packages()  # from the toolchain declarations (utils/registry.py)
+
+
+def _is_suite_venv() -> bool:
+    """This interpreter is a venv made by evaluation/envs.py (it leaves its stamp file in the venv)."""
+    from pathlib import Path
+
+    return sys.prefix != sys.base_prefix and (Path(sys.prefix) / "suite-env.json").is_file()
 
 
 @lru_cache(maxsize=1)
@@ -73,6 +81,10 @@ def environment_record(threads: int | None = None, gpu: str | None = None, **ext
         "threads": threads,
         "gpu": gpu,
         "python": platform.python_version(),
+        "interpreter": sys.executable,
+        # a suite venv (.venvs/<env>) or an existing interpreter given with --python / --use-current-python
+        "interpreter_source": os.environ.get("SUITE_ENV_SOURCE") or (
+            "suite venv" if _is_suite_venv() else "not a suite venv (run directly)"),
         "platform": platform.platform(),
         "packages": package_versions(),
         "git_commit": git_commit(),

@@ -56,13 +56,17 @@ class EnvDecl:
     parts: tuple[Part, ...]
     tests: str | None = None  # tests folder run inside this environment by the test command
     tests_last: bool = False  # its tests drive the toolchains' environments: the test command runs them after those
+    # top-level modules its required parts provide: checked in an existing interpreter (--python NAME=PATH,
+    # --use-current-python) before anything runs; optional parts (TensorRT, nvtripy) are not listed
+    imports: tuple[str, ...] = ()
 
 
 # environments that are not a toolchain: the shared layer's tests and the report (pandas, matplotlib, scipy), and
 # the Ray driver / task wrapper of `bench --cluster` (evaluation/cluster.py; docs/scale-out.md)
 SUPPORT_ENVS: dict[str, EnvDecl] = {
-    "report": EnvDecl("report", (Part("report.txt"),), tests="tests/common"),
-    "ray": EnvDecl("ray", (Part("ray.txt"),), tests="tests/cluster", tests_last=True),
+    "report": EnvDecl("report", (Part("report.txt"),), tests="tests/common",
+                      imports=("numpy", "pandas", "matplotlib", "scipy", "tabulate")),
+    "ray": EnvDecl("ray", (Part("ray.txt"),), tests="tests/cluster", tests_last=True, imports=("ray", "numpy")),
 }
 
 
@@ -77,6 +81,7 @@ class Toolchain:
     variants: dict[str, tuple[tuple[str, str], ...]]
     packages: tuple[str, ...] = ()  # distributions recorded in every row's environment record
     devices: tuple[str, ...] = ("cpu",)  # devices its rows may target ("cpu", "cuda")
+    device_flag: bool = False  # its route takes `--devices` (comma list of the declared devices, or auto)
     needs: tuple[str, ...] = ()  # toolchains whose artifacts it reads (they run first)
     # (toolchain, method) of the FP32 row that deltas and `speedup` compare against
     baseline: tuple[str, str] | None = None
@@ -108,20 +113,28 @@ class Toolchain:
 
 
 _ONNX_MODELS = ("resnet50", "gpt2")
+_TORCH_HALF = (("eager-fp16", "fp16"), ("eager-bf16", "bf16"), ("inductor-fp16", "fp16"), ("inductor-bf16", "bf16"))
 _BASE = ("numpy", "scikit-learn")
+_BASE_IMPORTS = ("numpy", "sklearn", "tqdm")
 
 _DECLS = (
     Toolchain(
         name="torch",
         route="quantization.torch_route:ROUTE",
-        env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch"),
+        env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch",
+                    imports=_BASE_IMPORTS + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx")),
+        # fx/pt2e: x86 CPU backend only; *-fp16/*-bf16: cuda, and the CPU where oneDNN has that dtype natively
         variants={
-            "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8")),
-            "gpt2": (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8")),
+            "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"),
+                         *_TORCH_HALF),
+            "gpt2": (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"), ("inductor", "fp32"),
+                     *_TORCH_HALF),
         },
         packages=_BASE + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx", "datasets"),
+        devices=("cpu", "cuda"),
+        device_flag=True,
         baseline=("torch", "eager"),
-        method_baselines={"pt2e": "inductor"},
+        method_baselines={"pt2e": "inductor", "inductor-fp16": "inductor", "inductor-bf16": "inductor"},
         marker="o",
         prepares_models=True,
         measures_ceilings=True,
@@ -129,11 +142,13 @@ _DECLS = (
     Toolchain(
         name="onnxruntime",
         route="quantization.onnxruntime_route:ROUTE",
-        env=EnvDecl("onnxruntime", (Part("onnxruntime.txt"),), tests="tests/onnxruntime"),
+        env=EnvDecl("onnxruntime", (Part("onnxruntime.txt"),), tests="tests/onnxruntime",
+                    imports=_BASE_IMPORTS + ("onnx", "onnxruntime")),
         variants={m: (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8"))
                   for m in _ONNX_MODELS},
         packages=_BASE + ("onnx", "onnxruntime", "onnxruntime-gpu"),
         devices=("cpu", "cuda"),
+        device_flag=True,
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
         marker="s",
@@ -142,10 +157,12 @@ _DECLS = (
     Toolchain(
         name="modelopt-onnx",
         route="quantization.modelopt_onnx_route:ROUTE",
-        env=EnvDecl("modelopt-onnx", (Part("modelopt-onnx.txt"),), tests="tests/modelopt_onnx"),
+        env=EnvDecl("modelopt-onnx", (Part("modelopt-onnx.txt"),), tests="tests/modelopt_onnx",
+                    imports=_BASE_IMPORTS + ("torch", "onnx", "onnxruntime", "modelopt", "requests")),
         variants={m: (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")) for m in _ONNX_MODELS},
         packages=_BASE + ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt"),
         devices=("cpu", "cuda"),
+        device_flag=True,
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
         marker="D",
@@ -153,7 +170,8 @@ _DECLS = (
     Toolchain(
         name="openvino",
         route="quantization.openvino_route.route:ROUTE",
-        env=EnvDecl("openvino", (Part("openvino.txt"),), tests="tests/openvino"),
+        env=EnvDecl("openvino", (Part("openvino.txt"),), tests="tests/openvino",
+                    imports=_BASE_IMPORTS + ("openvino", "nncf", "onnx")),
         # int8: NNCF post-training quantization (GPT-2 with model_type=transformer); int8-wo / int4-wo: NNCF
         # weight-only compression (INT8_ASYM; INT4_SYM, group 128, embedding and LM head kept INT8_ASYM by NNCF)
         variants={"resnet50": (("fp32", "fp32"), ("int8", "int8")),
@@ -168,7 +186,8 @@ _DECLS = (
         name="modelopt-tripy",
         route="quantization.modelopt_tripy.route:ROUTE",
         env=EnvDecl("modelopt-tripy", (Part("modelopt-tripy.txt"), Part("modelopt-tripy-gpu.txt", optional=True)),
-                    tests="tests/modelopt_tripy"),
+                    tests="tests/modelopt_tripy",
+                    imports=_BASE_IMPORTS + ("torch", "transformers", "tokenizers", "modelopt", "requests")),
         variants={"gpt2": (("fp32", "fp32"), ("int8-weight-only", "int8"), ("int4-weight-only", "int4"),
                            ("float8", "fp8"))},
         packages=_BASE + ("torch", "transformers", "tokenizers", "nvidia-modelopt", "nvtripy", "tensorrt-cu12",
@@ -182,7 +201,8 @@ _DECLS = (
     Toolchain(
         name="tensorrt",
         route="quantization.tensorrt_route.route:ROUTE",
-        env=EnvDecl("tensorrt", (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)), tests="tests/tensorrt"),
+        env=EnvDecl("tensorrt", (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)), tests="tests/tensorrt",
+                    imports=_BASE_IMPORTS + ("onnx", "cuda.bindings")),
         variants={m: (("fp32", "fp32"), ("fp16", "fp16"), ("int8-entropy", "int8"), ("int8-qdq", "int8"))
                   for m in _ONNX_MODELS},
         packages=_BASE + ("onnx", "tensorrt", "tensorrt-cu12", "cuda-python", "cuda-bindings"),

@@ -1,0 +1,182 @@
+"""Torch on CUDA: the device/variant plan, the skipped reasons, the CUDA-event timer (logic tested on CPU with a
+fake torch.cuda.Event) and, on a GPU machine, the cuda rows for real."""
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from quantization import torch_route as tr
+from utils.errors import SuiteError
+from utils.harness import measure
+from utils.paths import REPO_ROOT
+from utils.registry import TOOLCHAINS
+
+NO_CAPS = {"cpu_fp16": False, "cpu_bf16": False, "cuda_bf16": False}
+
+
+def test_declaration_has_cuda_and_the_half_variants():
+    tc = TOOLCHAINS["torch"]
+    assert tc.devices == ("cpu", "cuda") and tc.default_device() == "cpu" and tc.device_flag
+    for model in ("resnet50", "gpt2"):
+        v = dict(tc.variants[model])
+        assert v["eager"] == "fp32" and v["inductor"] == "fp32"
+        assert v["eager-fp16"] == v["inductor-fp16"] == "fp16"
+        assert v["eager-bf16"] == v["inductor-bf16"] == "bf16"
+        for m in v:  # every declared method has a builder
+            assert (("image-classification" if model == "resnet50" else "language-model"), m) in tr.BUILDERS
+    # the CPU rows that existed before keep their (method, precision) and order
+    assert tc.variants["resnet50"][:4] == (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"))
+    assert tc.variants["gpt2"][:3] == (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"))
+    assert tc.baseline_for("inductor-bf16") == ("torch", "inductor") and tc.baseline_for("eager-fp16") == ("torch", "eager")
+
+
+def test_split_method():
+    assert tr.split_method("eager") == ("eager", "fp32")
+    assert tr.split_method("inductor-bf16") == ("inductor", "bf16")
+    assert tr.split_method("eager-fp16") == ("eager", "fp16")
+    assert tr.split_method("weight-only") == ("weight-only", "fp32")  # a dash that is not a precision
+
+
+@pytest.mark.parametrize("method", ["fx", "pt2e"])
+def test_cpu_only_methods_are_skipped_on_cuda_with_the_x86_reason(method):
+    why = tr.device_plan(method, "cuda", {**NO_CAPS, "cuda_bf16": True})
+    assert why and "x86 CPU backend" in why and "CUDA" in why
+    assert tr.device_plan(method, "cpu", NO_CAPS) is None
+
+
+def test_half_precision_plan_on_cpu_and_cuda():
+    # no native fp16 on this CPU: skipped, saying so; native bf16: runs
+    why = tr.device_plan("eager-fp16", "cpu", NO_CAPS)
+    assert "no native FP16" in why and "cuda" in why
+    assert "no native BF16" in tr.device_plan("inductor-bf16", "cpu", NO_CAPS)
+    assert tr.device_plan("inductor-bf16", "cpu", {**NO_CAPS, "cpu_bf16": True}) is None
+    # cuda: fp16 always, bf16 where the GPU supports it
+    assert tr.device_plan("eager-fp16", "cuda", NO_CAPS) is None
+    assert "bfloat16" in tr.device_plan("eager-bf16", "cuda", NO_CAPS)
+    assert tr.device_plan("eager-bf16", "cuda", {**NO_CAPS, "cuda_bf16": True}) is None
+    for m in ("eager", "inductor", "weight-only", "dynamic"):
+        assert tr.device_plan(m, "cuda", NO_CAPS) is None and tr.device_plan(m, "cpu", NO_CAPS) is None
+
+
+def test_devices_option():
+    assert tr.devices_to_run("auto", cuda_ok=lambda: False) == ["cpu"]
+    assert tr.devices_to_run("auto", cuda_ok=lambda: True) == ["cpu", "cuda"]
+    assert tr.devices_to_run("cuda") == ["cuda"]
+    assert tr.devices_to_run("cpu,cuda,cpu") == ["cpu", "cuda"]
+    with pytest.raises(SuiteError, match="valid: auto, cpu, cuda"):
+        tr.devices_to_run("tpu")
+    with pytest.raises(SuiteError):
+        tr.Options(devices="cpu,gpu")
+    assert tr.ROUTE.devices(tr.Options()) == (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the reason given where CUDA is absent")
+def test_cuda_unavailable_reason_names_cuda():
+    why = tr.ROUTE.device_unavailable("cuda", tr.Options())
+    assert why.startswith("CUDA is not available") and torch.__version__ in why
+    assert tr.ROUTE.device_unavailable("cpu", tr.Options()) is None
+
+
+class FakeEvent:
+    """torch.cuda.Event stand-in: records the order of calls into a shared log; elapsed_time = 2.5 ms."""
+
+    log: list = []
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.name = f"ev{len([x for x in self.log if x[0] == 'new'])}"
+        self.log.append(("new", self.name))
+
+    def record(self):
+        self.log.append(("record", self.name))
+
+    def synchronize(self):
+        self.log.append(("sync", self.name))
+
+    def elapsed_time(self, other):
+        self.log.append(("elapsed", self.name, other.name))
+        return 2.5
+
+
+@pytest.fixture
+def fake_events(monkeypatch):
+    FakeEvent.log = []
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    return FakeEvent.log
+
+
+def test_cuda_event_timer_brackets_the_call(fake_events):
+    timer = tr.cuda_event_timer()
+    ms = timer(lambda: fake_events.append(("call",)))
+    assert ms == 2.5
+    assert fake_events == [("new", "ev0"), ("new", "ev1"), ("record", "ev0"), ("call",), ("record", "ev1"),
+                           ("sync", "ev1"), ("elapsed", "ev0", "ev1")]
+
+
+def test_a_cuda_build_is_timed_with_cuda_events(monkeypatch, fake_events):
+    """The eager/inductor image builder on device "cuda" hands the kit the CUDA-event timer and kind; the harness
+    then takes every sample from it (no GPU: the device move is stubbed, the events are fakes)."""
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 10)).eval()
+    monkeypatch.setattr(tr, "_resnet", lambda ctx: tiny)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
+    monkeypatch.setattr(tr, "_to_device", lambda t, device, dtype=None, channels_last=False: t)
+    built = tr.BUILDERS[("image-classification", "eager")](SimpleNamespace(), "cuda")
+    assert built.latency_kind == "cuda-events" and built.timer is not None and built.timed is not None
+    assert any("CUDA events" in n for n in built.notes)
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    lat = measure(built.timed(x), items_per_call=2, kind=built.latency_kind, timer=built.timer, min_time_s=0.0,
+                  min_iters=3, warmup=1)
+    assert lat.kind == "cuda-events" and lat.samples_ms == (2.5, 2.5, 2.5) and lat.first_call_ms == 2.5
+    assert sum(e[0] == "elapsed" for e in fake_events) == 5  # first call + warm-up + 3 samples, all from events
+    cpu = tr.BUILDERS[("image-classification", "eager")](SimpleNamespace(), "cpu")
+    assert cpu.timer is None and cpu.latency_kind == "host-wall"
+
+
+def _route(tmp_path, *args):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    p = subprocess.run([sys.executable, "-m", "quantization.torch_route", "--runs-dir", str(tmp_path), *args],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800, env=env)
+    rows = [json.loads(f.read_text()) for f in sorted(tmp_path.rglob("*.json"))]
+    return p, rows
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skipped rows written where CUDA is absent")
+def test_cuda_rows_are_skipped_with_the_reason_on_a_cpu_machine(tmp_path):
+    p, rows = _route(tmp_path, "--model", "resnet50", "--methods", "eager,fx,eager-fp16", "--devices", "cuda",
+                     "--batches", "1", "--eval-limit", "8")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert {(r["method"], r["device"], r["status"]) for r in rows} == {
+        ("eager", "cuda", "skipped"), ("fx", "cuda", "skipped"), ("eager-fp16", "cuda", "skipped")}
+    assert all(r["reason"].startswith("CUDA is not available") for r in rows)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.slow
+def test_cuda_rows_run_for_real(tmp_path):
+    """On a GPU machine: every torch cuda row of both models is ok (fx/pt2e skipped: x86 CPU backend), timed
+    with CUDA events, accuracy close to the CPU FP32 row's."""
+    p, rows = _route(tmp_path, "--model", "resnet50,gpt2", "--devices", "cuda", "--batches", "1",
+                     "--eval-limit", "64", "--min-time", "0.2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    by = {(r["model"], r["method"]): r for r in rows}
+    for (model, method), r in by.items():
+        assert r["device"] == "cuda"
+        if method in ("fx", "pt2e"):
+            assert r["status"] == "skipped" and "x86 CPU backend" in r["reason"]
+            continue
+        assert r["status"] == "ok", (model, method, r["reason"])
+        assert r["latency_kind"] == "cuda-events" and r["latency_p50_ms"] > 0
+        assert r["environment"]["gpu"]
+    fp32 = by[("resnet50", "eager")]["value"]
+    for m in ("inductor", "eager-fp16", "inductor-fp16", "eager-bf16", "inductor-bf16"):
+        assert abs(by[("resnet50", m)]["value"] - fp32) <= 3.2, m  # 64 images: at most 2 flipped
+    ppl = by[("gpt2", "eager")]["value"]
+    for m in ("inductor", "eager-fp16", "inductor-fp16", "weight-only", "dynamic"):
+        assert abs(by[("gpt2", m)]["value"] / ppl - 1) < 0.02, m
+    assert abs(by[("gpt2", "eager-bf16")]["value"] / ppl - 1) < 0.05
