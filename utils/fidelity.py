@@ -101,7 +101,9 @@ def classifier_fidelity(ref_logits: np.ndarray, q_logits: np.ndarray, labels: np
     q = np.asarray(q_logits)
     if r.ndim != 2 or r.shape != q.shape:
         raise ValueError(f"need two (N, C) logit arrays of one shape, got {r.shape} and {q.shape}")
-    rt, qt = r.argmax(1), q.argmax(1)
+    from utils.metrics import top1
+
+    rt, qt = top1(r), top1(q)  # the accuracy's own tie rule, so flips and top-1 deltas always add up
     out = {"n": int(r.shape[0]), "agreement": float(100.0 * np.mean(rt == qt)), "sqnr_db": sqnr_db(r, q),
            "kl": kl_mean(r, q), "flips_lost": None, "flips_gained": None, "top1_ref": None, "top1_q": None,
            "mcnemar_p": None}
