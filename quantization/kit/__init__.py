@@ -353,13 +353,13 @@ def _time_group(ctx: ModelContext, variants: list, bases: dict, pair_of: dict, b
     out = {"overhead_ms": trials.overhead_ms, "shape": list(li.shape), "unit": li.unit, "latency": trials.latency,
            "speedup": {}}
     for m in units:
-        if m in bases:
-            out["speedup"][m] = (1.0, 1.0, 1.0, m)
-        elif m in pairs:
+        if m in pairs:  # a variant (possibly itself the baseline of another, e.g. inductor for pt2e)
             b = pairs[m]
             xb, xo = trials.paired(b, m)
             if len(xb) >= 3 and units[m].kind == units[b].kind:
                 out["speedup"][m] = (*(float(x) for x in speedup_ci(xb, xo, paired=True)), b)
+        elif m in bases:  # the toolchain's own FP32 baseline
+            out["speedup"][m] = (1.0, 1.0, 1.0, m)
     return out
 
 
