@@ -482,7 +482,7 @@ def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
     panels = []
     for (m, w, d), g in ok.groupby(["model", "weights", "device"], sort=True):
         panels.append((m, w, d, int(g["batch"].max())))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.6 * len(panels), 5.4), squeeze=False)
     markers = {t: tc.marker for t, tc in TOOLCHAINS.items()}
     cmap = plt.get_cmap("tab20")
     for ax, (m, w, d, b) in zip(axes[0], panels):
@@ -509,7 +509,7 @@ def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.set_title(f"{m} ({w}): ★ = Pareto front")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)  # beside, never on points
     fig.tight_layout()
     return atomic_write_figure(fig, path)
 

@@ -13,7 +13,7 @@ pt2e is compared with FP32 under the same compiler). GPT-2: `eager` FP32, `weigh
 
 Both models also have `eager-fp16`/`eager-bf16` (the module cast to that dtype) and `inductor-fp16`/
 `inductor-bf16` (the same, through torch.compile); GPT-2 has `inductor` (FP32 compiled) too. Devices
-(`--devices`, default auto: cpu, plus cuda when torch.cuda.is_available()): on cuda the inputs are
+(`--devices`, default auto: cpu and cuda; cuda rows skipped with the reason without CUDA): on cuda the inputs are
 resident on the GPU and each timed call is bracketed by CUDA events (latency_kind "cuda-events");
 fx and pt2e are CPU-only (x86 backend); a half-precision variant runs on the CPU only where oneDNN
 reports native support for that dtype (AVX512-BF16 here: bf16 runs, fp16 is skipped; `device_plan`).
@@ -289,7 +289,10 @@ def build_fx(ctx: ModelContext, device: str = "cpu") -> Built:
                  calibration=_calibration(ctx, calib_s), score_batch=SCORE_BATCH, score_pad=True,
                  timed=lambda x: (lambda: timed(x)), handle=model,
                  notes=["FX graph mode (deprecated API), x86 qconfig mapping, fbgemm/onednn kernels",
-                        "run as frozen TorchScript (torch.jit.trace + torch.jit.freeze)"])
+                        "run as frozen TorchScript (torch.jit.trace + torch.jit.freeze)",
+                        "below the INT8 GEMM ceiling because FX runs the 16 residual add-ReLUs as separate "
+                        "requantizing elementwise kernels (quantized::add_relu) between the INT8 convolutions, whose "
+                        "own rate is under the GEMM's (profile: results/profile_torch_fx_resnet50_b32.csv)"])
 
 
 def jit_frozen(model):
@@ -311,7 +314,9 @@ def build_pt2e(ctx: ModelContext, device: str = "cpu") -> Built:
                  calibration=_calibration(ctx, calib_s), score_batch=SCORE_BATCH, score_pad=True,
                  timed=lambda x: (lambda: timed(x)), extra={"n_qparams": len(qparams(q))},
                  notes=["torchao pt2e X86InductorQuantizer + torch.compile (inductor, freezing); compare with "
-                        "the inductor FP32 row; the 224x224 graph carries the same calibrated qparams"])
+                        "the inductor FP32 row; the 224x224 graph carries the same calibrated qparams",
+                        "its efficiency is the oneDNN INT8 convolution kernels' own rate (residual adds fused as "
+                        "post-ops; almost all of the time is qconv: results/profile_torch_pt2e_resnet50_b32.csv)"])
 
 
 # ------------------------------------------------------------------------------ GPT-2
@@ -488,15 +493,13 @@ def cuda_unavailable() -> str | None:
     return f"CUDA is not available: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU or driver"
 
 
-def devices_to_run(requested: str, cuda_ok: Callable[[], bool] | None = None) -> list[str]:
-    """'auto' -> cpu, plus cuda when torch.cuda.is_available(); or an explicit comma list of cpu,cuda."""
+def devices_to_run(requested: str) -> list[str]:
+    """'auto' -> every device the toolchain declares (cpu, cuda): where CUDA is missing the cuda rows are written
+    as skipped with the reason, so the table says why there is no GPU number; or an explicit comma list."""
     from utils.errors import SuiteError
 
     if requested == "auto":
-        if cuda_ok is None:
-            def cuda_ok():
-                return cuda_unavailable() is None
-        return ["cpu"] + (["cuda"] if cuda_ok() else [])
+        return list(DEVICES)
     devs = list(dict.fromkeys(d.strip() for d in requested.split(",") if d.strip()))
     bad = [d for d in devs if d not in DEVICES]
     if bad or not devs:
@@ -521,7 +524,8 @@ class TorchRoute(Route):
     def add_options(self, ap) -> None:
         g = ap.add_argument_group("torch")
         g.add_argument("--devices", default="auto",
-                       help="comma list of cpu,cuda; auto: cpu, plus cuda when torch.cuda.is_available()")
+                       help="comma list of cpu,cuda; auto: both (the cuda rows are skipped with the reason where "
+                            "CUDA is not available)")
 
     def unavailable(self, opts) -> str | None:
         return unavailable_import("torch", "torchao")
