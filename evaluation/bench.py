@@ -291,11 +291,7 @@ def run_route(env: str, argv: list[str]) -> tuple[int, float | None]:
     try:
         rc = proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except Exception:  # noqa: BLE001
-            proc.kill()
+        envs.interrupt(proc)
         raise
     finally:
         peak = mon.stop()

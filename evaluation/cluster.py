@@ -189,11 +189,7 @@ def route_task(spec: dict, model_pack: dict, *dep_packs):
                 time.sleep(0.2)
             rc = proc.returncode
         except KeyboardInterrupt:  # a polite ray.cancel: stop the route as Ctrl-C stops the local bench
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except Exception:  # noqa: BLE001
-                proc.kill()
+            envs.interrupt(proc)
             raise
         finally:
             peak = mon.stop()

@@ -240,6 +240,18 @@ def run_in_env(name: str, args: list[str], extra_env: dict | None = None, **kwar
     return subprocess.run([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(name, extra_env), **kwargs)
 
 
+def interrupt(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Ctrl-C a child the way a terminal does (SIGINT), give it `timeout` seconds to write nothing half-way, then
+    kill it."""
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except Exception:  # noqa: BLE001 - TimeoutExpired or an interrupted wait: stop it for good
+        proc.kill()
+
+
 def popen_in_env(name: str, args: list[str], extra_env: dict | None = None, **kwargs) -> subprocess.Popen:
     """Start `<env python> <args>` from the repository root; the caller waits (and may watch its memory)."""
     return subprocess.Popen([str(env_python(name)), *args], cwd=REPO_ROOT, env=_child_env(name, extra_env), **kwargs)
