@@ -71,7 +71,7 @@ def test_route_twice_gives_identical_accuracy(prepared, tmp_path):
     for i in range(2):
         d = tmp_path / f"runs{i}"
         p = run("-m", "quantization.torch_route", "--model", "resnet50", "--methods", "eager,fx", "--batches", "1",
-                "--min-time", "0.05", "--min-iters", "2", "--runs-dir", str(d))
+                "--min-time", "0.05", "--min-iters", "2", "--devices", "cpu", "--runs-dir", str(d))
         assert p.returncode == 0, p.stderr[-2000:]
         rows = {f.name: json.loads(f.read_text()) for f in sorted(d.glob("*.json"))}
         assert len(rows) == 2 and all(r["status"] == "ok" for r in rows.values())

@@ -45,7 +45,7 @@ def test_pretrained_resnet50_from_local_file_and_image_folder(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     runs = tmp_path / "runs"
     p = run("-m", "quantization.torch_route", *common, "--methods", "eager,fx", "--calib-samples", "4",
-            "--batches", "1", "--min-time", "0.01", "--min-iters", "1", "--runs-dir", str(runs), env=env)
+            "--batches", "1", "--min-time", "0.01", "--min-iters", "1", "--devices", "cpu", "--runs-dir", str(runs), env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(f.read_text()) for f in sorted(runs.glob("*.json"))]
     assert [(r["method"], r["status"]) for r in rows] == [("eager", "ok"), ("fx", "ok")]
@@ -70,7 +70,7 @@ def test_pretrained_gpt2_from_local_dir_and_text_file(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     runs = tmp_path / "runs"
     p = run("-m", "quantization.torch_route", *common, "--methods", "eager", "--calib-samples", "2", "--batches", "1",
-            "--min-time", "0.01", "--min-iters", "1", "--runs-dir", str(runs), env=env)
+            "--min-time", "0.01", "--min-iters", "1", "--devices", "cpu", "--runs-dir", str(runs), env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     (row,) = [json.loads(f.read_text()) for f in runs.glob("*.json")]
     assert row["status"] == "ok" and row["dataset"] == "text:corpus.txt"
