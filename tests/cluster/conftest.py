@@ -25,11 +25,19 @@ def need_envs(*names: str) -> None:
         pytest.skip(f"environment(s) {', '.join(missing)} not created yet (python3 -m evaluation.envs {' '.join(missing)})")
 
 
+def _default_sigint():
+    # a test runner started in the background ignores SIGINT and children inherit that: restore the default
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def bench(args: list[str], cache: Path, node_cache: Path, extra_env: dict | None = None, **kw) -> subprocess.Popen:
     env = {**os.environ, "SUITE_CACHE_DIR": str(cache), "SUITE_NODE_CACHE_DIR": str(node_cache),
            "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "evaluation.bench", *args], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
+                            **kw)
 
 
 def run_bench(args, cache, node_cache, extra_env=None, timeout=600) -> tuple[int, str]:
