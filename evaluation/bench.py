@@ -252,10 +252,14 @@ def _this_run(rows: list[ResultRow], run_id: str) -> list[ResultRow]:
 
 
 def unfinished(args, toolchain: str, model: str, run_id: str) -> list[tuple[str, str]]:
-    """Variants of this route with no row at all from this run (the route died before writing them)."""
+    """Variants of this route without a row from this run at every batch (the route died before writing them)."""
     rows = _this_run(read_rows(args.runs_dir) + list(read_attempts(args.runs_dir).values()), run_id)
-    done = {(r.method, r.precision) for r in rows if r.toolchain == toolchain and r.model == model}
-    return [v for v in _variants(args, toolchain, model) if v not in done]
+    got: dict = {}
+    for r in rows:
+        if r.toolchain == toolchain and r.model == model:
+            got.setdefault((r.method, r.precision), set()).add(int(r.batch))
+    want = set(_batches_of(args, model))
+    return [v for v in _variants(args, toolchain, model) if not want <= got.get(v, set())]
 
 
 class PeakRss:

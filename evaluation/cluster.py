@@ -214,7 +214,13 @@ class Job:
     model: str
     deps: list[str]
     attempt: int = 0
-    done: set = field(default_factory=set)  # (method, precision) with rows
+    got: dict = field(default_factory=dict)  # (method, precision) -> batches with rows (any device)
+    expected: tuple = ()  # the batches a finished variant has rows for
+
+    @property
+    def done(self) -> set:
+        """(method, precision) with rows at every expected batch (a route killed between batches is not done)."""
+        return {v for v, bs in self.got.items() if set(self.expected) <= bs}
     hosts: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
     finished: bool = False
@@ -443,7 +449,9 @@ def handle(job: Job, ref, args, finish, failures: list[str]) -> bool:
     for d in res["rows"]:
         row = ResultRow.from_dict(d)
         write_row(row, args.runs_dir)
-        job.done.add((row.method, row.precision))
+        job.got.setdefault((row.method, row.precision), set()).add(int(row.batch))
+        if not job.expected:
+            job.expected = tuple(bench._batches_of(args, job.model))
     rc = res["rc"]
     took = res["task_end"] - res["task_start"]
     if rc == 0:

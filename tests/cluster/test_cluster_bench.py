@@ -27,7 +27,8 @@ def rows_of(runs: Path) -> dict:
 def local_and_ray(real_cache, tmp_path_factory):
     """The same small bench (torch and onnxruntime on the embedded ResNet50), locally and through Ray."""
     tmp = tmp_path_factory.mktemp("same")
-    args = SMALL + ["--toolchains", "torch,onnxruntime", "--methods", "eager,fx,fp32,minmax", "--min-time", "0.05"]
+    args = SMALL + ["--toolchains", "torch,onnxruntime", "--methods", "eager,fx,fp32,minmax", "--min-time", "0.05",
+                    "--devices", "cpu"]
     rc, log = run_bench(args + ["--runs-dir", str(tmp / "local")], real_cache, tmp / "node")
     assert rc == 0, log[-3000:]
     rc, log = run_bench(args + ["--runs-dir", str(tmp / "ray"), "--cluster", "local"], real_cache, tmp / "node")
@@ -63,14 +64,18 @@ def test_timing_tasks_on_one_node_never_overlap(local_and_ray):
 
 
 def test_a_killed_route_is_retried_and_a_route_needing_a_gpu_is_skipped(tiny_cache, tmp_path):
+    # two batches: the kit writes every variant's batch-1 rows, then times batch 2, when the hook kills the route
     args = SMALL + ["--toolchains", ",".join(["onnxruntime", *CUDA_ONLY]), "--methods", "fp32,minmax,entropy",
-                    "--min-time", "1", "--runs-dir", str(tmp_path / "runs"), "--cluster", "local", "--retries", "1"]
+                    "--batches", "1,2", "--min-time", "1", "--runs-dir", str(tmp_path / "runs"), "--cluster", "local",
+                    "--retries", "1"]
     rc, log = run_bench(args, tiny_cache, tmp_path / "node", {"SUITE_CLUSTER_TEST_CRASH": "onnxruntime/resnet50:1"})
     rows = rows_of(tmp_path / "runs")
     ort = {k: r for k, r in rows.items() if r["toolchain"] == "onnxruntime"}
-    assert len(ort) == 3 and all(r["status"] == "ok" for r in ort.values()), log[-3000:]
+    assert len(ort) == 6 and all(r["status"] == "ok" for r in ort.values()), log[-3000:]
     attempts = sorted(r["environment"]["cluster"]["attempt"] for r in ort.values())
-    assert attempts[0] == 1 and attempts[-1] == 2, attempts  # rows of the killed attempt kept, the rest retried
+    # attempt 1 died between batches (its batch-1 rows written, batch 2 not): every variant was re-run in
+    # attempt 2, whose complete rows replaced the first attempt's
+    assert set(attempts) == {2}, attempts
     assert "trying again" in log and "SIGKILL" in log
     if shutil.which("nvidia-smi"):
         return  # a GPU machine: the cuda-only rows may run
@@ -80,16 +85,18 @@ def test_a_killed_route_is_retried_and_a_route_needing_a_gpu_is_skipped(tiny_cac
 
 
 def test_a_route_killed_on_every_attempt_gets_failed_rows(tiny_cache, tmp_path):
-    # attempt 1 is killed after fp32's row, attempt 2 (minmax, entropy) after minmax's: entropy gets a failed row
-    args = SMALL + ["--toolchains", "onnxruntime", "--methods", "fp32,minmax,entropy", "--min-time", "1",
-                    "--runs-dir", str(tmp_path / "runs"), "--cluster", "local", "--retries", "1"]
+    # each attempt writes every variant's batch-1 rows, then is killed while timing batch 2: after the last attempt
+    # the batch-2 rows are failed (naming the signal and the attempt); the batch-1 ok rows are kept
+    args = SMALL + ["--toolchains", "onnxruntime", "--methods", "fp32,minmax,entropy", "--batches", "1,2",
+                    "--min-time", "1", "--runs-dir", str(tmp_path / "runs"), "--cluster", "local", "--retries", "1"]
     rc, log = run_bench(args, tiny_cache, tmp_path / "node", {"SUITE_CLUSTER_TEST_CRASH": "onnxruntime/resnet50:9"})
     assert rc == 1, log[-3000:]
     rows = rows_of(tmp_path / "runs")
     failed = [r for r in rows.values() if r["status"] == "failed"]
-    assert [r["method"] for r in failed] == ["entropy"], log[-3000:]
-    assert {r["method"] for r in rows.values() if r["status"] == "ok"} == {"fp32", "minmax"}
-    assert failed and all("SIGKILL" in r["reason"] and "attempt 2 of 2" in r["reason"] for r in failed)
+    assert sorted((r["method"], r["batch"]) for r in failed) == [("entropy", 2), ("fp32", 2), ("minmax", 2)], log[-3000:]
+    assert sorted((r["method"], r["batch"]) for r in rows.values() if r["status"] == "ok") == [
+        ("entropy", 1), ("fp32", 1), ("minmax", 1)]
+    assert all("SIGKILL" in r["reason"] and "attempt 2 of 2" in r["reason"] for r in failed)
     assert all(r["environment"]["launcher"] == "ray" for r in rows.values())
     assert "FAILED" in [ln for ln in log.splitlines() if ln.strip()][-1]
 
