@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation import bench, envs
-from utils.errors import SuiteError, cli_main
+from utils.errors import SuiteError, cli_main, failure_reason
 from utils.paths import REPO_ROOT
 from utils.registry import PREPARE_TOOLCHAIN, TOOLCHAINS
 from utils.rows import ResultRow, write_row
@@ -264,11 +264,6 @@ def cluster_summary() -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(res.items()) if k in ("CPU", "GPU", BENCH_SLOT)) or "none"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:240]}"
-
-
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = bench.build_parser().parse_args(argv)
@@ -310,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         where = connect(args.cluster, runtime_env)
     except Exception as exc:  # noqa: BLE001  (a wrong address, no cluster running)
-        raise SuiteError(f"--cluster {args.cluster}: cannot connect: {_one_line(exc)}") from None
+        raise SuiteError(f"--cluster {args.cluster}: cannot connect: {failure_reason(exc)}") from None
     try:
         nodes = alive_nodes()
         say(f"connected to {where}: {len(nodes)} node(s), {cluster_summary()}; commit {env_vars['SUITE_GIT_COMMIT']}")
@@ -426,7 +421,7 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
             try:
                 ray.cancel(ref, force=True)
             except Exception as exc:  # noqa: BLE001  (the local cluster may already be going down with the signal)
-                say(f"cancel {inflight[ref].name}: {_one_line(exc)}")
+                say(f"cancel {inflight[ref].name}: {failure_reason(exc)}")
         raise
 
 
@@ -438,7 +433,7 @@ def handle(job: Job, ref, args, finish, failures: list[str]) -> bool:
         res = ray.get(ref)
     except ray.exceptions.RayError as exc:  # the node or the worker died, the task was cancelled, ...
         job.artifacts = None
-        why = f"task lost on the cluster ({_one_line(exc)})"
+        why = f"task lost on the cluster ({failure_reason(exc)})"
         return _retry_or_fail(job, args, why, finish)
     job.hosts.append(res["host"])
     job.nodes.append(res["node_id"])

@@ -327,23 +327,13 @@ def train_size(args) -> int:
 
 
 def _significance(row, base) -> tuple[float | None, bool | None]:
-    """(p-value or None, significant) of row vs base: McNemar on correctness bits / bootstrap over windows."""
-    from utils.metrics import unpack_bits
-    from utils.stats import block_bootstrap_ppl, mcnemar_exact
+    """(p-value or None, significant) of row vs base: the table's own paired tests (evaluation.aggregate)."""
+    from evaluation.aggregate import _significance as paired_test
 
     if base is None or row.value is None or base.value is None:
         return None, None
-    e, b = row.extra, base.extra
-    if row.metric == "top1" and "correct_bits" in e and "correct_bits" in b:
-        if e.get("n_eval") != b.get("n_eval") or row.environment.get("eval_sha") != base.environment.get("eval_sha"):
-            return None, None
-        n = int(e["n_eval"])
-        p = mcnemar_exact(unpack_bits(b["correct_bits"], n), unpack_bits(e["correct_bits"], n))["p_value"]
-        return p, p < 0.05
-    if row.metric == "ppl" and len(e.get("window_nll", [])) == len(b.get("window_nll", [])) > 0:
-        t = block_bootstrap_ppl(b["window_nll"], e["window_nll"], b["window_tokens"])
-        return None, t["significant"]
-    return None, None
+    t = paired_test(row, base)
+    return t["delta_p_value"], t["delta_significant"]
 
 
 def _save_png(fig, path: Path) -> None:

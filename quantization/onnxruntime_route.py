@@ -19,7 +19,7 @@ from pathlib import Path
 
 from quantization.kit import Calibration, ModelContext, main_for, unavailable_import
 from quantization.kit import onnx as oc
-from utils.errors import SuiteError
+from utils.errors import SuiteError, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ def preprocess(src: Path, src_sha: str, cache_root: Path) -> tuple[Path, str]:
         path, _, _ = oc.cached_artifact(out, make)
         return path, "quant_pre_process applied"
     except Exception as exc:  # noqa: BLE001 - symbolic shape inference can fail on unusual graphs
-        log.warning("quant_pre_process failed (%s); quantizing the FP32 ONNX as exported", oc.one_line(exc))
-        return src, f"quant_pre_process failed ({oc.one_line(exc, 120)}); quantized the export directly"
+        log.warning("quant_pre_process failed (%s); quantizing the FP32 ONNX as exported", failure_reason(exc))
+        return src, f"quant_pre_process failed ({failure_reason(exc, 120)}); quantized the export directly"
 
 
 def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, task_kind: str, lm_head: str = "fp32",

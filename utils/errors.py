@@ -16,6 +16,15 @@ class RouteUnavailable(SuiteError):
 
 
 EXIT_USAGE = 2
+FAILED_REASON_CHARS = 300  # the one failed-row format: class, message on one line, head + tail kept
+
+
+def failure_reason(exc: BaseException, limit: int = FAILED_REASON_CHARS) -> str:
+    """`Class: message` on one line; over `limit`, the head (what failed) and the tail (why) are kept."""
+    msg = f"{exc.__class__.__name__}: {' '.join(str(exc).split()) or '(no message)'}"
+    if len(msg) > limit:
+        msg = msg[:limit // 2 - 2] + " ... " + msg[-(limit - limit // 2 - 3):]
+    return msg
 
 
 def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:

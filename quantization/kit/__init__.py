@@ -27,22 +27,12 @@ import numpy as np
 
 from quantization.kit.config import RouteConfig, RowWriter, route_parser
 from quantization.kit.tasks import Task, data_hashes, file_size_mb, load_data, task_for  # noqa: F401 (public API)
-from utils.errors import RouteUnavailable, SuiteError, cli_main, setup_logging
+from utils.errors import (FAILED_REASON_CHARS, RouteUnavailable, SuiteError, cli_main,  # noqa: F401
+                          failure_reason, setup_logging)
 from utils.registry import TOOLCHAINS, resolve
 from utils.specs import ModelSource
 
 log = logging.getLogger("quantization.kit")
-
-FAILED_REASON_CHARS = 300  # the one failed-row format: class, message on one line, head + tail kept
-
-
-def failure_reason(exc: BaseException, limit: int = FAILED_REASON_CHARS) -> str:
-    """`Class: message` on one line; over `limit`, the head (what failed) and the tail (why) are kept."""
-    msg = f"{exc.__class__.__name__}: {' '.join(str(exc).split()) or '(no message)'}"
-    if len(msg) > limit:
-        msg = msg[:limit // 2 - 2] + " ... " + msg[-(limit - limit // 2 - 3):]
-    return msg
-
 
 class SkipVariant(Exception):
     """This variant cannot run here (hardware or library support missing): `skipped` rows with this reason."""

@@ -306,10 +306,6 @@ def devices_to_run(requested: str) -> list[str]:
     return devs
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    return failure_reason(exc, limit)
-
-
 def source_onnx(manifest: dict) -> tuple[Path, str]:
     """The manifest's FP32 ONNX (verified against its recorded hash when the manifest was loaded), and its sha256."""
     if "onnx" not in manifest:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from utils.errors import SuiteError
+from utils.errors import SuiteError, failure_reason
 
 PRESETS = ("performance", "mixed")
 MODEL_TYPES = (None, "transformer")
@@ -35,10 +35,6 @@ WEIGHT_MODES = ("int8_asym", "int8_sym", "int4_sym", "int4_asym")
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm",
                   "FullyConnectedCompressed")
 INT_PRECISIONS = ("u8", "i8", "u4", "i4", "i32")
-
-
-def _one_line(exc: BaseException, n: int = 200) -> str:
-    return " ".join(str(exc).split())[:n] or exc.__class__.__name__
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,7 +54,7 @@ def read_onnx(path: Path | str):
     try:
         return _core().read_model(str(path))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError/OpConversionFailure/...
-        raise SuiteError(f"OpenVINO cannot read {path} ({exc.__class__.__name__}: {_one_line(exc)})") from None
+        raise SuiteError(f"OpenVINO cannot read {path} ({failure_reason(exc, 240)})") from None
 
 
 def save_model(model, path: Path | str) -> Path:
@@ -92,7 +88,7 @@ def load_model(path: Path | str):
     try:
         return _core().read_model(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise SuiteError(f"OpenVINO cannot read {path} ({exc.__class__.__name__}: {_one_line(exc)})") from None
+        raise SuiteError(f"OpenVINO cannot read {path} ({failure_reason(exc, 240)})") from None
 
 
 def model_size_mb(path_xml: Path | str) -> float:
@@ -158,7 +154,7 @@ def ptq_int8(model, calib_batches: Sequence[dict | np.ndarray], *, model_type: s
     try:
         quantized = nncf.quantize(model, dataset, **kwargs)
     except Exception as exc:  # noqa: BLE001 - nncf raises ValidationError/InternalError/RuntimeError
-        raise SuiteError(f"NNCF quantization failed ({exc.__class__.__name__}: {_one_line(exc)})") from None
+        raise SuiteError(f"NNCF quantization failed ({failure_reason(exc, 240)})") from None
     seconds = time.perf_counter() - t0
     info = {"items_fed": len(seen), "samples_fed": sum(_leading_dim(items[i]) for i in seen),
             "transform_calls": calls, "seconds": round(seconds, 3), "preset": preset, "model_type": model_type,
@@ -200,8 +196,7 @@ def compress_weights(model, mode: str = "int8_asym", *, group_size: int = 128, r
     try:
         out = nncf.compress_weights(model, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        raise SuiteError(f"NNCF weight compression ({mode}) failed ({exc.__class__.__name__}: "
-                         f"{_one_line(exc)})") from None
+        raise SuiteError(f"NNCF weight compression ({mode}) failed ({failure_reason(exc, 240)})") from None
     info = {"mode": mode, "group_size": int(group_size) if int4 else None, "ratio": float(ratio) if int4 else None,
             "all_layers": all_layers if int4 else None, "seconds": round(time.perf_counter() - t0, 3),
             "weights_before": before, "weights_after": weight_precisions(out), "nncf": nncf.__version__}
@@ -243,7 +238,7 @@ def compile_cpu(model, threads: int, *, latency: bool = True, pin: bool = False,
     try:
         compiled = _core().compile_model(model, "CPU", config)
     except Exception as exc:  # noqa: BLE001
-        raise SuiteError(f"OpenVINO CPU compile failed ({exc.__class__.__name__}: {_one_line(exc)})") from None
+        raise SuiteError(f"OpenVINO CPU compile failed ({failure_reason(exc, 240)})") from None
     read_keys = list(config) + [k for k in (hints.inference_precision(), hints.dynamic_quantization_group_size(),
                                             "EXECUTION_DEVICES", hints.execution_mode(),
                                             "OPTIMAL_NUMBER_OF_INFER_REQUESTS") if k not in config]

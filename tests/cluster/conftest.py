@@ -3,17 +3,15 @@ model-preparing (torch) and onnxruntime environments; the tiny fake caches are m
 (tests/onnx_tiny.py needs onnx, which the ray environment does not have)."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from evaluation import envs
-from utils.paths import REPO_ROOT
+from tests import bench_proc
 from utils.registry import PREPARE_TOOLCHAIN, TOOLCHAINS
 
 ORT = "onnxruntime"
@@ -25,19 +23,9 @@ def need_envs(*names: str) -> None:
         pytest.skip(f"environment(s) {', '.join(missing)} not created yet (python3 -m evaluation.envs {' '.join(missing)})")
 
 
-def _default_sigint():
-    # a test runner started in the background ignores SIGINT and children inherit that: restore the default
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def bench(args: list[str], cache: Path, node_cache: Path, extra_env: dict | None = None, **kw) -> subprocess.Popen:
-    env = {**os.environ, "SUITE_CACHE_DIR": str(cache), "SUITE_NODE_CACHE_DIR": str(node_cache),
-           "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "evaluation.bench", *args], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
-                            **kw)
+    env = {"SUITE_CACHE_DIR": str(cache), "SUITE_NODE_CACHE_DIR": str(node_cache), **(extra_env or {})}
+    return bench_proc.bench(args, env, **kw)
 
 
 def run_bench(args, cache, node_cache, extra_env=None, timeout=600) -> tuple[int, str]:

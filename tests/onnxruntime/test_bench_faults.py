@@ -6,14 +6,13 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from utils.paths import REPO_ROOT, VENVS_DIR
+from tests import bench_proc
+from utils.paths import VENVS_DIR
 
 pytestmark = pytest.mark.skipif(not (VENVS_DIR / "torch" / "bin" / "python").exists(),
                                 reason="the torch environment (model preparation) does not exist yet")
@@ -22,17 +21,8 @@ BASE = ["--toolchains", "onnxruntime", "--models", "resnet50", "--methods", "fp3
         "--eval-limit", "32", "--calib-samples", "16", "--min-iters", "2", "--no-ceilings"]
 
 
-def _default_sigint():
-    # a test runner started in the background (e.g. `cmd &` in a non-interactive shell) ignores SIGINT, and an
-    # ignored signal is inherited: give the bench the terminal's default, as a user's shell would
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def bench(args, cache, **kw):
-    env = {**os.environ, "SUITE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "evaluation.bench", *args], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
-                            **kw)
+    return bench_proc.bench(args, {"SUITE_CACHE_DIR": str(cache)}, **kw)
 
 
 def rows_of(runs: Path) -> dict:
