@@ -75,7 +75,7 @@ def test_int4_upstream_layout_would_misplace_block_scales(quantized):
     semantics (scale[D0 // B, D1] for a (D0, D1) = (out, in) weight) that puts the blocks along `out`."""
     q = quantized("int4-weight-only")
     ours_sd = build_tripy_state_dict(q, "int4-weight-only")
-    # c_fc: in 128, out 512 -> one block per output channel; upstream scale (512*1/128, 128) = (4, 128)
+    # c_fc: in 256, out 1024 -> two blocks per output channel; upstream scale (1024*2/256, 256) = (8, 256)
     name = "transformer.h.0.mlp.c_fc"
     mod = q.get_submodule(name)
     in_f, out_f = io(q, name)
@@ -94,12 +94,13 @@ def test_int4_upstream_layout_would_misplace_block_scales(quantized):
     assert torch.equal(ours_per_weight, true_per_weight)
     wrong = (upstream_per_weight != true_per_weight).float().mean()
     assert float(wrong) > 0.9  # almost every weight would be dequantized with another block's scale
-    # c_proj: in 512, out 128 -> upstream reshape gives (1, 512), squeezed to 1-D: not a block scale at all
+    # c_proj: in 1024, out 256 -> upstream scale (2, 1024): again blocks of 128 output channels (at 128 wide
+    # it was (1, 512), squeezed to 1-D); every linear kind: tests/modelopt_tripy/test_int4_blocks.py
     name = "transformer.h.0.mlp.c_proj"
-    in_f, _ = io(q, name)
+    in_f, out_f = io(q, name)
     amax = q.get_submodule(name).weight_quantizer.amax
-    assert convert_to_scale(amax.reshape(-1, in_f), 7).shape == (in_f,)
-    assert ours_sd[name + ".weight_scale"].shape == (in_f // 128, 128)
+    assert convert_to_scale(amax.reshape(-1, in_f), 7).shape == (out_f // 128, in_f)
+    assert ours_sd[name + ".weight_scale"].shape == (in_f // 128, out_f)
 
 
 @pytest.mark.parametrize("mode", list(MODES))

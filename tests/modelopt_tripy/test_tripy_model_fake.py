@@ -8,6 +8,9 @@ nvtripy/frontend/ops/{quantize,dequantize}.py, frontend/wrappers.py and frontend
   CPU memory ("`scale` argument must be a constant in CPU memory") -- a cast is not a Constant;
 - per-channel (dim given): 1-D scale; block-wise: 2-D scale, int4 only; per-tensor: scalar.
 Module.load_state_dict is strict (missing / unexpected keys raise).
+The fake also carries values through quantize / dequantize / transpose of constants (block-wise: element
+[i, j] of a (D0, D1) input uses scale[i // (D0 / S0), j]; per-channel along `dim`; per-tensor), so the QLinear
+weight the Tripy model multiplies by can be compared with ModelOpt's fake-quant weight.
 """
 import types
 
@@ -45,12 +48,13 @@ def make_fake_tp():
         def __init__(self, data, dtype=None, device=None, *, _producer="constant", _shape=None):
             if isinstance(data, Tensor):
                 raise TripyError("Cannot initialize Tensor with another Tensor.")
-            self.producer, self.device = _producer, "cpu"
+            self.producer, self.device, self.value = _producer, "cpu", None
             if _producer != "constant":
                 self.dtype, self.shape, self.device = dtype, tuple(_shape), "gpu"
             elif isinstance(data, torch.Tensor):
                 self.dtype, self.shape = from_torch[data.dtype], tuple(data.shape)
                 self.device = "gpu" if data.is_cuda else "cpu"
+                self.value = data
             else:  # Python number / (nested) list: float32 (or int32) constant, CPU
                 t = torch.as_tensor(data)
                 self.dtype = tp.float32 if t.is_floating_point() else tp.int32
@@ -79,7 +83,9 @@ def make_fake_tp():
     def transpose(t, a, b):
         s = list(t.shape)
         s[a], s[b] = s[b], s[a]
-        return t._op(shape=s)
+        out = t._op(shape=s)
+        out.value = None if t.value is None else t.value.transpose(a, b)
+        return out
 
     def _as_scale(scale, required):  # wrappers.convert_input_types for convert_to_tensors={"scale"}
         if not isinstance(scale, Tensor):
@@ -110,7 +116,12 @@ def make_fake_tp():
         scale = _as_scale(scale, input.dtype)
         _check(input, scale, dtype, input.dtype, dim, "quantize op")
         tp.calls.append(("quantize", scale.dtype, scale.shape, dtype))
-        return Tensor(None, dtype, _producer="op", _shape=input.shape)
+        out = Tensor(None, dtype, _producer="op", _shape=input.shape)
+        if input.value is not None and scale.value is not None:
+            q = input.value.float() / _expand(scale.value.float(), input.shape, dim)
+            lim = {tp.int8: (-128, 127), tp.int4: (-8, 7)}.get(dtype)
+            out.value = q.round().clamp(*lim) if lim else q
+        return out
 
     def dequantize(input, scale, dtype, dim=None):  # noqa: A002
         if input.dtype not in (tp.int8, tp.int4, tp.float8) or dtype not in floats:
@@ -118,7 +129,19 @@ def make_fake_tp():
         scale = _as_scale(scale, dtype)
         _check(input, scale, input.dtype, dtype, dim, "dequantize op")
         tp.calls.append(("dequantize", scale.dtype, scale.shape, input.dtype))
-        return Tensor(None, dtype, _producer="op", _shape=input.shape)
+        out = Tensor(None, dtype, _producer="op", _shape=input.shape)
+        if input.value is not None and scale.value is not None:
+            out.value = input.value * _expand(scale.value.float(), input.shape, dim)
+        return out
+
+    def _expand(scale, shape, dim):  # the scale of every element, per Tripy's per-tensor/channel/block rules
+        if dim is not None:
+            view = [1] * len(shape)
+            view[dim] = shape[dim]
+            return scale.reshape(view)
+        if scale.dim() == 2:  # block-wise: blocks of D0 / S0 along dim 0
+            return scale.repeat_interleave(shape[0] // scale.shape[0], dim=0)
+        return scale
 
     class Module:
         def state_dict(self, prefix=""):
@@ -161,7 +184,7 @@ def make_fake_tp():
     return tp
 
 
-SHAPE = GPTShape(n_layer=1, n_head=2, n_embd=128, n_positions=16, vocab_size=32)
+SHAPE = GPTShape(n_layer=1, n_head=2, n_embd=256, n_positions=16, vocab_size=32)  # >= 2 INT4 blocks per row
 
 
 def quant_linears(model):
@@ -212,3 +235,31 @@ def test_fake_rejects_a_cast_python_float_scale():
     with pytest.raises(TripyError, match="constant in CPU memory"):
         tp.quantize(w, [1.0] * 4, tp.int8, dim=0)
     tp.quantize(tp.Tensor(torch.zeros(4, 4)), [1.0] * 4, tp.int8, dim=0)  # float32: no cast, accepted
+
+
+def test_int4_qlinear_weight_equals_modelopt_fake_quant(monkeypatch, quantized):
+    """The real state dict of the 256-wide INT4 GPT-2 loaded into the Tripy GPT (fake nvtripy with values):
+    each QLinear's (in, out) weight is ModelOpt's fake-quant weight transposed, for every linear kind with
+    >= 2 blocks per row. Under the upstream-style layout (codes (out, in), blocks along dim 0 = out) it is not."""
+    from quantization.modelopt_tripy import build_tripy_state_dict
+    from quantization.modelopt_tripy.weights import _weight_out_in
+
+    tp = make_fake_tp()
+    monkeypatch.setattr(tripy_model, "import_nvtripy", lambda: tp)
+    mode = "int4-weight-only"
+    q = quantized(mode)
+    shape = GPTShape.from_hf(q.config)
+    sd = build_tripy_state_dict(q, mode)
+    model = tripy_model.build_gpt(shape, mode, "float32")
+    tripy_model.load_into_tripy(model, sd, mode, "float32")
+    for i, blk in enumerate(model.transformer.h):
+        for lin, ql in zip(QUANT_LINEARS, (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)):
+            _, fq = _weight_out_in(q.get_submodule(f"transformer.h.{i}.{lin}"))
+            w = ql._weight_in_out().value
+            assert ql.in_f // 128 >= 2 and w.shape == (ql.in_f, ql.out_f)
+            assert torch.allclose(w, fq.t(), rtol=0, atol=1e-6 * float(fq.abs().max())), lin
+            # the same codes with the scales' blocks in another order (a wrongly blocked axis) are visibly wrong
+            s = ql.weight_scale.value
+            ql.weight_scale = tp.Tensor(s.t().contiguous().reshape(s.shape))
+            assert not torch.allclose(ql._weight_in_out().value, fq.t(), rtol=0, atol=1e-3 * float(fq.abs().max()))
+            ql.weight_scale = tp.Tensor(s)
