@@ -79,6 +79,71 @@ def tiny_lm(path: Path, vocab: int = 64, dim: int = 32, seed: int = 0) -> Path:
     return path
 
 
+WIDE_D, WIDE_HEAD, WIDE_VOCAB = 256, 384, 320
+# name -> (weight initializer shape, op, input axis of the weight): every one has out != in or >= 2 INT4 blocks
+# of 128 inputs per output; GPT-2's four linear kinds as its ONNX export writes them (Gemm, weight (in, out)),
+# a Gemm(transB=1) weight (out, in) and a MatMul LM head
+WIDE_WEIGHTS = {"c_attn": ((256, 768), "Gemm", 0), "attn_c_proj": ((256, 256), "Gemm", 0),
+                "c_fc": ((256, 1024), "Gemm", 0), "mlp_c_proj": ((1024, 256), "Gemm", 0),
+                "head_t": ((384, 256), "Gemm(transB=1)", 1), "lm_head": ((384, 320), "MatMul", 0)}
+
+
+def wide_linear_net(path: Path, seed: int = 0) -> Path:
+    """x [N,256] -> c_attn Gemm (256,768) -> Split q,k,v -> q*k+v -> attn_c_proj Gemm (256,256) -> +x
+    -> c_fc Gemm (256,1024) -> Relu -> mlp_c_proj Gemm (1024,256) -> +r1 -> head_t Gemm(transB=1) (384,256)
+    -> Relu -> lm_head MatMul (384,320) -> logits [N,320]; opset 18, dynamic N. GPT-2-shaped at 256 wide: every
+    weight has >= 2 INT4 blocks of 128 inputs per output (WIDE_WEIGHTS), and each 128-input block of a column
+    has its own magnitude (x0.1 .. x1.1), so a scale applied to the wrong block is visibly wrong."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name):
+        shape, op, in_axis = WIDE_WEIGHTS[name]
+        fan_in = shape[in_axis]
+        w = rng.normal(0, fan_in ** -0.5, shape).astype(np.float32)
+        mag = rng.uniform(0.1, 1.1, (fan_in // 128, shape[1 - in_axis])).astype(np.float32)
+        mag = np.repeat(mag, 128, axis=0)
+        return _init(name, w * (mag if in_axis == 0 else mag.T))
+
+    def bias(name, n):
+        return _init(name, rng.normal(0, 0.1, n).astype(np.float32))
+
+    d = WIDE_D
+    nodes = [helper.make_node("Gemm", ["x", "c_attn", "b_attn"], ["qkv"], name="c_attn_gemm"),
+             helper.make_node("Split", ["qkv"], ["q", "k", "v"], name="split", axis=1, num_outputs=3),
+             helper.make_node("Mul", ["q", "k"], ["qk"], name="qk"),
+             helper.make_node("Add", ["qk", "v"], ["a"], name="av"),
+             helper.make_node("Gemm", ["a", "attn_c_proj", "b_aproj"], ["ap"], name="attn_c_proj_gemm"),
+             helper.make_node("Add", ["ap", "x"], ["r1"], name="res1"),
+             helper.make_node("Gemm", ["r1", "c_fc", "b_fc"], ["f"], name="c_fc_gemm"),
+             helper.make_node("Relu", ["f"], ["fr"], name="act"),
+             helper.make_node("Gemm", ["fr", "mlp_c_proj", "b_mproj"], ["mp"], name="mlp_c_proj_gemm"),
+             helper.make_node("Add", ["mp", "r1"], ["r2"], name="res2"),
+             helper.make_node("Gemm", ["r2", "head_t", "b_head"], ["hd"], name="head_t_gemm", transB=1),
+             helper.make_node("Relu", ["hd"], ["hr"], name="act2"),
+             helper.make_node("MatMul", ["hr", "lm_head"], ["logits"], name="lm_head_matmul")]
+    inits = [weight("c_attn"), bias("b_attn", 3 * d), weight("attn_c_proj"), bias("b_aproj", d), weight("c_fc"),
+             bias("b_fc", 4 * d), weight("mlp_c_proj"), bias("b_mproj", d), weight("head_t"),
+             bias("b_head", WIDE_HEAD), weight("lm_head")]
+    g = helper.make_graph(nodes, "wide_linear_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", WIDE_VOCAB])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], producer_name="tests")
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def blocked_dequantize(codes: np.ndarray, scale: np.ndarray, axis: int, block: int) -> np.ndarray:
+    """ONNX blocked DequantizeLinear (no zero point): element e uses scale[e with e[axis] // block]. Raises
+    ValueError when `scale` does not have the blocked shape of `codes` along `axis`."""
+    want = tuple(-(-d // block) if i == axis else d for i, d in enumerate(codes.shape))
+    if tuple(scale.shape) != want:
+        raise ValueError(f"scale {tuple(scale.shape)} is not the blocked shape {want} of {codes.shape} on axis {axis}")
+    full = np.repeat(scale, block, axis=axis)
+    full = full[tuple(slice(0, d) for d in codes.shape)]
+    return codes.astype(np.float32) * full.astype(np.float32)
+
+
 def model_cache_dir(cache: Path, model: str) -> Path:
     """The folder ModelSource(model, 'embedded') resolves to under SUITE_CACHE_DIR=cache (key computed in a child)."""
     out = subprocess.run([sys.executable, "-c", "from utils.specs import ModelSource; import sys; "
@@ -138,9 +203,16 @@ def lm_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def wide_net_path(tmp_path_factory) -> Path:
+    return wide_linear_net(tmp_path_factory.mktemp("tiny") / "wide.onnx")
+
+
+@pytest.fixture(scope="session")
 def h():
     """The helpers of this module (test modules cannot import conftest under --import-mode=importlib)."""
     from types import SimpleNamespace
 
     return SimpleNamespace(tiny_convnet=tiny_convnet, tiny_lm=tiny_lm, fake_resnet_cache=fake_resnet_cache,
-                           fake_gpt2_cache=fake_gpt2_cache, run_route=run_route, model_cache_dir=model_cache_dir)
+                           fake_gpt2_cache=fake_gpt2_cache, run_route=run_route, model_cache_dir=model_cache_dir,
+                           wide_linear_net=wide_linear_net, WIDE_WEIGHTS=WIDE_WEIGHTS,
+                           blocked_dequantize=blocked_dequantize)

@@ -169,3 +169,88 @@ def test_int4_block_axis_repair_runs_on_ort(tiny_net, tmp_path):
     err = relative_error(ref, q)
     print(f"int4 relative error {err:.4f}")
     assert err < 0.15, f"INT4 (one block of 16 inputs per output) relative error {err:.3f}; repaired {fixed}; |w|max {abs(wf).max():.2f}"
+
+
+# ---------------------------------------------------------------- INT4 blocks on a 256-wide GPT-2-shaped net
+
+def _int4_weights(path: Path) -> dict:
+    """node name less `_DequantizeLinear` (ModelOpt 0.47 names it after the source weight) -> (codes, scales,
+    axis, block) of every blocked DequantizeLinear in the ONNX at `path`."""
+    m = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    out = {}
+    for n in m.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "DequantizeLinear" and attrs.get("block_size"):
+            assert len(n.input) == 2 or not n.input[2], f"{n.name}: symmetric INT4 expected (no zero point)"
+            out[n.name.removesuffix("_DequantizeLinear")] = (inits[n.input[0]], inits[n.input[1]],
+                                                             int(attrs.get("axis", 1)), int(attrs["block_size"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def wide_int4(wide_net_path, tmp_path_factory):
+    """The route's INT4 (AWQ-clip, its default) of the 256-wide GPT-2-shaped net, before and after its repair."""
+    d = tmp_path_factory.mktemp("wide_int4")
+    x = np.random.default_rng(1).standard_normal((16, 256)).astype(np.float32)
+    out = d / "int4.onnx"
+    route.modelopt_quantize(wide_net_path, out, oc.ArrayCalibrationReader("x", [x]), mode="int4",
+                            calibration_method="awq_clip", calibration_eps=["cpu"], high_precision_dtype="fp32")
+    raw = d / "as_written.onnx"
+    raw.write_bytes(out.read_bytes())
+    fixed = route.fix_block_axes(out)
+    return raw, out, fixed
+
+
+def test_int4_wide_blocks_dequantize_to_the_weights_block_by_block(wide_net_path, wide_int4, h):
+    """Every INT4 weight of a GPT-2-shaped net with >= 2 blocks of 128 inputs per output (out != in except the
+    GPT-2-square attn_c_proj): the repaired artifact's blocks run along each weight's input axis, its codes are
+    round-to-nearest of the FP32 weight with that block's scale, and the scale is the block's (clipped) amax / 7.
+    Read along the other axis (a wrongly blocked layout), the same codes and scales fail: by shape, or by value."""
+    raw, out, fixed = wide_int4
+    src = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(wide_net_path)).graph.initializer}
+    q = _int4_weights(out)
+    assert set(q) == set(h.WIDE_WEIGHTS), sorted(q)  # all six weights are INT4
+    assert fixed == [n for n in fixed if n.startswith("head_t")] and len(fixed) == 1  # only the transB=1 weight
+    for name, (shape, op, in_axis) in h.WIDE_WEIGHTS.items():
+        codes, scale, axis, block = q[name]
+        w = src[name]
+        assert codes.shape == shape and block == 128 and axis == in_axis, (name, op, codes.shape, axis)
+        assert shape[in_axis] // block >= 2 and scale.shape[in_axis] == shape[in_axis] // block, name
+        assert codes.min() >= -8 and codes.max() <= 7, name
+        full = np.repeat(scale, block, axis=axis)
+        # codes are RTN of w at the block's scale (exact but for float ties at x.5: allow 0.1% one-step flips)
+        rtn = np.clip(np.round(w / full), -8, 7)
+        assert np.mean(rtn != codes) <= 1e-3, (name, float(np.mean(rtn != codes)))
+        # the scale is the block's amax / 7, clipped by AWQ-clip to no less than half of it
+        amax = (np.abs(w).reshape(shape[0] // block, block, shape[1]).max(axis=1) if axis == 0
+                else np.abs(w).reshape(shape[0], shape[1] // block, block).max(axis=2))
+        assert np.all(scale <= amax / 7 * (1 + 1e-5)) and np.all(scale >= amax / 14), name
+        deq = h.blocked_dequantize(codes, scale, axis, block)
+        inside = np.abs(w) <= 7 * full
+        step = np.abs(deq - w) / full
+        assert step[inside].max() <= 0.5 + 1e-4, (name, float(step[inside].max()))
+        # the same codes and scales read as blocks along the other axis
+        other = 1 - axis
+        try:
+            wrong = h.blocked_dequantize(codes, np.ascontiguousarray(scale.T), other, block)
+        except ValueError:
+            assert shape[0] != shape[1], name  # out != in: caught by shape
+        else:
+            bad = (np.abs(wrong - w) / full)[inside]
+            assert bad.max() > 1.0, (name, float(bad.max()))  # square: caught by value
+    # as written by ModelOpt 0.47, the Gemm(transB=1) weight's scales contradict its `axis`: the route's checks
+    with pytest.raises(RuntimeError, match="head_t"):
+        route.check_block_scales(raw)
+    route.check_block_scales(out)
+
+
+def test_int4_wide_repaired_model_runs_on_ort_close_to_fp32(wide_net_path, wide_int4):
+    raw, out, _ = wide_int4
+    xe = np.random.default_rng(3).standard_normal((8, 256)).astype(np.float32)
+    with pytest.raises(Exception, match="ceil"):  # ORT refuses the unrepaired model when it runs the DQ
+        oc.make_session(raw, 1).run(None, {"x": xe})
+    ref = oc.make_session(wide_net_path, 1).run(None, {"x": xe})[0]
+    got = oc.make_session(out, 1).run(None, {"x": xe})[0]
+    err = relative_error(ref, got)
+    assert 1e-4 < err < 0.2, err  # INT4 changes the output, within its rounding
