@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.onnx_tiny import convnet_path, h, lm_path  # noqa: F401  (pytest finds fixtures by name here)
+from tests.onnx_tiny import convnet_path, h, lm_path, wide_net_path  # noqa: F401  (pytest finds fixtures by name here)
 
 D_IN, D_OUT = 256, 384  # out != in; int4 group_size 128 -> 2 groups per output column of W_up, 3 of W_down
 
