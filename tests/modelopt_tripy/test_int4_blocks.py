@@ -10,7 +10,6 @@ blocks are ModelOpt's input blocks. With one block per row (in = 128) a transpos
 - wrong layouts of the same codes and scales (scales reshaped instead of transposed, blocks along the output
   axis, untransposed codes, TensorRT-Incubator's upstream reshape) are each caught, by shape or by value.
 """
-import pytest
 import torch
 
 from quantization.modelopt_tripy import build_tripy_state_dict, convert_to_scale
