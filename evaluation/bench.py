@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", default="all", help=f"comma list or 'all': {', '.join(MODELS)}")
     ap.add_argument("--toolchains", default="all", help=f"comma list or 'all': {', '.join(ORDER)}")
-    ap.add_argument("--methods", default=None, help="comma list of methods (each toolchain runs those it has)")
+    opt_in = "; ".join(f"{t} on {tc.opt_in_text()}" for t, tc in TOOLCHAINS.items() if tc.opt_in_text())
+    ap.add_argument("--methods", default=None,
+                    help="comma list of methods (each toolchain runs those it has); the default runs every method "
+                         "except the opt-in ones, which run only when named here" + (f" ({opt_in})" if opt_in else ""))
     ap.add_argument("--batches", type=int_list_text, default=None,
                     help="comma list of latency batch sizes (default per model: " +
                          "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) + ")")
@@ -222,11 +225,17 @@ def _batches_of(args, model: str) -> tuple[int, ...]:
     return tuple(int(b) for b in args.batches.split(",")) if args.batches else DEFAULT_BATCHES[model]
 
 
-def _variants(args, toolchain: str, model: str):
-    vs = TOOLCHAINS[toolchain].variants[model]
+def _variants(args, toolchain: str, model: str, device: str | None = None):
+    """The variants this run selects of (toolchain, model): those --methods names, else every one but the device's
+    opt-in ones (utils/registry.py `opt_in`); device None: those of any device the route may run on."""
+    tc = TOOLCHAINS[toolchain]
+    vs = tc.variants[model]
     if args.methods:
-        vs = tuple(v for v in vs if v[0] in args.methods.split(","))
-    return vs
+        return tuple(v for v in vs if v[0] in args.methods.split(","))
+    devices = [device] if device else (_devices_of(args, toolchain) if getattr(args, "devices", None)
+                                       else list(tc.devices))
+    default = {m for d in devices for m in tc.default_methods(model, d)}
+    return tuple(v for v in vs if v[0] in default)
 
 
 def status_all(args, toolchain: str, model: str, status: str, reason: str, run_id: str, variants=None,
@@ -239,9 +248,10 @@ def status_all(args, toolchain: str, model: str, status: str, reason: str, run_i
     env = {"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "launcher": launcher,
            "host": platform.node(), **(env_extra or {})}
     for device in _devices_of(args, toolchain) if getattr(args, "devices", None) else [tc.default_device()]:
+        mine = _variants(args, toolchain, model, device)
         for row in status_rows(status=status, reason=reason, model=model, weights=args.weights,
                                dataset=DATASET_NAME.get((model, args.weights), str(args.data)), toolchain=toolchain,
-                               variants=variants if variants is not None else _variants(args, toolchain, model),
+                               variants=mine if variants is None else [v for v in variants if v in mine],
                                device=device, batches=_batches_of(args, model), metric=METRIC[model],
                                eval_limit=args.eval_limit, environment=env):
             write_row(row, args.runs_dir)
