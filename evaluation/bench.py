@@ -6,8 +6,10 @@
     python3 -m evaluation.bench --cluster local --models resnet50 --toolchains torch --methods eager,fx
 
 Stdlib only: it runs under the system Python. Every flag and path is checked before anything is
-prepared or written (a bad one exits 2 with one line). Then it creates/reuses the virtualenvs,
-runs `models.prepare` in the model-preparing toolchain's environment, each route through the kit
+prepared or written (a bad one exits 2 with one line). Then it creates/reuses the model-preparing
+toolchain's virtualenv and runs `models.prepare` there while the other environments the run needs are
+created in the background (at most 2 pip installs at once); once every creation has finished (nothing
+is timed while pip runs) it measures the device's ceilings, runs each route through the kit
 (`python -m quantization.kit <toolchain>`) in its own environment, in the order the declarations'
 `needs` give, and the aggregation in the report environment. A toolchain whose environment,
 library or hardware is missing yields `skipped` rows with the reason and the run goes on.
@@ -52,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", default="all", help=f"comma list or 'all': {', '.join(MODELS)}")
     ap.add_argument("--toolchains", default="all", help=f"comma list or 'all': {', '.join(ORDER)}")
-    ap.add_argument("--methods", default=None, help="comma list of methods (each toolchain runs those it has)")
+    opt_in = "; ".join(f"{t} on {tc.opt_in_text()}" for t, tc in TOOLCHAINS.items() if tc.opt_in_text())
+    ap.add_argument("--methods", default=None,
+                    help="comma list of methods (each toolchain runs those it has); the default runs every method "
+                         "except the opt-in ones, which run only when named here" + (f" ({opt_in})" if opt_in else ""))
     ap.add_argument("--batches", type=int_list_text, default=None,
                     help="comma list of latency batch sizes (default per model: " +
                          "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) + ")")
@@ -222,11 +227,17 @@ def _batches_of(args, model: str) -> tuple[int, ...]:
     return tuple(int(b) for b in args.batches.split(",")) if args.batches else DEFAULT_BATCHES[model]
 
 
-def _variants(args, toolchain: str, model: str):
-    vs = TOOLCHAINS[toolchain].variants[model]
+def _variants(args, toolchain: str, model: str, device: str | None = None):
+    """The variants this run selects of (toolchain, model): those --methods names, else every one but the device's
+    opt-in ones (utils/registry.py `opt_in`); device None: those of any device the route may run on."""
+    tc = TOOLCHAINS[toolchain]
+    vs = tc.variants[model]
     if args.methods:
-        vs = tuple(v for v in vs if v[0] in args.methods.split(","))
-    return vs
+        return tuple(v for v in vs if v[0] in args.methods.split(","))
+    devices = [device] if device else (_devices_of(args, toolchain) if getattr(args, "devices", None)
+                                       else list(tc.devices))
+    default = {m for d in devices for m in tc.default_methods(model, d)}
+    return tuple(v for v in vs if v[0] in default)
 
 
 def status_all(args, toolchain: str, model: str, status: str, reason: str, run_id: str, variants=None,
@@ -239,9 +250,10 @@ def status_all(args, toolchain: str, model: str, status: str, reason: str, run_i
     env = {"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "launcher": launcher,
            "host": platform.node(), **(env_extra or {})}
     for device in _devices_of(args, toolchain) if getattr(args, "devices", None) else [tc.default_device()]:
+        mine = _variants(args, toolchain, model, device)
         for row in status_rows(status=status, reason=reason, model=model, weights=args.weights,
                                dataset=DATASET_NAME.get((model, args.weights), str(args.data)), toolchain=toolchain,
-                               variants=variants if variants is not None else _variants(args, toolchain, model),
+                               variants=mine if variants is None else [v for v in variants if v in mine],
                                device=device, batches=_batches_of(args, model), metric=METRIC[model],
                                eval_limit=args.eval_limit, environment=env):
             write_row(row, args.runs_dir)
@@ -325,11 +337,21 @@ def note_failed_rows(args, run_id: str, failures: list[str]) -> None:
         failures.append(f"{len(names)} variant(s) failed: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else ""))
 
 
-def prepare_models(args, models, failures: list[str], ceilings: bool) -> tuple[dict[str, str], int]:
-    """models.prepare in the model-preparing toolchain's environment: (model -> "ok" or the reason, exit code)."""
+def prepare_models(args, models, failures: list[str], ceilings: bool,
+                   env_ready=None) -> tuple[dict[str, str], int]:
+    """models.prepare in the model-preparing toolchain's environment: (model -> "ok" or the reason, exit code).
+    `env_ready()`, when given, is called once that environment exists (or could not be created), before the
+    models are prepared: the bench starts creating the other environments then."""
     prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
     try:
-        envs.ensure_env(prep_env)
+        try:
+            envs.ensure_env(prep_env)
+        except envs.EnvError:
+            if env_ready is not None:
+                env_ready()  # the other environments are created all the same (their toolchains' rows say why)
+            raise
+        if env_ready is not None:
+            env_ready()
         prep = ["-m", "models.prepare", "--model", ",".join(models), "--weights", args.weights,
                 "--threads", str(args.threads)] + (["--ceilings"] if ceilings else [])
         for flag, val in (("--weights-path", args.weights_path), ("--data", args.data)):
@@ -349,12 +371,12 @@ def prepare_models(args, models, failures: list[str], ceilings: bool) -> tuple[d
         return {m: reason for m in models}, 1
 
 
-def report(args, out: Path, failures: list[str]) -> None:
+def report(args, out: Path, failures: list[str], ensure=envs.ensure_env) -> None:
     """Tables and plots beside the rows, in the report environment (unless --no-report)."""
     if args.no_report:
         return
     try:
-        envs.ensure_env("report")
+        ensure("report")
         agg = ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir), "--out", str(out)]
         if args.update_readme:
             agg += ["--readme", str(REPO_ROOT / "README.md")]
@@ -365,6 +387,67 @@ def report(args, out: Path, failures: list[str]) -> None:
             failures.append(f"aggregate exited {rc}")
     except envs.EnvError as exc:
         failures.append(f"report environment: {exc}")
+
+
+BUILD_PARALLEL = 2  # environments created at once in the background (pip installs)
+
+
+def _has_work(args, models, toolchain: str) -> list[str]:
+    """The models a toolchain runs in this run (a route per model)."""
+    tc = TOOLCHAINS[toolchain]
+    return [m for m in models if m in tc.variants and _variants(args, toolchain, m)]
+
+
+def background_envs(args, models, toolchains) -> list[str]:
+    """The environments this run still has to create besides the model-preparing one: every toolchain's that runs a
+    route or measures ceilings, and the report's; none that exists already or runs in an existing interpreter."""
+    prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
+    names = [TOOLCHAINS[t].env.name for t in toolchains
+             if _has_work(args, models, t) or (args.ceilings and TOOLCHAINS[t].measures_ceilings)]
+    names += [] if args.no_report else ["report"]
+    return [n for n in dict.fromkeys(names) if n != prep_env and n not in envs.OVERRIDES and not envs.is_ready(n)]
+
+
+def start_env_builds(names: list[str]) -> envs.Builds:
+    if names:
+        say(f"creating {len(names)} environment(s) in the background while the models are prepared "
+            f"(at most {BUILD_PARALLEL} at once): {', '.join(names)}")
+    return envs.Builds(names, BUILD_PARALLEL)
+
+
+def join_env_builds(builds: envs.Builds) -> None:
+    """Wait for every background creation: nothing is timed while pip runs."""
+    if not builds.names:
+        return
+    t0 = time.time()
+    errors = builds.join()
+    ok = [n for n in builds.names if n not in errors]
+    say(f"environments created: {', '.join(ok) or 'none'}" + (f"; could not be created: {', '.join(errors)}"
+                                                               if errors else "")
+        + f" (waited {time.time() - t0:.0f} s after preparation)")
+
+
+def measure_ceilings(args, toolchains, out: Path, ensure) -> None:
+    """The device's matmul ceilings: first in the model-preparing environment (a fresh record), then merged with
+    the rates of every other selected toolchain that declares `measures_ceilings` (e.g. an ORT kernel beats torch's
+    BLAS). Runs only after every environment creation finished: nothing else loads the machine."""
+    device_json = str(out / "device.json")
+    for tc_name in dict.fromkeys([PREPARE_TOOLCHAIN, *toolchains]):
+        tc = TOOLCHAINS[tc_name]
+        first = tc.prepares_models
+        if not first and not tc.measures_ceilings:
+            continue
+        try:
+            ensure(tc.env.name)
+        except envs.EnvError as exc:
+            say(f"{tc_name}: no ceiling measurement ({exc})")
+            continue
+        say(f"device ceilings through {tc_name}'s libraries")
+        rc = envs.run_in_env(tc.env.name, ["-m", "utils.ceilings", "--threads", str(args.threads), "--out",
+                                           device_json] + ([] if first else ["--merge"])).returncode
+        if rc != 0:
+            say(f"{tc_name}: ceiling measurement exited {rc}" +
+                ("" if first else f" (the {PREPARE_TOOLCHAIN} environment's ceilings are kept)"))
 
 
 def relaunch_in_cluster_env(argv: list[str]) -> int:
@@ -408,36 +491,38 @@ def main(argv: list[str] | None = None) -> int:
     for name, python in envs.OVERRIDES.items():
         say(f"environment '{name}': existing interpreter {python} (no venv)")
 
-    # 1. prepare every model (train/load, tokenise, export ONNX, count ops) and measure the device's ceilings
-    prepared, rc = prepare_models(args, models, failures, ceilings=args.ceilings)
-    if rc == 2:
-        return 2  # bad input: the one-line error is already printed
+    builds = envs.Builds([])
+    try:
+        # 1. prepare every model (train/load, tokenise, export ONNX, count ops); once its environment exists, the
+        # other environments this run needs are created in the background meanwhile
+        def env_ready() -> None:
+            nonlocal builds
+            builds = start_env_builds(background_envs(args, models, toolchains))
 
-    # 1b. the ceilings through the other libraries that declare them (e.g. an ORT kernel beats torch's BLAS)
-    if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
-        for tc_name in toolchains:
-            tc = TOOLCHAINS[tc_name]
-            if not tc.measures_ceilings or tc.prepares_models:
-                continue
-            try:
-                envs.ensure_env(tc.env.name)
-            except envs.EnvError as exc:
-                say(f"{tc_name}: no ceiling measurement ({exc})")
-                continue
-            say(f"device ceilings through {tc_name}'s libraries")
-            rc = envs.run_in_env(tc.env.name, ["-m", "utils.ceilings", "--threads", str(args.threads), "--merge",
-                                               "--out", str(out / "device.json")]).returncode
-            if rc != 0:
-                say(f"{tc_name}: ceiling measurement exited {rc} (the torch environment's ceilings are kept)")
+        prepared, rc = prepare_models(args, models, failures, ceilings=False, env_ready=env_ready)
+        if rc == 2:
+            return 2  # bad input: the one-line error is already printed
+        join_env_builds(builds)  # nothing below is timed while pip runs
 
+        # 1b. the device's ceilings (efficiency column), through every library that declares them
+        if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
+            measure_ceilings(args, toolchains, out, builds.ensure)
+
+        return _routes_and_report(args, models, toolchains, out, prepared, run_id, failures, builds.ensure, t_start)
+    finally:
+        builds.cancel()  # only what is still under way (Ctrl-C, an early exit): no half-made env is marked ready
+
+
+def _routes_and_report(args, models, toolchains, out: Path, prepared: dict, run_id: str, failures: list[str],
+                       ensure, t_start: float) -> int:
     # 2. each toolchain in its own env, in dependency order
     for tc_name in toolchains:
         tc = TOOLCHAINS[tc_name]
-        todo = [m for m in models if m in tc.variants and _variants(args, tc_name, m)]
+        todo = _has_work(args, models, tc_name)
         if not todo:
             continue
         try:
-            envs.ensure_env(tc.env.name)
+            ensure(tc.env.name)
         except envs.EnvError as exc:
             say(f"{tc_name}: environment unavailable: {exc}")
             for m in todo:
@@ -468,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     note_failed_rows(args, run_id, failures)
 
     # 3. tables and plots, beside the rows
-    report(args, out, failures)
+    report(args, out, failures, ensure)
     say(f"finished in {time.time() - t_start:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else "; all ok"))
     return 1 if failures else 0
 

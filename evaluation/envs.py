@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +152,52 @@ def _log(msg: str) -> None:
     print(f"[envs] {msg}", file=sys.stderr, flush=True)
 
 
+# the creation steps (venv, pip) running now, so that Builds.cancel can stop them; once it has, no new one starts
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+_CANCELLED = threading.Event()
+
+
+INTERRUPTED = "environment creation was interrupted"
+
+
+def _step(cmd: list[str], fh, **kw) -> int:
+    """Run one creation step with its output in the log (`fh`, a file opened for writing); its return code.
+    Raises EnvError once creation was cancelled (Builds.cancel), before or while it runs, and when the step itself
+    was stopped by Ctrl-C (a terminal's SIGINT reaches pip too): an interrupted optional part must not be
+    recorded as failed in a stamp, as if the environment were ready without it."""
+    import signal
+
+    fh.flush()
+    start = fh.tell()
+    with _RUNNING_LOCK:
+        if _CANCELLED.is_set():
+            raise EnvError(INTERRUPTED)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, **kw)
+        _RUNNING.add(proc)
+    try:
+        rc = proc.wait()
+    except BaseException:  # KeyboardInterrupt in the thread that runs it: stop the step too
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+    if _CANCELLED.is_set() or rc in (-signal.SIGINT, 128 + signal.SIGINT):
+        raise EnvError(INTERRUPTED)
+    if rc != 0:
+        try:
+            with open(fh.name, errors="replace") as log:
+                log.seek(start)
+                tail = log.read()
+        except (OSError, TypeError):
+            tail = ""
+        if "Operation cancelled by user" in tail or "KeyboardInterrupt" in tail:  # pip's (and Python's) Ctrl-C
+            raise EnvError(INTERRUPTED)
+    return rc
+
+
 def ensure_env(name: str, *, quiet: bool = False) -> dict:
     """Create (or reuse) the environment; return its stamp. Raises EnvError with a one-line reason."""
     if name not in ENVS:
@@ -170,7 +217,9 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
         venv_cmd = [sys.executable, "-m", "venv", str(d)]
         if os.environ.get("SUITE_SYSTEM_SITE_PACKAGES") == "1":  # e.g. an NGC container's TensorRT
             venv_cmd.append("--system-site-packages")
-        subprocess.run(venv_cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
+        rc = _step(venv_cmd, fh)
+        if rc != 0:
+            raise subprocess.CalledProcessError(rc, venv_cmd)
         stamp = {"hash": requirements_hash(name), "optional_failed": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         for part in ENVS[name]:
             req = REQUIREMENTS_DIR / part.file
@@ -184,7 +233,7 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
             ]
             fh.write(f"\n$ {' '.join(cmd)}\n")
             fh.flush()
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+            rc = _step(cmd, fh, cwd=REPO_ROOT)
             if rc != 0:
                 reason = _last_error(log) or f"pip exited {rc}"
                 if part.optional:
@@ -194,9 +243,78 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
                 raise EnvError(f"environment '{name}' could not be created ({part.file}): {reason}")
     from utils.atomic import atomic_write_json
 
-    atomic_write_json(d / STAMP, stamp)
+    if _CANCELLED.is_set():
+        raise EnvError(INTERRUPTED)
+    atomic_write_json(d / STAMP, stamp)  # last: an environment is ready only once every step finished
     _log(f"environment '{name}' ready in {time.time() - t0:.0f} s")
     return stamp
+
+
+class Builds:
+    """Create environments in the background, at most `parallel` at once (one thread each, waiting their turn),
+    while the caller does other work (the bench: model preparation). `ensure(name)` is `ensure_env` for every
+    environment: one started here is waited for and its outcome given (its stamp, or the very error creating it
+    raised, e.g. the EnvError with its one-line reason); any other is created (or reused) now. `join()` waits for
+    all; `cancel()` stops every creation step under way (SIGINT, then kill) and starts none: an environment
+    interrupted half-way has no stamp (ensure_env writes it last), so it is never taken as ready."""
+
+    def __init__(self, names, parallel: int = 2, *, quiet: bool = False):
+        self.names = [n for n in dict.fromkeys(names)]
+        self._slots = threading.Semaphore(max(1, parallel))
+        self._outcome: dict[str, tuple[dict | None, BaseException | None]] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        _CANCELLED.clear()
+        for n in self.names:
+            t = threading.Thread(target=self._build, args=(n, quiet), name=f"env-{n}", daemon=True)
+            self._threads[n] = t
+            t.start()
+
+    def _build(self, name: str, quiet: bool) -> None:
+        with self._slots:
+            try:
+                if _CANCELLED.is_set():
+                    raise EnvError(INTERRUPTED)
+                self._outcome[name] = (ensure_env(name, quiet=quiet), None)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for this environment
+                self._outcome[name] = (None, exc)
+
+    def join(self, timeout: float | None = None) -> dict[str, BaseException]:
+        """Wait for every background creation; the environments that could not be created -> their error."""
+        for t in self._threads.values():
+            t.join(timeout)
+        return {n: exc for n, (_, exc) in self._outcome.items() if exc is not None}
+
+    def ensure(self, name: str) -> dict:
+        t = self._threads.get(name)
+        if t is None:
+            return ensure_env(name)
+        t.join()
+        stamp, exc = self._outcome.get(name, (None, EnvError(f"environment '{name}': {INTERRUPTED}")))
+        if exc is not None:
+            raise exc
+        return stamp
+
+    def cancel(self, timeout: float = 30) -> None:
+        """Stop every creation step under way and start no other; wait for the threads (bounded)."""
+        import signal
+
+        with _RUNNING_LOCK:
+            _CANCELLED.set()
+            running = list(_RUNNING)
+        for proc in running:  # Ctrl-C each step (pip stops cleanly), together
+            try:
+                proc.send_signal(signal.SIGINT)
+            except OSError:
+                pass
+        deadline = time.time() + timeout
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.join(timeout)
+        if not any(t.is_alive() for t in self._threads.values()):
+            _CANCELLED.clear()  # every creation has stopped: a later ensure_env (another run) may create again
 
 
 def _last_error(log: Path) -> str:

@@ -34,7 +34,7 @@ NO_CALIBRATION = {("torch", "weight-only"), ("torch", "dynamic"),
                   *(("torch", m) for m in ("eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16"))}  # casts
 DEFAULT_CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 # batch sweep: bounded for a 2-core CPU (ResNet50 FP32 eager is ~90 ms per 224x224 image there: batch 64
-# is ~6 s per call, each row makes first + 2 warm-up + >=2 timed calls). 128 and 256 are opt-in.
+# is ~6 s per call, each row makes first + 1 warm-up (calls over 1 s) + >=2 timed calls). 128 and 256 are opt-in.
 DEFAULT_SWEEP_BATCHES = {"resnet50": (1, 2, 4, 8, 16, 32, 64), "gpt2": (1, 2, 4, 8, 16)}
 # task -> toolchain -> methods a batch sweep runs by default (a toolchain not listed runs all its methods)
 DEFAULT_BATCH_METHODS = {

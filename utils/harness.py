@@ -1,7 +1,7 @@
 """Model-agnostic timing harness: takes a callable, knows nothing about models or runtimes.
 
-First call timed on its own (it includes lazy initialisation / compilation), then warm-up,
-then a loop until BOTH a minimum wall time and a minimum iteration count are reached.
+First call timed on its own (it includes lazy initialisation / compilation), then warm-up
+(one call only for a unit whose calls take over `slow_warmup_s`, 1 s), then a loop until BOTH a minimum wall time and a minimum iteration count are reached.
 GPU runtimes pass `sync` (e.g. a stream synchronize) so queued work is inside the timer,
 or time with device events and hand the samples to `Latency.from_values`.
 """
@@ -111,8 +111,12 @@ def _once(t: Timed, clock: Callable[[], float]) -> float:
 def interleaved(units: dict[str, Timed], *, baseline: str | None = None, min_trials: int = 20,
                 budget_s: float = 0.0, warmup: int = 3, max_trials: int = 10_000,
                 clock: Callable[[], float] = time.perf_counter,
-                widest: Callable[["Trials"], list[str] | None] | None = None) -> Trials:
-    """The one timing loop. Every unit's first call is timed on its own, then `warmup` calls each; then trials:
+                widest: Callable[["Trials"], list[str] | None] | None = None,
+                slow_warmup_s: float = 1.0) -> Trials:
+    """The one timing loop. Every unit's first call is timed on its own, then `warmup` calls each, except that a
+    unit whose first warm-up call took longer than `slow_warmup_s` (1 s) gets no more warm-up calls (1 in all): a
+    call that slow is already warm (lazy initialisation and compilation are in the first call, timed apart), and
+    further warm-up calls would cost seconds each while the trials still number at least `min_trials`. Then trials:
     in each trial every unit is called once, in a rotating order, so slow drift of the machine hits all of
     them alike and a variant can be paired with its baseline trial by trial. Trials go on until `min_trials`
     are done and, after that, while the total time is under `budget_s`; then each extra trial times only the
@@ -122,9 +126,11 @@ def interleaved(units: dict[str, Timed], *, baseline: str | None = None, min_tri
         raise ValueError("need 1 <= min_trials <= max_trials")
     names = list(units)
     first = {n: _once(units[n], clock) for n in names}
-    for _ in range(max(0, warmup)):
+    calls = {n: max(0, warmup) for n in names}  # warm-up calls per unit
+    for i in range(max(0, warmup)):
         for n in names:
-            _once(units[n], clock)
+            if i < calls[n] and _once(units[n], clock) > slow_warmup_s * 1000.0 and i == 0:
+                calls[n] = 1  # a slow call: one warm-up call is enough
     samples: dict[str, list[float]] = {n: [] for n in names}
     trial_of: dict[str, list[int]] = {n: [] for n in names}
 

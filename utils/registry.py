@@ -91,6 +91,9 @@ class Toolchain:
     marker: str = "x"  # matplotlib marker in plots
     prepares_models: bool = False  # its environment runs models.prepare (training, ONNX export, op counts)
     measures_ceilings: bool = False  # its environment adds its libraries' matmul rates to the device ceilings
+    # device -> methods that run on that device only when named in --methods (bench, sweeps, the route); on the
+    # other devices they run by default
+    opt_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -99,6 +102,14 @@ class Toolchain:
 
     def methods(self, model: str) -> tuple[str, ...]:
         return tuple(m for m, _ in self.variants.get(model, ()))
+
+    def default_methods(self, model: str, device: str) -> tuple[str, ...]:
+        """The methods a run on `device` does when --methods names none: all but the device's opt-in ones."""
+        return tuple(m for m in self.methods(model) if m not in self.opt_in.get(device, ()))
+
+    def opt_in_text(self) -> str:
+        """'cpu: a,b' for --help, or ''."""
+        return "; ".join(f"{d}: {','.join(ms)}" for d, ms in self.opt_in.items() if ms)
 
     def precision(self, model: str, method: str) -> str:
         return dict(self.variants[model])[method]
@@ -123,7 +134,8 @@ _DECLS = (
         route="quantization.torch_route:ROUTE",
         env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch",
                     imports=_BASE_IMPORTS + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx")),
-        # fx/pt2e: x86 CPU backend only; *-fp16/*-bf16: cuda, and the CPU where oneDNN has that dtype natively
+        # fx/pt2e: x86 CPU backend only; *-fp16/*-bf16: cuda, and the CPU where oneDNN has that dtype natively (opt-in
+        # there: see opt_in)
         variants={
             "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"),
                          *_TORCH_HALF),
@@ -138,6 +150,9 @@ _DECLS = (
         marker="o",
         prepares_models=True,
         measures_ceilings=True,
+        # the half-precision casts on the CPU run only when named in --methods: slow (compiled or emulated there) and
+        # rarely what a CPU deployment runs; on cuda they run by default
+        opt_in={"cpu": tuple(m for m, _ in _TORCH_HALF)},
     ),
     Toolchain(
         name="onnxruntime",

@@ -359,7 +359,6 @@ def run_model(route: Route, cfg: RouteConfig, opts, model: str) -> list:
     Failures are isolated per variant, in one format."""
     from tqdm import tqdm
 
-    variants = cfg.variants(model)
     devices = route.devices(opts)
     ctx = open_model(route, cfg, model, opts)  # SuiteError (bad input, stale artifact): one line, exit 2
     writers = {d: RowWriter(cfg, model, ctx.manifest, device=d, hashes=ctx.hashes, **route.environment(d, opts))
@@ -369,14 +368,14 @@ def run_model(route: Route, cfg: RouteConfig, opts, model: str) -> list:
     for d in devices:
         why = route.device_unavailable(d, opts)
         if why:
-            rows += writers[d].status("skipped", why, variants, sb[d])
+            rows += writers[d].status("skipped", why, cfg.variants(model, d), sb[d])
         else:
             live.append(d)
     rss_open, _ = _rss_mb()
     for d in live:
         done: list[_Variant] = []
         try:
-            for method, precision in tqdm(variants, desc=f"{cfg.toolchain}/{model}/{d}", unit="variant"):
+            for method, precision in tqdm(cfg.variants(model, d), desc=f"{cfg.toolchain}/{model}/{d}", unit="variant"):
                 rss_before, _ = _rss_mb()
                 measured = _reset_peak()
                 built = None
@@ -540,7 +539,7 @@ def run(route: Route, argv: list[str] | None = None) -> int:
                 manifest = None
             for d in route.devices(opts):
                 RowWriter(cfg, model, manifest, device=d, **route.environment(d, opts)).status(
-                    "skipped", why, cfg.variants(model), route.status_batches(d, cfg.batches[model]))
+                    "skipped", why, cfg.variants(model, d), route.status_batches(d, cfg.batches[model]))
             continue
         rows = run_model(route, cfg, opts, model)
         log.info("%s/%s: %d rows (%d ok) in %s", route.toolchain, model, len(rows),

@@ -58,7 +58,9 @@ def route_parser(toolchain: str, description: str) -> argparse.ArgumentParser:
     models = ",".join(tc.variants)
     ap.add_argument("--model", default=models, help=f"comma list of models: {models}")
     ap.add_argument("--methods", default="all", help="comma list; per model: " + "; ".join(
-        f"{m}: {','.join(tc.methods(m))}" for m in tc.variants))
+        f"{m}: {','.join(tc.methods(m))}" for m in tc.variants) + (
+        f"; 'all' leaves out the opt-in methods ({tc.opt_in_text()}), which run on that device only when named here"
+        if tc.opt_in_text() else ""))
     add_source_flags(ap)
     add_measure_flags(ap)
     ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where result rows (one JSON each) go")
@@ -81,6 +83,7 @@ class RouteConfig:
     min_time: float = 1.0
     min_iters: int = 20
     runs_dir: Path = RUNS_DIR
+    methods_named: bool = False  # --methods named them (opt-in methods run only then)
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -106,14 +109,17 @@ class RouteConfig:
         return cls(toolchain=toolchain, models=models, methods=methods, weights=args.weights,
                    weights_path=args.weights_path, data=args.data, batches=batches, calib_samples=calib,
                    eval_limit=args.eval_limit, threads=args.threads, min_time=args.min_time,
-                   min_iters=args.min_iters, runs_dir=args.runs_dir)
+                   min_iters=args.min_iters, runs_dir=args.runs_dir, methods_named=args.methods != "all")
 
     def source(self, model: str) -> ModelSource:
         return ModelSource(model, self.weights, self.weights_path, self.data)
 
-    def variants(self, model: str) -> list[tuple[str, str]]:
-        """(method, precision) pairs selected for this model, in declaration order."""
-        return [(m, p) for m, p in TOOLCHAINS[self.toolchain].variants[model] if m in self.methods[model]]
+    def variants(self, model: str, device: str | None = None) -> list[tuple[str, str]]:
+        """(method, precision) pairs selected for this model (on `device`), in declaration order: without --methods
+        a device's opt-in methods (the declaration's `opt_in`) are left out."""
+        tc = TOOLCHAINS[self.toolchain]
+        skip = () if self.methods_named or device is None else tc.opt_in.get(device, ())
+        return [(m, p) for m, p in tc.variants[model] if m in self.methods[model] and m not in skip]
 
 
 def run_id() -> str | None:

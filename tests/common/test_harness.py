@@ -56,3 +56,25 @@ def test_percentiles_match_numpy():
 def test_unknown_latency_kind_rejected():
     with pytest.raises(ValueError):
         Latency.from_values([1.0], kind="wall-ish", items_per_call=1)
+
+
+def test_slow_units_get_one_warm_up_call_and_still_min_trials():
+    """A unit whose warm-up call takes over 1 s gets 1 warm-up call instead of `warmup`; a fast unit beside it (and
+    one whose slow first call was only compilation) keeps all of them; every unit still gets min_trials samples."""
+    from utils.harness import Timed, interleaved
+
+    t = {"now": 0.0}
+    calls = {"slow": 0, "fast": 0, "compiled": 0}
+
+    def unit(name, first_s, then_s):
+        def fn():
+            calls[name] += 1
+            t["now"] += first_s if calls[name] == 1 else then_s
+        return Timed(fn, 1)
+
+    units = {"slow": unit("slow", 2.0, 1.5), "fast": unit("fast", 0.01, 0.01),
+             "compiled": unit("compiled", 30.0, 0.01)}
+    trials = interleaved(units, min_trials=20, budget_s=0.0, warmup=3, clock=lambda: t["now"])
+    assert calls == {"slow": 1 + 1 + 20, "fast": 1 + 3 + 20, "compiled": 1 + 3 + 20}
+    assert all(len(trials.latency[n].samples_ms) == 20 for n in units)
+    assert trials.latency["slow"].first_call_ms == 2000.0

@@ -164,3 +164,27 @@ def test_cached_artifact_with_companions_is_verified_and_made_again(tmp_path, ca
     with pytest.raises(SuiteError, match="wrote no"):
         cache.cached_artifact(other, forgets_bin, companions=(".bin",))
     assert not other.exists()
+
+
+def test_a_route_runs_an_opt_in_method_only_when_named(cache, monkeypatch):
+    """A method the declaration makes opt-in on a device (`opt_in`) runs there only when --methods names it."""
+    import dataclasses
+
+    from utils import registry
+
+    tc = registry.TOOLCHAINS["onnxruntime"]
+    monkeypatch.setitem(registry.TOOLCHAINS, "onnxruntime", dataclasses.replace(tc, opt_in={"cpu": ("percentile",)}))
+    runs = cache / "runs"
+    assert kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs)]) == 0
+    assert {r.method for r in read_rows(runs)} == {"fp32", "minmax", "entropy"}
+    assert kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs), "--methods", "fp32,percentile"]) == 0
+    assert {(r.method, r.status) for r in read_rows(runs)} >= {("percentile", "ok")}
+    # opt-in on another device only: the cpu run has it by default
+    monkeypatch.setitem(registry.TOOLCHAINS, "onnxruntime", dataclasses.replace(tc, opt_in={"cuda": ("percentile",)}))
+    runs2 = cache / "runs2"
+    assert kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs2)]) == 0
+    assert "percentile" in {r.method for r in read_rows(runs2)}
+    # the route's --help names them
+    help_text = kit.parser_for(NumpyRoute()).format_help()
+    monkeypatch.setitem(registry.TOOLCHAINS, "onnxruntime", tc)
+    assert "opt-in" in " ".join(help_text.split())

@@ -33,6 +33,23 @@ def test_declaration_has_cuda_and_the_half_variants():
     assert tc.variants["resnet50"][:4] == (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"))
     assert tc.variants["gpt2"][:3] == (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"))
     assert tc.baseline_for("inductor-bf16") == ("torch", "inductor") and tc.baseline_for("eager-fp16") == ("torch", "eager")
+    # the half casts are opt-in on the CPU (only when --methods names them), default on cuda
+    half = {"eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16"}
+    assert set(tc.opt_in["cpu"]) == half and not tc.opt_in.get("cuda")
+
+
+def test_the_route_runs_the_cpu_half_casts_only_when_named():
+    from quantization import kit
+    from quantization.kit.config import RouteConfig
+
+    ap = kit.parser_for(tr.ROUTE)
+    assert "opt-inmethods(cpu:eager-fp16,eager-bf16,inductor-fp16,inductor-bf16)" in "".join(ap.format_help().split())
+    cfg = RouteConfig.from_args("torch", ap.parse_args(["--model", "resnet50,gpt2"]))
+    assert [m for m, _ in cfg.variants("resnet50", "cpu")] == ["eager", "fx", "inductor", "pt2e"]
+    assert [m for m, _ in cfg.variants("gpt2", "cpu")] == ["eager", "weight-only", "dynamic", "inductor"]
+    assert {"eager-fp16", "inductor-bf16"} <= {m for m, _ in cfg.variants("resnet50", "cuda")}
+    cfg = RouteConfig.from_args("torch", ap.parse_args(["--model", "resnet50", "--methods", "eager,eager-bf16"]))
+    assert cfg.variants("resnet50", "cpu") == [("eager", "fp32"), ("eager-bf16", "bf16")]
 
 
 def test_split_method():

@@ -1,0 +1,194 @@
+"""Environments created in the background while the models are prepared (evaluation/envs.py Builds, the bench's
+first step): at most 2 at once, nothing timed until all finished, a failed one gives its toolchain the same
+skipped rows as before, and an interrupted one is never left marked ready."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from evaluation import bench, envs
+from utils.registry import Part
+from utils.rows import read_rows
+
+
+class Log:
+    def __init__(self):
+        self.events, self.lock, self.now, self.most = [], threading.Lock(), 0, 0
+
+    def add(self, *ev):
+        with self.lock:
+            self.events.append(ev)
+
+    def index(self, *ev):
+        return self.events.index(ev)
+
+
+def _fake_ensure(log: Log, fail=(), seconds=0.3):
+    def ensure_env(name, *, quiet=False):
+        log.add("env-start", name)
+        with log.lock:
+            log.now += 1
+            log.most = max(log.most, log.now)
+        time.sleep(seconds)
+        with log.lock:
+            log.now -= 1
+        if name in fail:
+            log.add("env-failed", name)
+            raise envs.EnvError(f"environment '{name}' could not be created ({name}.txt): ERROR: No matching "
+                                f"distribution found for {name}-lib==9.9")
+        log.add("env-done", name)
+        return {"hash": "x", "optional_failed": {}}
+    return ensure_env
+
+
+def test_builds_run_at_most_two_at_once_and_hand_back_each_outcome(monkeypatch):
+    log = Log()
+    monkeypatch.setattr(envs, "ensure_env", _fake_ensure(log, fail=("openvino",)))
+    builds = envs.Builds(["onnxruntime", "openvino", "modelopt-onnx", "report"], parallel=2)
+    errors = builds.join()
+    assert log.most == 2 and len([e for e in log.events if e[0] == "env-start"]) == 4
+    assert set(errors) == {"openvino"}
+    assert builds.ensure("report") == {"hash": "x", "optional_failed": {}}
+    with pytest.raises(envs.EnvError, match="could not be created \\(openvino.txt\\)") as exc:
+        builds.ensure("openvino")
+    assert exc.value is errors["openvino"]  # the very error, so its rows read as before
+    builds.cancel()  # nothing left under way: no effect
+
+
+def _bench_world(monkeypatch, tmp_path, fail=()):
+    """bench.main with the environments, model preparation, ceilings, routes and report faked: it logs when each
+    starts and ends."""
+    log = Log()
+    monkeypatch.setenv("SUITE_RUN_ID", "")
+    monkeypatch.setenv("SUITE_DEVICE_FILE", "")
+    monkeypatch.setattr(envs, "OVERRIDES", {})
+    monkeypatch.setattr(envs, "is_ready", lambda name: name == "torch")
+    monkeypatch.setattr(envs, "ensure_env", _fake_ensure(log, fail=fail))
+
+    log.argv = []
+
+    def run_in_env(name, args, **kw):
+        log.argv.append(list(args))
+        log.add("run", args[1], "start")
+        time.sleep(1.0 if args[1] == "models.prepare" else 0.01)
+        log.add("run", args[1], "end")
+        return subprocess.CompletedProcess(args, 0)
+
+    monkeypatch.setattr(envs, "run_in_env", run_in_env)
+    monkeypatch.setattr(bench, "run_route", lambda env, argv: (log.add("route", argv[2]), (0, None))[1])
+    return log
+
+
+def test_bench_overlaps_env_creation_with_preparation_and_times_nothing_before_it_ends(monkeypatch, tmp_path, capsys):
+    log = _bench_world(monkeypatch, tmp_path)
+    runs = tmp_path / "runs"
+    rc = bench.main(["--toolchains", "onnxruntime,openvino,modelopt-onnx", "--models", "resnet50", "--batches", "1",
+                     "--runs-dir", str(runs)])
+    assert rc == 0
+    ev = log.events
+    built = ["onnxruntime", "modelopt-onnx", "openvino", "report"]
+    assert {e[1] for e in ev if e[0] == "env-done"} == set(built) | {"torch"}
+    # the torch environment first, then the others while models.prepare runs (at most 2 at once)
+    assert log.index("env-done", "torch") < log.index("run", "models.prepare", "start")
+    assert all(log.index("env-start", n) < log.index("run", "models.prepare", "end") for n in built[:2])
+    assert log.most == 2
+    # models.prepare no longer measures the ceilings; they and every route start after the last creation ended
+    last_env = max(log.index("env-done", n) for n in built)
+    prep = [a for a in log.argv if a[1] == "models.prepare"]
+    assert len(prep) == 1 and "--ceilings" not in prep[0]
+    ceil = [a for a in log.argv if a[1] == "utils.ceilings"]
+    assert len(ceil) == 2 and "--merge" not in ceil[0] and "--merge" in ceil[1]  # torch's fresh, then onnxruntime's
+    timed = [i for i, e in enumerate(ev) if e[:2] == ("run", "utils.ceilings") or e[0] == "route"]
+    assert len([e for e in ev if e[0] == "route"]) == 3 and timed and min(timed) > last_env
+    assert any(e[:2] == ("run", "utils.ceilings") for e in ev)
+    err = capsys.readouterr().err
+    assert "in the background while the models are prepared (at most 2 at once)" in err
+    assert "environments created:" in err
+
+
+def test_a_background_env_that_fails_gives_its_toolchain_the_same_skipped_rows(monkeypatch, tmp_path, capsys):
+    log = _bench_world(monkeypatch, tmp_path, fail=("openvino",))
+    runs = tmp_path / "runs"
+    rc = bench.main(["--toolchains", "onnxruntime,openvino", "--models", "resnet50", "--batches", "1",
+                     "--runs-dir", str(runs), "--no-ceilings"])
+    assert rc == 0  # as before: a toolchain without its environment is skipped, the run goes on
+    rows = [r for r in read_rows(runs) if r.toolchain == "openvino"]
+    why = ("environment could not be created: environment 'openvino' could not be created (openvino.txt): ERROR: No "
+           "matching distribution found for openvino-lib==9.9")
+    assert rows and {r.status for r in rows} == {"skipped"} and {r.reason for r in rows} == {why}
+    assert {e[1] for e in log.events if e[0] == "route"} == {"onnxruntime"}
+    assert log.events.count(("env-start", "openvino")) == 1  # not tried again at route time
+    assert "openvino: environment unavailable: environment 'openvino' could not be created" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the real ensure_env, interrupted
+
+FAKE_PY = """#!/bin/sh
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0; fi
+exec sleep 60
+"""
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch):
+    """An environment 'fake' whose only part is optional and whose pip step hangs (a stand-in interpreter)."""
+    req = tmp_path / "req"
+    req.mkdir()
+    (req / "constraints.txt").write_text("")
+    (req / "fake.txt").write_text("fake-lib==1\n")
+    py = tmp_path / "fakepy"
+    py.write_text(FAKE_PY)
+    py.chmod(0o755)
+    monkeypatch.setattr(envs, "REQUIREMENTS_DIR", req)
+    monkeypatch.setitem(envs.ENVS, "fake", (Part("fake.txt", optional=True),))
+    monkeypatch.setattr(envs, "OVERRIDES", {})
+    monkeypatch.setenv("SUITE_VENVS_DIR", str(tmp_path / "venvs"))
+    monkeypatch.setattr(sys, "executable", str(py))
+    return tmp_path / "venvs"
+
+
+def _wait_for_step(timeout=20):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        with envs._RUNNING_LOCK:
+            procs = list(envs._RUNNING)
+        if procs and any("pip" in p.args for p in procs):
+            return procs[0]
+        time.sleep(0.05)
+    raise AssertionError("the pip step never started")
+
+
+def test_cancel_stops_a_creation_under_way_and_leaves_it_not_ready(fake_env):
+    builds = envs.Builds(["fake"])
+    _wait_for_step()
+    t0 = time.time()
+    builds.cancel(timeout=10)
+    assert time.time() - t0 < 10
+    with pytest.raises(envs.EnvError, match="interrupted"):
+        builds.ensure("fake")
+    assert not (fake_env / "fake" / envs.STAMP).exists() and not envs.is_ready("fake")
+    assert not envs._CANCELLED.is_set()  # a later run may create it again
+
+
+def test_ctrl_c_reaching_pip_is_no_failed_optional_part(fake_env):
+    """A terminal's Ctrl-C reaches pip itself: the stopped optional part must not be recorded as failed in a stamp
+    (that would mark a half-made environment ready, never retried)."""
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=_try(lambda: envs.ensure_env("fake"))))
+    t.start()
+    proc = _wait_for_step()
+    os.kill(proc.pid, signal.SIGINT)
+    t.join(20)
+    assert isinstance(out["r"], envs.EnvError) and "interrupted" in str(out["r"])
+    assert not (fake_env / "fake" / envs.STAMP).exists() and not envs.is_ready("fake")
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        return exc
