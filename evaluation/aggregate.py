@@ -34,6 +34,7 @@ from utils.errors import SuiteError, cli_main, setup_logging
 from utils.paths import RESULTS_DIR, RUNS_DIR
 from utils.registry import ORDER, TOOLCHAINS
 from utils.rows import ResultRow, read_attempts, read_rows
+from utils.specs import RANDOM_REASON
 
 log = logging.getLogger("evaluation.aggregate")
 
@@ -45,7 +46,8 @@ COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "d
            "latency_samples", "throughput", "throughput_unit",
            "speedup_vs_best_fp32", "speedup_best_ci_low", "speedup_best_ci_high", "best_fp32",
            "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_vs",
-           "efficiency", "compute_precision", "ops_per_item", "peak_mem_mb", "size_mb", "calib_samples", "calib_seconds",
+           "efficiency", "compute_precision", "ops_per_item", "peak_mem_mb", "gpu_peak_mem_mb", "ttft_ms", "token_match",
+           "size_mb", "calib_samples", "calib_seconds",
            "calib_method", "status", "reason", "notes",
            "eval_sha", "calib_sha", "eval_limit", "cpu", "gpu", "host", "launcher", "threads", "git_commit", "run_id", "timestamp",
            "last_attempt"]
@@ -137,8 +139,14 @@ def _efficiency_note(r: ResultRow, rec: dict) -> str:
             "FlopCounterMode count of the model (2 x MACs)")
 
 
+def _phase(r) -> str:
+    """'decode' for a generation row (KV-cache decoding), '' for a full-sequence row: the two never stand in for
+    each other as baselines."""
+    return "decode" if r.latency_kind == "decode" else ""
+
+
 def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataFrame:
-    by_key = {(r.model, r.weights, r.toolchain, r.method, r.device, r.batch): r for r in rows}
+    by_key = {(r.model, r.weights, r.toolchain, r.method, r.device, r.batch, _phase(r)): r for r in rows}
     fastest_fp32: dict[tuple, ResultRow] = {}
     for r in rows:
         if r.status == "ok" and r.precision == "fp32" and r.latency_p50_ms and r.eval_limit is None:
@@ -149,9 +157,10 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
     for r in rows:
         tc = TOOLCHAINS.get(r.toolchain)
         bl = tc.baseline_for(r.method) if tc else None
-        base = by_key.get((r.model, r.weights, *bl, r.device, r.batch)) if bl else None
+        base = by_key.get((r.model, r.weights, *bl, r.device, r.batch, _phase(r))) if bl else None
         if base is None and bl:  # e.g. a CUDA row whose FP32 baseline ran on CPU: accuracy only
-            base = next((by_key[k] for k in by_key if k[:4] == (r.model, r.weights, *bl)), None)
+            base = next((by_key[k] for k in by_key if k[:4] == (r.model, r.weights, *bl) and k[6] == _phase(r)),
+                        None)
         rec = {c: getattr(r, c, None) for c in COLUMNS if hasattr(r, c)}
         rec.update(baseline_value=None, delta=None, speedup=None, speedup_ci_low=None, speedup_ci_high=None,
                    speedup_vs_best_fp32=None, speedup_best_ci_low=None, speedup_best_ci_high=None, best_fp32=None,
@@ -184,7 +193,9 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
     meth = {(t, m): i for t, tc in TOOLCHAINS.items() for v in tc.variants.values() for i, (m, _) in enumerate(v)}
     df["_t"] = df["toolchain"].map(order).fillna(99)
     df["_m"] = [meth.get((t, m), 99) for t, m in zip(df["toolchain"], df["method"])]
-    df = df.sort_values(["model", "weights", "_sub", "_t", "_m", "device", "batch"]).drop(columns=["_t", "_m", "_sub"])
+    df["_d"] = (df["latency_kind"] == "decode").astype(int)  # generation rows after the full-sequence ones
+    df = df.sort_values(["model", "weights", "_sub", "_d", "_t", "_m", "device", "batch"]).drop(
+        columns=["_t", "_m", "_sub", "_d"])
     return df.reset_index(drop=True)
 
 
@@ -255,8 +266,18 @@ def verdicts(df: pd.DataFrame, crit: Criterion) -> list[dict]:
     over the best FP32 row and that speedup's interval. Full-evaluation rows only."""
     out = []
     ok = df[(df["status"] == "ok") & df["latency_p50_ms"].notna() & df["eval_limit"].isna()]
+    full = ok[ok["latency_kind"] != "decode"]
     for key, g in ok.groupby(["model", "weights", "device", "batch", "latency_kind"], sort=False):
-        good = g[[crit.accepts(r) for _, r in g.iterrows()]]
+        random = key[1] == "random"
+        if random:  # no accuracy to judge: the fastest row, said to be only that
+            good = g
+        elif key[4] == "decode":  # a generation row is judged by its variant's full-sequence row
+            judged = {(r["toolchain"], r["method"]) for _, r in full[(full["model"] == key[0]) & (full["weights"] == key[1])
+                                                                     & (full["device"] == key[2])].iterrows()
+                      if crit.accepts(r)}
+            good = g[[(r["toolchain"], r["method"]) in judged for _, r in g.iterrows()]]
+        else:
+            good = g[[crit.accepts(r) for _, r in g.iterrows()]]
         if good.empty:
             continue
         best = good.loc[good["latency_p50_ms"].idxmin()]
@@ -265,7 +286,7 @@ def verdicts(df: pd.DataFrame, crit: Criterion) -> list[dict]:
                     "p50_ms": best["latency_p50_ms"], "speedup": best["speedup_vs_best_fp32"],
                     "ci_low": best["speedup_best_ci_low"], "ci_high": best["speedup_best_ci_high"],
                     "best_fp32": best["best_fp32"], "agreement": best["agreement"], "delta": best["delta"],
-                    "metric": best["metric"], "n_rows": len(g)})
+                    "metric": best["metric"], "n_rows": len(g), "random": random})
     return out
 
 
@@ -276,10 +297,13 @@ def render_verdicts(vs: list[dict], crit: Criterion, model: str | None = None, w
             continue
         agree = f", agreement {v['agreement']:.2f} %" if _fmt(v["agreement"], ".2f") else ""
         delta = f", Δ {v['metric']} {_fmt(v['delta'], '+.2f')}" if _fmt(v["delta"], ".2f") else ""
-        lines.append(f"- **{v['model']} · {v['device']} · batch {v['batch']}**: **{v['toolchain']} {v['method']}** "
-                     f"({v['precision']}), {v['p50_ms']:.2f} ms p50, "
+        kind = " · decode (per generated token)" if v.get("kind") == "decode" else ""
+        which = ("fastest of all {n} rows (random weights: no accuracy criterion applies)" if v.get("random")
+                 else "fastest of {n} rows meeting the criterion").format(n=v["n_rows"])
+        lines.append(f"- **{v['model']} · {v['device']} · batch {v['batch']}{kind}**: **{v['toolchain']} "
+                     f"{v['method']}** ({v['precision']}), {v['p50_ms']:.2f} ms p50, "
                      f"{_ci(v['speedup'], v['ci_low'], v['ci_high'])}× over the best FP32 ({v['best_fp32']}){agree}"
-                     f"{delta}; fastest of {v['n_rows']} rows meeting the criterion.")
+                     f"{delta}; {which}.")
     if lines:
         lines = [f"Verdict (criterion: {crit.describe()}; † marks a speedup interval containing 1):", ""] + lines + [""]
     return lines
@@ -329,9 +353,13 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
         lines.append("")
     lines += [LEGEND, ""]
     vs = verdicts(df, crit)
-    for (model, weights, dataset), g in df.groupby(["model", "weights", "dataset"], sort=False):
-        metric = g["metric"].iloc[0]
+    for (model, weights, dataset), g_all in df.groupby(["model", "weights", "dataset"], sort=False):
+        metric = g_all["metric"].iloc[0]
+        g = g_all[g_all["latency_kind"] != "decode"]
         lines += [f"## {model} ({weights} weights, {dataset}; metric {metric})", ""]
+        if weights == "random":
+            lines += [f"Accuracy cells are empty: {RANDOM_REASON} (the real architecture with randomly initialised "
+                      "weights; fidelity columns compare each row with its FP32 baseline on the same inputs).", ""]
         lines += render_verdicts(vs, crit, model, weights)
         lines += [f"| toolchain | method | prec | dev | batch | {metric} | Δ | agree % | flips −/+ | SQNR dB | KL | "
                   "x-SQNR dB | p50 ms (p10–p90) | n | vs best FP32 | vs own FP32 | eff. % | peak MB | size MB | "
@@ -369,12 +397,50 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 f"{_fmt(r['latency_samples'], '.0f')} | "
                 f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
                 f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_fmt(r['efficiency'], '.1f')} | "
-                f"{_fmt(r['peak_mem_mb'], '.0f')} | {_fmt(r['size_mb'], '.1f')} | {cal} | {status} |")
+                f"{_peak(r)} | {_fmt(r['size_mb'], '.1f')} | {cal} | {status} |")
         lines.append("")
+        lines += _render_decode(g_all[g_all["latency_kind"] == "decode"])
         notes = list(dict.fromkeys((r["toolchain"], r["method"], r["notes"]) for _, r in g.iterrows() if r["notes"]))
         if notes:
             lines += [f"Notes ({model}):", ""] + [f"- **{t} / {m}**: {n}" for t, m, n in notes] + [""]
     return "\n".join(lines)
+
+
+def _peak(r) -> str:
+    """Resident high-water MB, and the GPU's where a GPU ran the row."""
+    out = _fmt(r["peak_mem_mb"], ".0f")
+    gpu = _fmt(r.get("gpu_peak_mem_mb"), ".0f")
+    return f"{out} (GPU {gpu})" if gpu else out
+
+
+def _render_decode(d: pd.DataFrame) -> list[str]:
+    """The generation table: greedy decoding with a KV cache, per generated token, beside time to first token."""
+    if d.empty:
+        return []
+    ok = d[d["status"] == "ok"]
+    lines = []
+    if not ok.empty:
+        ex = ok.iloc[0]
+        lines += [f"Generation (greedy, KV cache, batch {int(ex['batch'])}): ms/token = host wall time per generated "
+                  "token after the first (p50 over n generations of the interleaved trials); TTFT = time to the first "
+                  "token (the prompt's prefill and its argmax), median; token match = % of greedy tokens equal to the "
+                  "in-process FP32 baseline's on the same prompt (after a first difference the continuations part).",
+                  ""]
+    lines += ["| toolchain | method | prec | dev | batch | ms/token p50 (p10–p90) | n | tokens/s | TTFT ms | "
+              "token match % | vs best FP32 | vs own FP32 | peak MB | status |",
+              "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for _, r in d.iterrows():
+        if r["status"] != "ok":
+            lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} |"
+                         + " |" * 8 + f" {r['status']}: {r['reason']} |")
+            continue
+        lat = f"{r['latency_p50_ms']:.2f} ({r['latency_p10_ms']:.2f}–{r['latency_p90_ms']:.2f})"
+        lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} | {lat} | "
+                     f"{_fmt(r['latency_samples'], '.0f')} | {_fmt(r['throughput'], '.1f')} | "
+                     f"{_fmt(r['ttft_ms'], '.1f')} | {_fmt(r['token_match'], '.1f')} | "
+                     f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
+                     f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_peak(r)} | {r['status']} |")
+    return lines + [""]
 
 
 def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
@@ -383,25 +449,38 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
     out = []
     vs = verdicts(df, crit)
     full = df[df["eval_limit"].isna()]
-    for (model, weights, dataset), g in full.groupby(["model", "weights", "dataset"], sort=False):
+    for (model, weights, dataset), g_all in full.groupby(["model", "weights", "dataset"], sort=False):
+        g = g_all[g_all["latency_kind"] != "decode"]
+        dec = g_all[(g_all["latency_kind"] == "decode") & (g_all["status"] == "ok")]
+        dec_by = {(r["toolchain"], r["method"], r["device"]): r for _, r in dec.iterrows()}
         batches = sorted(g["batch"].unique())
         metric = g["metric"].iloc[0]
         out += [f"**{model}** ({weights}, {dataset})", ""]
+        if weights == "random":
+            out += [f"Accuracy cells are empty: {RANDOM_REASON}.", ""]
         out += render_verdicts(vs, crit, model, weights)
+        dec_cols = ["ms/token decode b1", "decode vs best FP32"] if dec_by else []
         out += [f"| toolchain | method | prec | dev | {metric} | Δ | agree % | "
                 + " | ".join(f"p50 ms b{b}" for b in batches) + " | "
-                + " | ".join(f"vs best FP32 b{b}" for b in batches) + " | status |",
-                "|---|---|---|---|--:|--:|--:|" + "--:|" * (2 * len(batches)) + "---|"]
+                + " | ".join(f"vs best FP32 b{b}" for b in batches) + " | "
+                + "".join(f"{c} | " for c in dec_cols) + "status |",
+                "|---|---|---|---|--:|--:|--:|" + "--:|" * (2 * len(batches) + len(dec_cols)) + "---|"]
         for (tc, method, prec, dev), gg in g.groupby(["toolchain", "method", "precision", "device"], sort=False):
             first = gg.iloc[0]
             by = {int(r["batch"]): r for _, r in gg.iterrows()}
             lat = [_fmt(by[b]["latency_p50_ms"], ".1f") if b in by else "" for b in batches]
             spd = [_ci(by[b]["speedup_vs_best_fp32"], by[b]["speedup_best_ci_low"], by[b]["speedup_best_ci_high"])
                    if b in by else "" for b in batches]
+            extra = ""
+            if dec_cols:
+                d = dec_by.get((tc, method, dev))
+                extra = ("" if d is None else _fmt(d["latency_p50_ms"], ".2f")) + " | " + (
+                    "" if d is None else _ci(d["speedup_vs_best_fp32"], d["speedup_best_ci_low"],
+                                             d["speedup_best_ci_high"])) + " | "
             status = "ok" if first["status"] == "ok" else f"{first['status']}: {str(first['reason']).split(':')[0][:90]}"
             out.append(f"| {tc} | {method} | {prec} | {dev} | {_fmt(first['value'], '.2f')} | {_delta(first)} | "
                        f"{_fmt(first['agreement'], '.2f')} | " + " | ".join(lat) + " | " + " | ".join(spd)
-                       + f" | {status} |")
+                       + f" | {extra}{status} |")
         out.append("")
     out.append("![accuracy and fidelity vs speedup](results/accuracy_vs_latency.png)")
     return "\n".join(out)
@@ -476,7 +555,8 @@ def plot_accuracy_latency(df: pd.DataFrame, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = df[(df["status"] == "ok") & df["speedup_vs_best_fp32"].notna() & df["eval_limit"].isna()]
+    ok = df[(df["status"] == "ok") & df["speedup_vs_best_fp32"].notna() & df["eval_limit"].isna()
+            & (df["latency_kind"] != "decode")]
     if ok.empty:
         return None
     panels = []
@@ -520,7 +600,11 @@ DOC_BLOCK = re.compile(r"<!-- generated:(?P<name>[\w.-]+)(?P<args>[^>]*)-->\n(?P
 
 
 def _block_rows(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
+    """The ok full-evaluation rows a `rows` block selects: weights=embedded and full-sequence latency unless the block
+    says otherwise (`weights=random`, `kind=decode` for the generation rows)."""
     g = df[(df["status"] == "ok") & df["eval_limit"].isna()]
+    spec = {"weights": "embedded", **spec}
+    g = g[(g["latency_kind"] == "decode") == (spec.get("kind") == "decode")]
     for k in ("model", "weights", "toolchain", "device"):
         if spec.get(k):
             g = g[g[k].isin(spec[k].split(","))]

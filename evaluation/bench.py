@@ -41,7 +41,7 @@ from evaluation import envs
 from utils.cli import ArgParser, int_list_text, positive_float, positive_int
 from utils.errors import SuiteError, cli_main
 from utils.paths import REPO_ROOT, RESULTS_DIR, RUNS_DIR
-from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, PREPARE_TOOLCHAIN, TOOLCHAINS, WEIGHTS, parse_list
+from utils.registry import DEFAULT_BATCHES, default_batches, METRIC, MODELS, ORDER, PREPARE_TOOLCHAIN, TOOLCHAINS, WEIGHTS, parse_list
 from utils.rows import ResultRow, read_attempts, read_rows, status_rows, write_row
 
 
@@ -60,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "except the opt-in ones, which run only when named here" + (f" ({opt_in})" if opt_in else ""))
     ap.add_argument("--batches", type=int_list_text, default=None,
                     help="comma list of latency batch sizes (default per model: " +
-                         "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) + ")")
-    ap.add_argument("--weights", default="embedded", choices=WEIGHTS)
+                         "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) +
+                         "; --weights random: " + "; ".join(f"{m} {','.join(map(str, default_batches(m, 'random')))}"
+                                                           for m in DEFAULT_BATCHES) + ")")
+    ap.add_argument("--weights", default="embedded", choices=WEIGHTS,
+                    help="embedded: offline default; pretrained: real weights (--weights-path/--data); random: the "
+                         "real architectures randomly initialised (latency, size, memory; accuracy empty)")
     ap.add_argument("--weights-path", default=None, help="pretrained: ResNet50 state-dict file or GPT-2 hub id/dir")
     ap.add_argument("--data", default=None, help="pretrained: ImageNet-layout folder (resnet50); wikitext-2 or a text file (gpt2)")
     ap.add_argument("--calib-samples", type=positive_int, default=None,
@@ -224,7 +228,7 @@ def route_args(args, model: str, toolchain: str) -> list[str] | None:
 
 
 def _batches_of(args, model: str) -> tuple[int, ...]:
-    return tuple(int(b) for b in args.batches.split(",")) if args.batches else DEFAULT_BATCHES[model]
+    return tuple(int(b) for b in args.batches.split(",")) if args.batches else default_batches(model, args.weights)
 
 
 def _variants(args, toolchain: str, model: str, device: str | None = None):
@@ -508,13 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
             measure_ceilings(args, toolchains, out, builds.ensure)
 
-        return _routes_and_report(args, models, toolchains, out, prepared, run_id, failures, builds.ensure, t_start)
+        return _routes_and_report(args, models, toolchains, out, prepared, run_id, failures, builds.ensure, t_start,
+                                  argv)
     finally:
         builds.cancel()  # only what is still under way (Ctrl-C, an early exit): no half-made env is marked ready
 
 
 def _routes_and_report(args, models, toolchains, out: Path, prepared: dict, run_id: str, failures: list[str],
-                       ensure, t_start: float) -> int:
+                       ensure, t_start: float, argv: list[str]) -> int:
     # 2. each toolchain in its own env, in dependency order
     for tc_name in toolchains:
         tc = TOOLCHAINS[tc_name]
@@ -555,7 +560,35 @@ def _routes_and_report(args, models, toolchains, out: Path, prepared: dict, run_
     # 3. tables and plots, beside the rows
     report(args, out, failures, ensure)
     say(f"finished in {time.time() - t_start:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else "; all ok"))
+    record_run(out, run_id, args, models, toolchains, time.time() - t_start, failures, argv)
     return 1 if failures else 0
+
+
+RUN_LOG = "bench_runs.csv"
+RUN_LOG_FIELDS = ("run_id", "weights", "models", "toolchains", "seconds", "result", "command")
+
+
+def record_run(out: Path, run_id: str, args, models, toolchains, seconds: float, failures: list[str],
+               argv: list[str]) -> None:
+    """One line per bench run in <tables>/bench_runs.csv (how long a run took, from the run itself: the docs quote
+    it through a generated block, never by hand). Appended atomically: the old lines are rewritten with the new."""
+    import csv
+    import io
+
+    from utils.atomic import atomic_write_text
+
+    path = out / RUN_LOG
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if not old:
+        w.writerow(RUN_LOG_FIELDS)
+    w.writerow([run_id, args.weights, ",".join(models), ",".join(toolchains), f"{seconds:.0f}",
+                "ok" if not failures else "failed", " ".join(["python3 -m evaluation.bench", *argv])])
+    try:
+        atomic_write_text(path, old + buf.getvalue())
+    except OSError as exc:  # the rows and tables are written; a missing log line is not worth a failed run
+        say(f"could not record the run in {path}: {exc}")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def _node_ceilings(spec: dict, run_tmp: Path) -> Path:
     dev = run_tmp / "device.json"
     prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
     if spec["args"].get("ceilings") and not dev.exists() and envs.is_ready(prep_env):
-        code = f"from evaluation.ceilings import measure_and_store; measure_and_store({int(spec['args']['threads'])})"
+        code = f"from utils.ceilings import measure_and_store; measure_and_store({int(spec['args']['threads'])})"
         envs.run_in_env(prep_env, ["-c", code], extra_env={"SUITE_DEVICE_FILE": dev, "OMP_NUM_THREADS": None},
                         capture_output=True, timeout=300)
     return dev

@@ -20,8 +20,8 @@ import numpy as np
 from utils.atomic import atomic_write_json, config_key, sha256_file
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils import artifacts
-from utils.registry import MODELS, parse_list, task_of
-from utils.specs import EMBEDDED, PATH_KEYS, ModelSource, ppl_stride
+from utils.registry import MODELS, WEIGHTS, parse_list, task_of
+from utils.specs import EMBEDDED, PATH_KEYS, RANDOM, ModelSource, ppl_stride
 
 log = logging.getLogger("models.prepare")
 ONNX_OPSET = 17
@@ -119,6 +119,10 @@ def prepare_resnet50(src: ModelSource, out: Path, force: bool = False) -> dict:
         model = load_resnet50(ckpt, cfg["num_classes"])
         info.update(checkpoint=str(ckpt), resolution=cfg["resolution"], num_classes=cfg["num_classes"],
                     dataset="sklearn-digits-16px")
+    elif src.weights == "random":
+        model, ckpt = _random_resnet50(out, RANDOM["resnet50"])
+        info.update(checkpoint=str(ckpt), resolution=RANDOM["resnet50"]["resolution"], num_classes=1000,
+                    dataset="digits-224 inputs", random_init=RANDOM["resnet50"])
     else:
         model, ckpt = _pretrained_resnet50(src, out)
         info.update(checkpoint=str(ckpt), resolution=224, num_classes=1000,
@@ -134,6 +138,22 @@ def prepare_resnet50(src: ModelSource, out: Path, force: bool = False) -> dict:
         log.info("exported %s in %.1f s", onnx_path, time.time() - t0)
     info.update(onnx=str(onnx_path), onnx_sha=sha256_file(onnx_path)[:16], onnx_opset=ONNX_OPSET)
     return info
+
+
+def _random_resnet50(out: Path, cfg: dict):
+    """torchvision's ResNet50 (1,000 classes) with its own default initialisation, seeded; saved as a state dict."""
+    import torch
+
+    from models.embedded import load_resnet50
+    from utils.torchvision_compat import import_torchvision
+
+    ckpt = out / "model.pt"
+    if not ckpt.exists():
+        torch.manual_seed(cfg["seed"])
+        m = import_torchvision().models.resnet50(weights=None, num_classes=cfg["num_classes"])
+        torch.save(m.state_dict(), ckpt.with_suffix(".pt.tmp"))
+        ckpt.with_suffix(".pt.tmp").replace(ckpt)
+    return load_resnet50(ckpt, cfg["num_classes"]), ckpt
 
 
 def _pretrained_resnet50(src: ModelSource, out: Path):
@@ -192,11 +212,15 @@ def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
 
         info.update(json.loads(stamp.read_text()))
         info["dataset"] = "pydoc-topics"
+    elif src.weights == "random":
+        info.update(_random_gpt2(out, RANDOM["gpt2"]))
     else:
         info.update(_pretrained_gpt2_data(src, out))
     model = load_gpt2(info["hf_dir"], attn_implementation="eager")
-    L = int(model.config.n_positions)  # full context: 128 embedded, 1024 for HF gpt2
-    info.update(seq_len=L, vocab_size=int(model.config.vocab_size), ppl_stride=ppl_stride(L))
+    # evaluation windows: the full context (128 embedded, 1024 for HF gpt2); random weights: a 128-token prefill
+    L = int(RANDOM["gpt2"]["seq_len"] if src.weights == "random" else model.config.n_positions)
+    info.update(seq_len=L, vocab_size=int(model.config.vocab_size), ppl_stride=ppl_stride(L),
+                n_positions=int(model.config.n_positions), **decoder_shape(model.config))
     info["fp32_size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     wrapped = _LogitsOnly(model)
     info["ops_per_item"] = count_flops(wrapped, torch.zeros(1, L, dtype=torch.long)) / L
@@ -208,7 +232,114 @@ def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
         log.info("exported %s in %.1f s", onnx_path, time.time() - t0)
     info.update(onnx=str(onnx_path), onnx_sha=sha256_file(onnx_path)[:16], onnx_opset=ONNX_OPSET,
                 onnx_mask_fill=MASK_FILL)
+    dec_path = out / "decoder.onnx"
+    if force or not dec_path.exists():
+        t0 = time.time()
+        export_decoder_onnx(model, dec_path)
+        log.info("exported %s in %.1f s", dec_path, time.time() - t0)
+    info.update(decoder_onnx=str(dec_path), decoder_onnx_sha=sha256_file(dec_path)[:16])
     return info
+
+
+def _random_gpt2(out: Path, cfg: dict) -> dict:
+    """Hugging Face GPT-2 small from its default config (124M parameters), transformers' own initialisation, seeded;
+    seeded uniform token ids stand in for text (calibration and fidelity samples)."""
+    import torch
+
+    from models.embedded import import_torchvision
+
+    import_torchvision()
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_dir = out / "hf"
+    if not (hf_dir / "config.json").exists():
+        torch.manual_seed(cfg["seed"])
+        conf = GPT2Config(n_layer=cfg["n_layer"], n_embd=cfg["n_embd"], n_head=cfg["n_head"],
+                          n_positions=cfg["n_positions"], vocab_size=cfg["vocab_size"])
+        model = GPT2LMHeadModel(conf).eval()
+        tmp = hf_dir.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tmp.replace(hf_dir)
+    rng = np.random.default_rng(cfg["seed"])
+    np.save(out / "train_ids.npy", rng.integers(0, cfg["vocab_size"], cfg["train_tokens"], dtype=np.int64))
+    np.save(out / "val_ids.npy", rng.integers(0, cfg["vocab_size"], cfg["val_tokens"], dtype=np.int64))
+    return {"hf_dir": str(hf_dir), "train_ids": str(out / "train_ids.npy"), "val_ids": str(out / "val_ids.npy"),
+            "dataset": "random token ids", "random_init": cfg}
+
+
+def decoder_shape(config) -> dict:
+    """What a KV-cache decoder's past inputs look like: (batch, heads, past, head_dim) per layer, keys and values."""
+    return {"n_layer": int(config.n_layer), "n_head": int(config.n_head),
+            "head_dim": int(config.n_embd) // int(config.n_head)}
+
+
+def decoder_io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    past = [f"past_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
+    present = [f"present_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
+    return ["input_ids", *past], ["logits", *present]
+
+
+class _DecoderWithPast:
+    """Wrap a HF GPT-2 so tracing sees (input_ids, past keys/values ...) -> (last-position logits, presents ...).
+
+    One graph serves the prompt (past length 0) and every generated token (input length 1): positions continue
+    from the past length, and only the last position's logits are computed (`logits_to_keep=1`)."""
+
+    def __new__(cls, model):
+        import torch
+        from transformers import DynamicCache
+
+        n_layer = int(model.config.n_layer)
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, *past):
+                cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(n_layer)],
+                                     config=self.m.config)
+                p = past[0].shape[2]
+                mask = torch.ones(input_ids.shape[0], p + input_ids.shape[1], dtype=torch.long)
+                pos = torch.arange(input_ids.shape[1], dtype=torch.long).unsqueeze(0) + p
+                out = self.m(input_ids=input_ids, past_key_values=cache, attention_mask=mask, position_ids=pos,
+                             use_cache=True, logits_to_keep=1)
+                presents = []
+                for layer in out.past_key_values.layers:
+                    presents += [layer.keys, layer.values]
+                return (out.logits, *presents)
+
+        return Wrapper(model).eval()
+
+
+def export_decoder_onnx(model, path: Path) -> None:
+    """The KV-cache decoder graph (opset 17, TorchScript exporter, one file), written atomically: inputs input_ids
+    (batch, seq) and past_key_i/past_value_i (batch, heads, past, head_dim); outputs the last position's logits
+    (batch, 1, vocab) and present_key_i/present_value_i (batch, heads, past + seq, head_dim)."""
+    import warnings
+
+    import onnx
+    import torch
+
+    shape = decoder_shape(model.config)
+    names_in, names_out = decoder_io_names(shape["n_layer"])
+    wrapped = _DecoderWithPast(model)
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    past = [torch.zeros(2, shape["n_head"], 5, shape["head_dim"]) for _ in names_in[1:]]
+    dyn = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
+    dyn.update({n: {0: "batch", 2: "past"} for n in names_in[1:]})
+    dyn.update({n: {0: "batch", 2: "total"} for n in names_out[1:]})
+    tmp = path.with_suffix(".onnx.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, (ids, *past), str(tmp), input_names=names_in, output_names=names_out,
+                          dynamic_axes=dyn, opset_version=ONNX_OPSET, dynamo=False, do_constant_folding=True)
+    proto = onnx.load(str(tmp))
+    if finite_mask_constants(proto):
+        onnx.save(proto, str(tmp))
+    onnx.checker.check_model(str(tmp))
+    tmp.replace(path)
 
 
 def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
@@ -287,6 +418,8 @@ def cached_ok(src: ModelSource) -> dict | None:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()  # only files the suite made; a user's file stays
     if "files" not in manifest or not all(Path(manifest[k]).exists() for k in ("onnx",) if k in manifest):
         bad.append("manifest without recorded hashes")
+    if task_of(src.model) == "language-model" and "decoder_onnx" not in manifest:
+        bad.append("no KV-cache decoder ONNX yet (made by this version)")
     if bad:
         log.warning("%s (%s): cached files changed, preparing again: %s", src.model, src.weights, "; ".join(bad))
         return None
@@ -328,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m models.prepare", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="resnet50,gpt2", help=f"comma list: {', '.join(MODELS)}")
-    ap.add_argument("--weights", default="embedded", choices=("embedded", "pretrained"))
+    ap.add_argument("--weights", default="embedded", choices=WEIGHTS)
     ap.add_argument("--weights-path", default=None, help="ResNet50 state-dict file or GPT-2 hub id / directory")
     ap.add_argument("--data", default=None, help="ImageNet-layout folder (resnet50); 'wikitext-2' or text file (gpt2)")
     ap.add_argument("--force", action="store_true", help="retrain / re-export even if cached")

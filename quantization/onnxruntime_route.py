@@ -155,8 +155,10 @@ def _entropy_bins(num_bins: int | None, num_quantized_bins: int = 128):
 
 def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> oc.Artifact:
     src, src_sha = ctx.state["src"]
+    dec = Path(ctx.manifest["decoder_onnx"]) if ctx.manifest.get("decoder_onnx") else None
     if method == "fp32":
-        return oc.Artifact(src, method, precision, notes=["FP32 ONNX from models.prepare, ORT graph optimisations"])
+        return oc.Artifact(src, method, precision, notes=["FP32 ONNX from models.prepare, ORT graph optimisations"],
+                           decoder=dec)
     lm = ctx.task.kind == "language-model"
     calib = oc.calib_key(ctx)
     if "pre" not in ctx.state:
@@ -188,10 +190,44 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
                      f"LM head {meta.get('lm_head')}")
     if reused:
         notes.append("cached artifact reused (calib_seconds from the run that made it)")
-    return oc.Artifact(path, method, precision,
+    dec_q = None
+    if lm and dec is not None:
+        dec_q = quantize_decoder(ctx, dec, method, options, opts)
+        notes.append("decode rows: the KV-cache decoder graph quantized the same way, calibrated on the second half "
+                     "of each calibration window with the FP32 keys/values of the first half as its past")
+    return oc.Artifact(path, method, precision, decoder=dec_q,
                        calibration=Calibration(calib["n_calib"], round(meta["calib_seconds"], 3),
                                                CALIB_METHODS[method].lower()),
                        notes=notes, extra={"quant_options": options, "calib_samples_fed": meta.get("calib_samples_fed")})
+
+
+def quantize_decoder(ctx: ModelContext, dec: Path, method: str, options: dict, opts: Options) -> Path:
+    """The KV-cache decoder quantized with the same method and options as the full-sequence graph (cached)."""
+    from utils.atomic import sha256_file
+
+    rec = (ctx.manifest.get("files") or {}).get("decoder_onnx") or {}
+    dec_sha = rec.get("sha256") or sha256_file(dec)
+    calib = oc.calib_key(ctx)
+    out = oc.artifact_path(ctx.cache_dir, f"{method}-int8-decoder", {"src": dec_sha, "method": method, **calib,
+                                                                     **options})
+
+    def build(tmp_out: Path) -> dict:
+        pre, _ = preprocess(dec, dec_sha, ctx.cache_dir) if opts.preprocess else (dec, "")
+        feeds = oc.decoder_calibration_feeds(ctx.manifest, dec, oc.calibration_batches(ctx), ctx.cfg.threads)
+        reader = oc.FeedCalibrationReader(feeds)
+        with tempfile.TemporaryDirectory(prefix="ortq-") as tmp:
+            work = Path(tmp) / "decoder.onnx"
+            oc.copy_for_tool(pre, Path(tmp), work.name)
+            t0 = time.perf_counter()
+            info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind,
+                                        lm_head=opts.lm_head, entropy_bins=opts.entropy_bins)
+            secs = time.perf_counter() - t0
+        oc.check_onnx(tmp_out)
+        return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "options": options, **info, **calib,
+                "src_sha": dec_sha}
+
+    path, _, _ = oc.cached_artifact(out, build)
+    return path
 
 
 def _input_name(path: Path, preferred: str) -> str:

@@ -374,6 +374,20 @@ def lm_logits(model, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
     return fn
 
 
+def lm_generate(model, device: str = "cpu"):
+    """Built.generate: one step of Hugging Face's own cached decoding (a DynamicCache carried as the state, positions
+    continuing from it), computing only the last position's logits."""
+    import torch
+
+    def step(ids: np.ndarray, state):
+        with torch.inference_mode():
+            out = model(input_ids=_to_device(torch.from_numpy(np.ascontiguousarray(ids)), device),
+                        past_key_values=state, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
+
+    return step
+
+
 def _lm_timing(model, device: str) -> dict:
     if device == "cpu":
         return {}
@@ -393,8 +407,10 @@ def _build_lm(method: str):
         if base == "inductor":
             model = _compile(model)
             notes.insert(1, "torch.compile (inductor, freezing, static shapes); compile time in first_call_ms")
+        # inductor compiles for static shapes: a growing KV cache would recompile per token, so no decode rows
+        gen = lm_generate(model, device) if base == "eager" else None
         return Built(lm_logits(model, device), size_mb=size, compute_precision=prec, notes=notes, handle=model,
-                     **_lm_timing(model, device))
+                     generate=gen, **_lm_timing(model, device))
 
     return build
 
@@ -410,7 +426,8 @@ def _build_torchao_lm(method: str):
                  f"{'; activations: per-token dynamic' if dynamic else ''})")
         return Built(lm_logits(model, device), size_mb=state_size_mb(model.state_dict()),
                      compute_precision="int8" if dynamic else "fp32", calibration=Calibration(0, prep_s, None),
-                     notes=[notes] + _device_notes(device, "fp32"), handle=model, **_lm_timing(model, device))
+                     notes=[notes] + _device_notes(device, "fp32"), handle=model, generate=lm_generate(model, device),
+                     **_lm_timing(model, device))
     return build
 
 
@@ -557,8 +574,22 @@ class TorchRoute(Route):
         why = device_plan(method, device, caps)
         if why:
             raise SkipVariant(why)
+        gpu_before = None
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            gpu_before = torch.cuda.memory_allocated()
         built = BUILDERS[(ctx.task.kind, method)](ctx, device)
         built.extra.setdefault("torch_settings", torch_settings(device, built))
+        if gpu_before is not None:
+            def gpu_peak(before=gpu_before) -> float:
+                import torch
+
+                return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+            built.gpu_peak_mb = gpu_peak
         return built
 
 

@@ -88,6 +88,21 @@ def digits_splits(resolution: int = DIGITS_RESOLUTION, seed: int = DIGITS_SEED) 
     return {"train": Split("train", x[tr], y[tr], tr), "test": Split("test", x[te], y[te], te)}
 
 
+def digits_inputs(resolution: int, n_calib: int, n_eval: int) -> tuple[Split, Split]:
+    """The digits' calibration subset (from train) and `n_eval` test images, upscaled to `resolution` only after
+    they are picked (all 1,797 at 224x224 would take 1 GB): inputs for models whose weights are not the digits'
+    (--weights random). Bilinear resizing commutes with the normalisation, so these equal digits_splits(224)'s."""
+    sp = digits_splits(resolution=8)
+    cal = calibration_subset(sp["train"], n_calib)
+    ev = subset(sp["test"], min(n_eval, len(sp["test"])), seed=0, name="test", what="evaluation")
+
+    def up(split: Split) -> Split:
+        x = np.repeat(_resize_bilinear(split.x[:, 0], resolution)[:, None], 3, axis=1)
+        return Split(split.name, np.ascontiguousarray(x, dtype=np.float32), split.y, split.indices)
+
+    return up(cal), up(ev)
+
+
 def subset(split: Split, n: int | None, *, seed: int, name: str, what: str = "calibration") -> Split:
     """The first n of a seeded permutation of `split` (n=None: all). Raises SuiteError on a bad size."""
     if n is None:

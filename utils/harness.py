@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-LATENCY_KINDS = ("host-wall", "cuda-events", "tensorrt-gpu-compute", "cuda-e2e")
+# decode: host wall time per generated token after the first, in greedy generation with a KV cache (the prompt's
+# prefill and first token are the row's ttft_ms); see quantization.kit.greedy
+LATENCY_KINDS = ("host-wall", "cuda-events", "tensorrt-gpu-compute", "cuda-e2e", "decode")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-WEIGHTS = ("embedded", "pretrained")
+# embedded: the offline default trained on first use; pretrained: real weights and data; random: the real
+# architectures (torchvision ResNet50, Hugging Face GPT-2 small) randomly initialised, for latency, size and memory only
+WEIGHTS = ("embedded", "pretrained", "random")
 
 
 # ------------------------------------------------------------------------------ models
@@ -23,6 +25,9 @@ class ModelDecl:
     metric: str  # top1 (percent) | ppl
     batches: tuple[int, ...]  # default latency batches
     calib_samples: int  # default calibration size (from the train split)
+    # --weights random: the real-size model on 2 cores (one latency batch, fewer calibration samples: bounded memory)
+    random_batches: tuple[int, ...] = (1,)
+    random_calib: int = 32
 
 
 MODEL_DECLS: dict[str, ModelDecl] = {
@@ -33,6 +38,16 @@ MODELS = tuple(MODEL_DECLS)
 METRIC = {m: d.metric for m, d in MODEL_DECLS.items()}
 DEFAULT_BATCHES = {m: d.batches for m, d in MODEL_DECLS.items()}
 DEFAULT_CALIB = {m: d.calib_samples for m, d in MODEL_DECLS.items()}
+
+
+def default_batches(model: str, weights: str = "embedded") -> tuple[int, ...]:
+    d = MODEL_DECLS[model]
+    return d.random_batches if weights == "random" else d.batches
+
+
+def default_calib(model: str, weights: str = "embedded") -> int:
+    d = MODEL_DECLS[model]
+    return d.random_calib if weights == "random" else d.calib_samples
 
 
 def task_of(model: str) -> str:

@@ -68,6 +68,10 @@ class ResultRow:
     speedup_ci_low: float | None = None
     speedup_ci_high: float | None = None
     peak_mem_mb: float | None = None  # resident memory high-water of building and running this variant
+    gpu_peak_mem_mb: float | None = None  # device memory high-water (torch.cuda.max_memory_allocated), GPU rows
+    # KV-cache generation rows (latency_kind "decode"): latency_* is the time per generated token after the first
+    ttft_ms: float | None = None  # median time to first token (the prompt's prefill and its first token)
+    token_match: float | None = None  # % of greedy tokens equal to the in-process FP32 baseline's, same prompts
     status: str = "ok"
     reason: str = ""
     notes: str = ""
@@ -91,6 +95,8 @@ class ResultRow:
         parts = [self.model, self.weights, self.toolchain, self.method, self.precision, self.device, f"b{self.batch}"]
         if self.eval_limit is not None:
             parts.append(f"lim{self.eval_limit}")
+        if self.latency_kind == "decode":  # the generation row of a variant, beside its full-sequence row
+            parts.append("decode")
         return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in parts)
 
     def to_dict(self) -> dict[str, Any]:

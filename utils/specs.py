@@ -29,14 +29,35 @@ EMBEDDED = {
         "epochs": 10, "batch_size": 16, "lr": 2e-3, "seed": 0, "version": 2,  # v2: split by document groups
     },
 }
-DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-16px", ("gpt2", "embedded"): "pydoc-topics"}
+# --weights random: the real architectures with randomly initialised weights (no download), for latency,
+# throughput, size and memory; accuracy is meaningless and stays empty. Inputs: calibration and fidelity samples
+# are scikit-learn's digits upscaled to 224x224 (ResNet50) and seeded uniform token ids (GPT-2); latency is
+# measured at ResNet50's 224x224 and a 128-token GPT-2 prefill (plus KV-cache generation).
+RANDOM = {
+    "resnet50": {
+        "arch": "torchvision.models.resnet50", "num_classes": 1000, "init": "torchvision default",
+        "resolution": 224, "inputs": "sklearn-digits upscaled to 224", "n_eval": 64, "seed": 0, "version": 1,
+    },
+    "gpt2": {
+        "arch": "transformers.GPT2LMHeadModel", "config": "GPT2Config() defaults", "n_layer": 12, "n_embd": 768,
+        "n_head": 12, "n_positions": 1024, "vocab_size": 50257, "init": "transformers default (std 0.02)",
+        "inputs": "seeded uniform token ids", "seq_len": 128, "train_tokens": 8192, "val_tokens": 1024, "seed": 0,
+        "version": 1,
+    },
+}
+RANDOM_REASON = "random weights: latency only"
+DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-16px", ("gpt2", "embedded"): "pydoc-topics",
+                ("resnet50", "random"): "digits-224 inputs", ("gpt2", "random"): "random token ids"}
+# the longest calibration window of a language model (tokens): bounded calibration memory for long contexts
+# (HF GPT-2's 1,024 positions); the embedded GPT-2's 128-token context is calibrated whole
+LM_CALIB_WINDOW = 256
 
 
 def ppl_stride(context: int) -> int:
     """Perplexity window stride: half the model's context (64 for the embedded GPT-2, 512 for HF gpt2)."""
     return max(1, context // 2)
 # manifest entries that are file paths (stored relative to the model's cache folder)
-PATH_KEYS = ("checkpoint", "onnx", "hf_dir", "train_ids", "val_ids")
+PATH_KEYS = ("checkpoint", "onnx", "decoder_onnx", "hf_dir", "train_ids", "val_ids")
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,7 @@ class ModelSource:
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODELS)
         check_choice("weights", self.weights, WEIGHTS)
-        if self.weights == "embedded" and (self.weights_path or self.data):
+        if self.weights in ("embedded", "random") and (self.weights_path or self.data):
             raise SuiteError("--weights-path/--data apply to --weights pretrained only")
         if self.weights == "pretrained" and not self.data:
             what = "an ImageNet-layout folder (--data PATH)" if self.model == "resnet50" else \
@@ -60,6 +81,8 @@ class ModelSource:
     def key(self) -> str:
         if self.weights == "embedded":
             return config_key(EMBEDDED[self.model], 10)
+        if self.weights == "random":
+            return config_key(RANDOM[self.model], 10)
         return config_key([self.weights_path, _abs(self.data)], 10)
 
     @property

@@ -30,7 +30,7 @@ from quantization.kit.tasks import Task, data_hashes, file_size_mb, load_data, t
 from utils.errors import (FAILED_REASON_CHARS, RouteUnavailable, SuiteError, cli_main,  # noqa: F401
                           failure_reason, setup_logging)
 from utils.registry import TOOLCHAINS, resolve
-from utils.specs import ModelSource
+from utils.specs import RANDOM_REASON, ModelSource
 
 log = logging.getLogger("quantization.kit")
 
@@ -55,6 +55,9 @@ class Built:
     timer:     optional clock plug-in `timer(fn) -> milliseconds of one call` (e.g. CUDA events); default host wall.
     sync:      optional synchronisation inside the host-wall timed region (e.g. torch.cuda.synchronize).
     batches:   which latency batches to time; None: the configured ones; () : accuracy only (one row, batch 1).
+    generate:  language models with a KV cache: `generate(ids, state) -> (last-position logits (B, V), state)`,
+               state None for the prompt; the kit runs greedy generation with it (`greedy`) for the decode rows.
+    gpu_peak_mb: optional `() -> MB` device memory high-water since the variant was built (GPU rows).
     """
 
     predict: Callable[[np.ndarray], np.ndarray]
@@ -72,6 +75,8 @@ class Built:
     batches: tuple[int, ...] | None = None
     close: Callable[[], object] | None = None
     handle: Any = None  # the runtime object itself (torch module, ORT session), for analysis tools
+    generate: Callable[[np.ndarray, Any], tuple[np.ndarray, Any]] | None = None
+    gpu_peak_mb: Callable[[], float | None] | None = None
     artifact: Path | None = None  # the file the variant runs, when it is one (ONNX, engine)
 
 
@@ -291,6 +296,10 @@ def _score_variant(ctx: ModelContext, built: Built, method: str, device: str) ->
                  outputs, meta={"eval_sha": eval_sha, "toolchain": cfg.toolchain, "method": method, "device": device})
     fields = {**task.score_fields(score), **task.fidelity_fields(fid), "fidelity_vs": ref_name}
     extra = {**score.extra(), "eval_seconds": round(eval_s, 3)}
+    if ctx.source.weights == "random":  # accuracy of random weights means nothing; agreement/SQNR/KL still do
+        fields.update(value=None, top5=None, flips_lost=None, flips_gained=None)
+        extra = {"eval_seconds": extra["eval_seconds"], "accuracy": RANDOM_REASON,
+                 "fidelity_samples": ctx.hashes.get("n_eval") or ctx.hashes.get("n_eval_tokens")}
     if fid and fid.get("ppl_bootstrap"):
         extra["fidelity_ppl_bootstrap"] = {k: fid["ppl_bootstrap"].get(k) for k in
                                            ("ratio", "ratio_ci_low", "ratio_ci_high", "significant", "block_len")}
@@ -381,6 +390,8 @@ def run_model(route: Route, cfg: RouteConfig, opts, model: str) -> list:
                 built = None
                 try:
                     built = route.build(ctx, method, precision, d)
+                    if ctx.source.weights == "random":
+                        built.notes.insert(0, RANDOM_REASON)
                     fields, extra = _score_variant(ctx, built, method, d)
                     _, hwm = _rss_mb()
                     if measured and hwm and rss_before is not None and rss_open is not None:
@@ -388,6 +399,9 @@ def run_model(route: Route, cfg: RouteConfig, opts, model: str) -> list:
                         # before it still hold in this process (they stay alive to be timed together)
                         fields["peak_mem_mb"] = round(hwm - max(0.0, rss_before - rss_open), 1)
                         extra["rss_high_water_mb"] = round(hwm, 1)
+                    if built.gpu_peak_mb is not None:  # device memory high-water of building and scoring it
+                        gpu = built.gpu_peak_mb()
+                        fields["gpu_peak_mem_mb"] = round(gpu, 1) if gpu is not None else None
                     done.append(_Variant(method, precision, built, fields, {**extra, **built.extra}))
                 except SkipVariant as exc:
                     _close(built)
@@ -460,6 +474,11 @@ def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: 
     timed = [v for v in done if v.built.batches is None or v.built.batches]
     for v in done:
         if v not in timed:  # accuracy only (e.g. a fake-quant emulation that is not a deployment runtime)
+            if v.fields.get("value") is None:  # random weights: nothing this variant measures is meaningful
+                rows += writer.status("skipped", f"{RANDOM_REASON}, and this variant is not timed here "
+                                                 f"({'; '.join(v.built.notes[1:2]) or 'accuracy-only runtime'})",
+                                      [(v.method, v.precision)], [1])
+                continue
             rows.append(writer.write(writer.row(v.method, v.precision, 1, **_common(v), extra=v.extra)))
     if not timed:
         return rows
@@ -502,9 +521,117 @@ def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: 
                 extra = {**v.extra, "latency": lat.summary(), "latency_shape": one["shape"],
                          "harness_overhead_ms": round(one["overhead_ms"], 6)}
                 rows.append(writer.write(writer.row(v.method, v.precision, b, **fields, extra=extra)))
+        gen = [v for v in timed if v.built.generate is not None and v.method not in failed]
+        if gen and hasattr(ctx.task, "generation_input"):
+            rows += _time_generation(route, ctx, writer, device, gen, bases, pair_of)
     finally:
         for name in only_for_timing:
             _close(bases.get(name))
+    return rows
+
+
+# ------------------------------------------------------------------------------ generation (language models)
+
+GEN_BATCHES = (1,)  # generation rows: batch 1, what LM latency is quoted at
+WARMUP_GEN = 1  # warm-up generations per unit after the first (each is already new_tokens cached steps)
+
+
+def greedy(generate, prompt: np.ndarray, new_tokens: int, clock=time.perf_counter) -> tuple[np.ndarray, float, list]:
+    """Greedy generation with a KV cache through `generate(ids, state)`: (new ids (B, new_tokens), ms to the first
+    token (the prompt's prefill and its argmax), ms of each later token (one cached step and its argmax))."""
+    b = prompt.shape[0]
+    t0 = clock()
+    logits, state = generate(prompt, None)
+    tok = np.asarray(logits).reshape(b, -1).argmax(-1).astype(np.int64)
+    ttft = (clock() - t0) * 1000.0
+    out, per = [tok], []
+    for _ in range(new_tokens - 1):
+        t = clock()
+        logits, state = generate(tok[:, None], state)
+        tok = np.asarray(logits).reshape(b, -1).argmax(-1).astype(np.int64)
+        per.append((clock() - t) * 1000.0)
+        out.append(tok)
+    return np.stack(out, 1), ttft, per
+
+
+class _GenUnit:
+    """One variant's generation as a harness unit: each call generates the whole continuation; the sample is the mean
+    time per token after the first (TTFT and the tokens are kept aside)."""
+
+    def __init__(self, generate, prompt: np.ndarray, new_tokens: int):
+        self.generate, self.prompt, self.new_tokens = generate, prompt, new_tokens
+        self.ttft: list[float] = []
+        self.tokens: np.ndarray | None = None
+
+    def timer(self, _fn) -> float:
+        toks, ttft, per = greedy(self.generate, self.prompt, self.new_tokens)
+        if self.tokens is None:
+            self.tokens = toks
+        self.ttft.append(ttft)
+        return float(np.mean(per)) if per else ttft
+
+
+def token_match(a: np.ndarray | None, b: np.ndarray | None) -> tuple[float | None, int | None]:
+    """(% of positions where two greedy continuations agree, first position where they differ or None)."""
+    if a is None or b is None or a.shape != b.shape:
+        return None, None
+    eq = a == b
+    first = int(np.argmin(eq.all(0))) if not eq.all() else None
+    return round(float(eq.mean() * 100), 2), first
+
+
+def _time_generation(route: Route, ctx: ModelContext, writer: RowWriter, device: str, gen: list, bases: dict,
+                     pair_of: dict) -> list:
+    """Decode rows: greedy generation with a KV cache, interleaved with the FP32 baseline's generation, per batch."""
+    from utils.harness import Timed, interleaved
+    from utils.stats import speedup_ci
+
+    cfg, tc = ctx.cfg, TOOLCHAINS[ctx.cfg.toolchain]
+    rows = []
+    for b in GEN_BATCHES:
+        prompt, new = ctx.task.generation_input(b, ctx.manifest, ctx.data)
+        units: dict[str, _GenUnit] = {v.method: _GenUnit(v.built.generate, prompt, new) for v in gen}
+        for name, built in bases.items():
+            if name not in units and built.generate is not None:
+                units[name] = _GenUnit(built.generate, prompt, new)
+        timed = {n: Timed(lambda: None, b, "decode", None, u.timer) for n, u in units.items()}
+        try:
+            trials = interleaved(timed, min_trials=cfg.min_iters, budget_s=0.0, warmup=WARMUP_GEN)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - generation failing must not lose the full-sequence rows
+            log.warning("generation timing of %s failed: %s", ctx.model, failure_reason(exc))
+            rows += [writer.write(writer.row(v.method, v.precision, b, status="failed", latency_kind="decode",
+                                             reason=f"generation: {failure_reason(exc)}")) for v in gen]
+            continue
+        for v in gen:
+            u, lat = units[v.method], trials.latency[v.method]
+            base = pair_of.get(v.method)
+            fields = dict(_common(v), **lat.row_fields(), throughput_unit="tokens/s (decode)",
+                          latency_samples=len(lat.samples_ms), ttft_ms=float(np.median(u.ttft[1 + WARMUP_GEN:] or u.ttft)))
+            fields["first_call_ms"] = None  # a generation's first call is not one token
+            for k in ("value", "top5", "agreement", "flips_lost", "flips_gained", "sqnr_db", "kl", "fidelity_vs",
+                      "xrt_vs", "xrt_agreement", "xrt_sqnr_db"):
+                fields.pop(k, None)  # accuracy and fidelity live in the variant's full-sequence row
+            gen_extra = {"prompt_tokens": int(prompt.shape[1]), "new_tokens": int(new), "greedy": True,
+                         "ttft_ms_samples": [round(x, 3) for x in u.ttft]}
+            if base in units and base != v.method:
+                match, first = token_match(units[base].tokens, u.tokens)
+                fields.update(token_match=match)
+                gen_extra.update(token_match_vs=f"{cfg.toolchain}/{base}", first_divergence=first)
+                xb, xo = trials.paired(base, v.method)
+                if len(xb) >= 3:
+                    spd = speedup_ci(xb, xo, paired=True)
+                    own = base in tc.methods(ctx.model)
+                    fields.update(speedup_paired=float(spd[0]), speedup_ci_low=float(spd[1]),
+                                  speedup_ci_high=float(spd[2]),
+                                  speedup_vs=f"{cfg.toolchain}/{base}" + ("" if own else " (in-process FP32)"))
+            elif base is None or base == v.method:
+                fields.update(speedup_paired=1.0, speedup_ci_low=1.0, speedup_ci_high=1.0,
+                              speedup_vs=f"{cfg.toolchain}/{v.method}")
+            extra = {**v.extra, "latency": lat.summary(), "generation": gen_extra,
+                     "harness_overhead_ms": round(trials.overhead_ms, 6)}
+            rows.append(writer.write(writer.row(v.method, v.precision, b, **fields, extra=extra)))
     return rows
 
 

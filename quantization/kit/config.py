@@ -15,7 +15,7 @@ from utils.envinfo import environment_record
 from utils.cli import ArgParser, int_list, positive_float, positive_int
 from utils.errors import SuiteError
 from utils.paths import RUNS_DIR
-from utils.registry import DEFAULT_BATCHES, DEFAULT_CALIB, METRIC, TOOLCHAINS, WEIGHTS, parse_list
+from utils.registry import DEFAULT_BATCHES, DEFAULT_CALIB, METRIC, TOOLCHAINS, WEIGHTS, default_batches, default_calib, parse_list
 from utils.rows import ResultRow, status_rows, write_row
 from utils.specs import DATASET_NAME, ModelSource
 
@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 def add_source_flags(ap: argparse.ArgumentParser) -> None:
     """--weights / --weights-path / --data: which model and which data (bench, routes and sweeps)."""
     ap.add_argument("--weights", default="embedded", choices=WEIGHTS,
-                    help="embedded: the offline default trained on first use; pretrained: real weights")
+                    help="embedded: the offline default trained on first use; pretrained: real weights; random: the "
+                         "real architectures (ResNet50 1000 classes, GPT-2 124M) randomly initialised, no download: "
+                         "latency, size and memory only (accuracy cells stay empty)")
     ap.add_argument("--weights-path", default=None,
                     help="pretrained weights: ResNet50 state-dict file (default: torchvision IMAGENET1K_V1, "
                          "downloaded when online) or GPT-2 hub id / local directory (default: gpt2)")
@@ -37,9 +39,12 @@ def add_measure_flags(ap: argparse.ArgumentParser) -> None:
     """Calibration size, evaluation cap, threads and timing: the flags every route and the bench share."""
     ap.add_argument("--batches", type=int_list, default=None,
                     help="comma list of latency batch sizes (default: " +
-                         "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) + ")")
+                         "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) +
+                         "; --weights random: " + "; ".join(f"{m} {','.join(map(str, default_batches(m, 'random')))}"
+                                                           for m in DEFAULT_BATCHES) + ")")
     ap.add_argument("--calib-samples", type=positive_int, default=None,
-                    help=f"calibration samples from the train split (default: {DEFAULT_CALIB})")
+                    help=f"calibration samples from the train split (default: {DEFAULT_CALIB}; --weights random: "
+                         + ", ".join(f"{m} {default_calib(m, 'random')}" for m in DEFAULT_CALIB) + ")")
     ap.add_argument("--eval-limit", type=positive_int, default=None,
                     help="cap on evaluation samples (default: all); rows scored on a subset are marked and never "
                          "replace full-evaluation rows")
@@ -104,8 +109,9 @@ class RouteConfig:
         models = parse_list("model", args.model, tuple(tc.variants))
         methods = {m: parse_list("method", args.methods, tc.methods(m)) if args.methods != "all" else tc.methods(m)
                    for m in models}
-        batches = {m: tuple(args.batches) if args.batches else DEFAULT_BATCHES[m] for m in models}
-        calib = {m: args.calib_samples if args.calib_samples is not None else DEFAULT_CALIB[m] for m in models}
+        batches = {m: tuple(args.batches) if args.batches else default_batches(m, args.weights) for m in models}
+        calib = {m: args.calib_samples if args.calib_samples is not None else default_calib(m, args.weights)
+                 for m in models}
         return cls(toolchain=toolchain, models=models, methods=methods, weights=args.weights,
                    weights_path=args.weights_path, data=args.data, batches=batches, calib_samples=calib,
                    eval_limit=args.eval_limit, threads=args.threads, min_time=args.min_time,

@@ -250,6 +250,73 @@ class ArrayCalibrationReader(_reader_base()):
         return len(self.batches)
 
 
+class FeedCalibrationReader(_reader_base()):
+    """ORT CalibrationDataReader over ready feeds (dicts of every graph input), e.g. a KV-cache decoder's."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds = list(feeds)
+        self.passes: list[int] = [0]
+        self._it = iter(self.feeds)
+
+    def get_next(self) -> dict | None:
+        f = next(self._it, None)
+        if f is not None:
+            self.passes[-1] += int(f["input_ids"].shape[0])
+        return f
+
+    def rewind(self) -> None:
+        self._it = iter(self.feeds)
+        if self.passes[-1]:
+            self.passes.append(0)
+
+
+# ------------------------------------------------------------------------------ KV-cache decoder (language models)
+
+def decoder_names(manifest: dict) -> tuple[list[str], list[str]]:
+    """Input and output names of the manifest's KV-cache decoder graph (models.prepare.export_decoder_onnx)."""
+    n = int(manifest["n_layer"])
+    past = [f"past_{kv}_{i}" for i in range(n) for kv in ("key", "value")]
+    return ["input_ids", *past], ["logits", *[p.replace("past_", "present_") for p in past]]
+
+
+def empty_past(manifest: dict, batch: int) -> dict:
+    shape = (batch, int(manifest["n_head"]), 0, int(manifest["head_dim"]))
+    return {n: np.zeros(shape, np.float32) for n in decoder_names(manifest)[0][1:]}
+
+
+def decoder_step(sess, manifest: dict):
+    """Built.generate over a KV-cache decoder session: the state is the list of present keys/values, fed back as the
+    next call's past; the prompt starts from an empty (length-0) past."""
+    names_in, names_out = decoder_names(manifest)
+
+    def step(ids: np.ndarray, state):
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        feed = {"input_ids": ids}
+        if state is None:
+            feed.update(empty_past(manifest, ids.shape[0]))
+        else:
+            feed.update(zip(names_in[1:], state))
+        outs = sess.run(names_out, feed)
+        return outs[0][:, -1], outs[1:]
+
+    return step
+
+
+def decoder_calibration_feeds(manifest: dict, fp32_decoder: Path, windows: list[np.ndarray], threads: int) -> list[dict]:
+    """Calibration feeds for a KV-cache decoder, from the same calibration windows as the full-sequence graph: the
+    first half of each window is run through the FP32 decoder (its keys/values become the past), the second half is
+    the input, so every quantized MatMul sees cached-decoding activations over a non-empty past."""
+    sess = make_session(fp32_decoder, threads, [CPU_EP])
+    names_in, names_out = decoder_names(manifest)
+    feeds = []
+    for w in windows:
+        half = max(1, w.shape[1] // 2)
+        first = sess.run(names_out, {"input_ids": np.ascontiguousarray(w[:, :half]), **empty_past(manifest, w.shape[0])})
+        feeds.append({"input_ids": np.ascontiguousarray(w[:, half:]), **dict(zip(names_in[1:], first[1:]))})
+    del sess
+    return feeds
+
+
 # ------------------------------------------------------------------------------ the ONNX route base
 
 def input_name(sess, preferred: str) -> str:
@@ -277,6 +344,7 @@ class Artifact:
     notes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     float_precision: str = "fp32"  # what its convs/matmuls compute in when no integer kernel runs
+    decoder: Path | None = None  # language models: the KV-cache decoder graph, quantized like `path` (decode rows)
 
 
 def cuda_driver_missing() -> str | None:
@@ -393,5 +461,11 @@ def onnx_built(ctx: ModelContext, art: Artifact, device: str, slow_reason=None) 
     extra = dict(art.extra)
     extra.update(providers=rec.to_dict(), onnx=artifacts.relative_to(ctx.source.cache_dir, art.path),
                  onnx_sha=sha256_file(art.path)[:16])
+    generate = None
+    if art.decoder is not None:
+        dsess = make_session(art.decoder, threads, providers)
+        generate = decoder_step(dsess, ctx.manifest)
+        extra.update(decoder_onnx=artifacts.relative_to(ctx.source.cache_dir, art.decoder),
+                     decoder_onnx_sha=sha256_file(art.decoder)[:16])
     return Built(predict, size_mb=file_size_mb(art.path), compute_precision=compute, calibration=art.calibration,
-                 notes=notes, extra=extra, timed=timed, handle=sess, artifact=Path(art.path))
+                 notes=notes, extra=extra, timed=timed, handle=sess, artifact=Path(art.path), generate=generate)

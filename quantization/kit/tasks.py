@@ -11,11 +11,12 @@ from typing import Callable
 
 import numpy as np
 
-from utils.data import Split, calibration_subset, digits_splits, image_folder_splits, latency_input, subset
+from utils.data import (Split, calibration_subset, digits_inputs, digits_splits, image_folder_splits, latency_input,
+                        subset)
 from utils.errors import SuiteError
 from utils.metrics import ClassificationScore, PerplexityScore, classification_score, strided_perplexity
 from utils.registry import MODEL_DECLS, task_of
-from utils.specs import ModelSource, ppl_stride
+from utils.specs import LM_CALIB_WINDOW, RANDOM, ModelSource, ppl_stride
 from utils.text import ids_sha, lm_calibration, lm_latency_input
 
 
@@ -94,6 +95,11 @@ class ImageClassification(Task):
             test = sp["test"] if eval_limit is None else subset(sp["test"], min(eval_limit, len(sp["test"])), seed=0,
                                                                  name="test", what="evaluation")
             return ImageData(calib, test, manifest["resolution"])
+        if source.weights == "random":
+            res = int(manifest["resolution"])
+            n_eval = RANDOM["resnet50"]["n_eval"] if eval_limit is None else min(eval_limit, RANDOM["resnet50"]["n_eval"])
+            cal, ev = digits_inputs(res, calib_samples, n_eval)
+            return ImageData(cal, ev, res)
         cal, ev = image_folder_splits(source.data, n_eval=eval_limit, n_calib=calib_samples)
         return ImageData(cal, ev, 224)
 
@@ -150,8 +156,8 @@ class LanguageModel(Task):
         if eval_limit is not None:
             val_ids = val_ids[:max(2, eval_limit)]
         seq_len = int(manifest["seq_len"])
-        try:
-            calib = lm_calibration(train_ids, calib_samples, seq_len)
+        try:  # windows no longer than LM_CALIB_WINDOW tokens: calibration memory stays bounded on long contexts
+            calib = lm_calibration(train_ids, calib_samples, min(seq_len, LM_CALIB_WINDOW))
         except SuiteError as exc:  # name the text the windows come from
             raise SuiteError(f"{exc} (text: {source.data or 'the embedded corpus'}, "
                              f"token ids {source.path(manifest['train_ids'])})") from None
@@ -197,6 +203,16 @@ class LanguageModel(Task):
         ids = lm_latency_input(batch, data.seq_len, data.vocab_size)
         return LatencyInput(ids, batch * data.seq_len, "tokens/s", (batch, data.seq_len))
 
+    def generation_input(self, batch: int, manifest: dict, data: TextData) -> tuple[np.ndarray, int]:
+        """(prompt ids (batch, P), new tokens) of the generation latency rows: P = min(128, context / 2) tokens of
+        the evaluation text (a different window per batch row), min(32, context / 4) new tokens (greedy)."""
+        ctx_len = int(manifest.get("n_positions") or data.seq_len)
+        p, new = min(GEN_PROMPT, ctx_len // 2), min(GEN_NEW, ctx_len // 4)
+        ids = np.asarray(data.val_ids, dtype=np.int64).reshape(-1)
+        if ids.size < p * batch:
+            ids = np.resize(ids, p * batch)
+        return ids[:p * batch].reshape(batch, p), new
+
     def score_fields(self, score: PerplexityScore) -> dict:
         return {"value": score.ppl}
 
@@ -205,6 +221,7 @@ class LanguageModel(Task):
                 "n_eval_tokens": int(data.val_ids.size)}
 
 
+GEN_PROMPT, GEN_NEW = 128, 32  # generation rows: prompt and new tokens (capped by the context, see generation_input)
 LM_TOPK = 32  # reference log-probs kept per token for cross-process KL (exact when the vocabulary is <= this)
 
 TASKS: dict[str, Task] = {t.kind: t for t in (ImageClassification(), LanguageModel())}

@@ -115,3 +115,22 @@ def test_flop_counter_counts_a_linear_layer():
 
     lin = torch.nn.Linear(64, 32, bias=False)
     assert count_flops(lin, torch.zeros(5, 64)) == 2 * 5 * 64 * 32
+
+
+@pytest.mark.parametrize("method", ["fp32", "weight-only"])
+def test_cached_generation_equals_hf_generate(tmp_path, method):
+    """The route's KV-cache step (Built.generate) under the kit's greedy loop gives Hugging Face generate()'s greedy
+    tokens, for the FP32 model and a torchao-quantized one."""
+    from models.embedded import load_gpt2
+    from quantization.kit import greedy
+    from quantization.torch_route import gpt2_quantized, lm_generate
+
+    m = _tiny_gpt2()
+    m.save_pretrained(tmp_path)
+    model = load_gpt2(tmp_path) if method == "fp32" else gpt2_quantized(str(tmp_path), method)[0]
+    prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=9, do_sample=False,
+                             pad_token_id=0)[:, 7:].numpy()
+    toks, ttft, per = greedy(lm_generate(model), prompt.numpy(), 9)
+    assert (toks == ref).all() and len(per) == 8 and ttft > 0

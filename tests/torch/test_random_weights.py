@@ -1,0 +1,65 @@
+"""--weights random: the real ResNet50 (1,000 classes, torchvision's own initialisation) prepared offline and run
+through the torch route: latency, size and memory filled, accuracy cells empty with the reason, fidelity filled."""
+import numpy as np
+import pytest
+
+from utils.specs import RANDOM, RANDOM_REASON, ModelSource
+
+
+@pytest.fixture(scope="module")
+def random_resnet():
+    from models.prepare import prepare
+
+    src = ModelSource("resnet50", "random")
+    return src, prepare(src)
+
+
+def test_prepared_real_shape_without_download(random_resnet):
+    import torch
+
+    from models.embedded import load_resnet50
+
+    src, man = random_resnet
+    assert man["num_classes"] == 1000 and man["resolution"] == 224 and man["random_init"] == RANDOM["resnet50"]
+    model = load_resnet50(man["checkpoint"], 1000)
+    assert model.fc.weight.shape == (1000, 2048)
+    assert 25.4e6 < sum(p.numel() for p in model.parameters()) < 25.7e6  # ResNet50's 25.56M parameters
+    # torchvision's default init (not zero-initialised residual BN): every block contributes
+    assert float(model.layer1[0].bn3.weight.abs().min()) > 0
+    assert man["ops_per_item"] == pytest.approx(8.2e9, rel=0.03)  # 4.1 GMAC at 224x224
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_digit_inputs_upscaled_after_picking_equal_the_full_upscale():
+    from utils.data import calibration_subset, digits_inputs, digits_splits, subset
+
+    cal, ev = digits_inputs(64, 5, 7)
+    sp = digits_splits(resolution=64)
+    ref_cal = calibration_subset(sp["train"], 5)
+    ref_ev = subset(sp["test"], 7, seed=0, name="test", what="evaluation")
+    assert np.allclose(cal.x, ref_cal.x, atol=1e-6) and (cal.indices == ref_cal.indices).all()
+    assert np.allclose(ev.x, ref_ev.x, atol=1e-6) and ev.x.shape == (7, 3, 64, 64)
+
+
+def test_route_rows_have_latency_and_fidelity_but_no_accuracy(random_resnet, tmp_path):
+    from quantization.torch_route import main
+    from utils.rows import read_rows
+
+    runs = tmp_path / "runs"
+    rc = main(["--model", "resnet50", "--weights", "random", "--methods", "eager,fx", "--devices", "cpu",
+               "--batches", "1", "--min-iters", "3", "--min-time", "0.01", "--calib-samples", "8",
+               "--runs-dir", str(runs)])
+    assert rc == 0
+    rows = {r.method: r for r in read_rows(runs)}
+    assert set(rows) == {"eager", "fx"}
+    for r in rows.values():
+        assert r.status == "ok" and r.weights == "random" and r.value is None and r.top5 is None
+        assert r.notes.startswith(RANDOM_REASON) and r.dataset == "digits-224 inputs"
+        assert r.latency_p50_ms > 0 and r.peak_mem_mb > 0
+        assert r.environment["n_eval"] == RANDOM["resnet50"]["n_eval"] and r.environment["n_calib"] == 8
+    assert rows["eager"].size_mb > 90  # 25.6M FP32 parameters
+    fx = rows["fx"]
+    assert fx.flips_lost is None and 0 <= fx.agreement <= 100 and fx.sqnr_db > 5 and fx.kl >= 0
+    assert fx.size_mb < 30  # INT8 weights
+    assert fx.speedup_ci_low <= fx.speedup_paired <= fx.speedup_ci_high
