@@ -752,6 +752,8 @@ def aggregate(runs_dir, out_dir: Path, readme: Path | None = None, crit: Criteri
     plot_accuracy_latency(df, out_dir / "accuracy_vs_latency.png")
     if readme is not None and update_readme(readme, df, rows, crit):
         log.info("results table updated in %s", readme)
+    if readme is not None:  # the README's own generated blocks (e.g. the run log), like the docs'
+        docs = [readme, *(docs or [])]
     if docs:
         for p in update_docs(docs, df, str(out_dir / "summary.csv")):
             log.info("generated blocks rewritten in %s", p)

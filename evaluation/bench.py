@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                            for m in DEFAULT_BATCHES) + ")")
     ap.add_argument("--weights", default="embedded", choices=WEIGHTS,
                     help="embedded: offline default; pretrained: real weights (--weights-path/--data); random: the "
-                         "real architectures randomly initialised (latency, size, memory; accuracy empty)")
+                         "real architectures randomly initialised (latency, size, memory; accuracy empty); methods that differ from another only "
+                         "by calibration (utils/registry.py latency_twins, e.g. ORT entropy/percentile) run only when "
+                         "--methods names them")
     ap.add_argument("--weights-path", default=None, help="pretrained: ResNet50 state-dict file or GPT-2 hub id/dir")
     ap.add_argument("--data", default=None, help="pretrained: ImageNet-layout folder (resnet50); wikitext-2 or a text file (gpt2)")
     ap.add_argument("--calib-samples", type=positive_int, default=None,
@@ -240,7 +242,7 @@ def _variants(args, toolchain: str, model: str, device: str | None = None):
         return tuple(v for v in vs if v[0] in args.methods.split(","))
     devices = [device] if device else (_devices_of(args, toolchain) if getattr(args, "devices", None)
                                        else list(tc.devices))
-    default = {m for d in devices for m in tc.default_methods(model, d)}
+    default = {m for d in devices for m in tc.default_methods(model, d, args.weights)}
     return tuple(v for v in vs if v[0] in default)
 
 
@@ -557,14 +559,15 @@ def _routes_and_report(args, models, toolchains, out: Path, prepared: dict, run_
 
     note_failed_rows(args, run_id, failures)
 
-    # 3. tables and plots, beside the rows
+    # 3. tables and plots, beside the rows (the run log first, so the tables and generated blocks include this run)
+    record_run(out, run_id, args, models, toolchains, time.time() - t_start, failures, argv)
     report(args, out, failures, ensure)
     say(f"finished in {time.time() - t_start:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else "; all ok"))
-    record_run(out, run_id, args, models, toolchains, time.time() - t_start, failures, argv)
     return 1 if failures else 0
 
 
 RUN_LOG = "bench_runs.csv"
+# seconds: from the start of the run to its last row (environments, preparation, ceilings, routes), the report after it
 RUN_LOG_FIELDS = ("run_id", "weights", "models", "toolchains", "seconds", "result", "command")
 
 

@@ -109,6 +109,10 @@ class Toolchain:
     # device -> methods that run on that device only when named in --methods (bench, sweeps, the route); on the
     # other devices they run by default
     opt_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # method -> the method whose deployed graph and kernels it shares (only calibrated scales differ): with
+    # --weights random (no accuracy to tell them apart; latency, size and memory identical) only the latter runs,
+    # unless --methods names the twin
+    latency_twins: dict[str, str] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -118,9 +122,11 @@ class Toolchain:
     def methods(self, model: str) -> tuple[str, ...]:
         return tuple(m for m, _ in self.variants.get(model, ()))
 
-    def default_methods(self, model: str, device: str) -> tuple[str, ...]:
-        """The methods a run on `device` does when --methods names none: all but the device's opt-in ones."""
-        return tuple(m for m in self.methods(model) if m not in self.opt_in.get(device, ()))
+    def default_methods(self, model: str, device: str, weights: str = "embedded") -> tuple[str, ...]:
+        """The methods a run on `device` does when --methods names none: all but the device's opt-in ones (and, with
+        random weights, but the latency twins)."""
+        skip = set(self.opt_in.get(device, ())) | (set(self.latency_twins) if weights == "random" else set())
+        return tuple(m for m in self.methods(model) if m not in skip)
 
     def opt_in_text(self) -> str:
         """'cpu: a,b' for --help, or ''."""
@@ -181,6 +187,7 @@ _DECLS = (
         device_flag=True,
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
+        latency_twins={"entropy": "minmax", "percentile": "minmax"},
         marker="s",
         measures_ceilings=True,
     ),
@@ -195,6 +202,7 @@ _DECLS = (
         device_flag=True,
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
+        latency_twins={"entropy": "max"},
         marker="D",
     ),
     Toolchain(

@@ -27,7 +27,9 @@ def add_source_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--weights", default="embedded", choices=WEIGHTS,
                     help="embedded: the offline default trained on first use; pretrained: real weights; random: the "
                          "real architectures (ResNet50 1000 classes, GPT-2 124M) randomly initialised, no download: "
-                         "latency, size and memory only (accuracy cells stay empty)")
+                         "latency, size and memory only (accuracy cells stay empty); methods that differ from another only "
+                         "by calibration (utils/registry.py latency_twins, e.g. ORT entropy/percentile) run only when "
+                         "--methods names them")
     ap.add_argument("--weights-path", default=None,
                     help="pretrained weights: ResNet50 state-dict file (default: torchvision IMAGENET1K_V1, "
                          "downloaded when online) or GPT-2 hub id / local directory (default: gpt2)")
@@ -122,10 +124,16 @@ class RouteConfig:
 
     def variants(self, model: str, device: str | None = None) -> list[tuple[str, str]]:
         """(method, precision) pairs selected for this model (on `device`), in declaration order: without --methods
-        a device's opt-in methods (the declaration's `opt_in`) are left out."""
+        a device's opt-in methods (the declaration's `opt_in`) are left out, and with random weights the latency
+        twins (`latency_twins`)."""
         tc = TOOLCHAINS[self.toolchain]
-        skip = () if self.methods_named or device is None else tc.opt_in.get(device, ())
-        return [(m, p) for m, p in tc.variants[model] if m in self.methods[model] and m not in skip]
+        if self.methods_named:
+            return [(m, p) for m, p in tc.variants[model] if m in self.methods[model]]
+        if device is None:  # any device: only the random-weights twins are left out
+            keep = set(tc.methods(model)) - (set(tc.latency_twins) if self.weights == "random" else set())
+        else:
+            keep = set(tc.default_methods(model, device, self.weights))
+        return [(m, p) for m, p in tc.variants[model] if m in self.methods[model] and m in keep]
 
 
 def run_id() -> str | None:

@@ -16,9 +16,10 @@ import numpy as np
 
 from dataclasses import dataclass
 
-from quantization.kit import Built, Calibration, ModelContext, Route, main_for, unavailable_import
+from quantization.kit import Built, Calibration, ModelContext, Route, SkipVariant, main_for, unavailable_import
 from quantization.modelopt_tripy.modes import FP32, MODES, get_mode
 from utils.errors import RouteUnavailable, SuiteError
+from utils.specs import RANDOM_REASON
 
 log = logging.getLogger(__name__)
 TOOLCHAIN = "modelopt-tripy"
@@ -191,6 +192,9 @@ class TripyRoute(Route):
         torch.set_num_threads(ctx.cfg.threads)
 
     def build(self, ctx: ModelContext, method: str, precision: str, device: str) -> Built:
+        if device == "cpu" and ctx.source.weights == "random":  # nothing to measure: no accuracy, no CPU latency
+            raise SkipVariant(f"{RANDOM_REASON}, and this route's CPU rows are accuracy only (ModelOpt fake quant "
+                              "and the reference runtime); its latency is Tripy's, on a GPU")
         return build_cpu(ctx, method) if device == "cpu" else build_tripy(ctx, method, precision)
 
 

@@ -10,7 +10,7 @@ from evaluation.aggregate import DOC_BLOCK, Criterion, _spec, readme_block, read
 from utils.paths import REPO_ROOT, RESULTS_DIR
 
 SUMMARY = RESULTS_DIR / "summary.csv"
-DOCS = sorted((REPO_ROOT / "docs").rglob("*.md"))
+DOCS = sorted((REPO_ROOT / "docs").rglob("*.md")) + [REPO_ROOT / "README.md"]
 
 
 @pytest.fixture(scope="module")

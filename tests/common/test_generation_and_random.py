@@ -106,3 +106,21 @@ def test_random_weights_take_no_paths_or_data():
     assert ModelSource("gpt2", "random").key != ModelSource("gpt2", "embedded").key
     with pytest.raises(SuiteError, match="pretrained only"):
         ModelSource("resnet50", "random", data="/tmp")
+
+
+def test_random_weights_skip_calibration_twins_unless_named():
+    from quantization.kit.config import RouteConfig
+    from utils.registry import TOOLCHAINS
+
+    ort = TOOLCHAINS["onnxruntime"]
+    assert ort.default_methods("gpt2", "cpu", "random") == ("fp32", "minmax")
+    assert ort.default_methods("gpt2", "cpu") == ("fp32", "minmax", "entropy", "percentile")
+    for tc in TOOLCHAINS.values():  # a twin names a declared method of the same precision
+        for twin, of in tc.latency_twins.items():
+            for m in tc.variants:
+                if twin in tc.methods(m):
+                    assert tc.precision(m, twin) == tc.precision(m, of)
+    cfg = RouteConfig("onnxruntime", ("gpt2",), {"gpt2": ort.methods("gpt2")}, weights="random")
+    assert [m for m, _ in cfg.variants("gpt2", "cpu")] == ["fp32", "minmax"]
+    named = RouteConfig("onnxruntime", ("gpt2",), {"gpt2": ("entropy",)}, weights="random", methods_named=True)
+    assert [m for m, _ in named.variants("gpt2", "cpu")] == ["entropy"]
