@@ -95,8 +95,12 @@ def preprocess(src: Path, src_sha: str, cache_root: Path) -> tuple[Path, str]:
 
 
 def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, task_kind: str, lm_head: str = "fp32",
-                         extra_options: dict | None = None, entropy_bins: int = 0) -> dict:
-    """ORT static INT8 (QDQ, per-channel, U8 activations, S8 weights). Returns what was quantized."""
+                         extra_options: dict | None = None, entropy_bins: int = 0, bounded: bool = False) -> dict:
+    """ORT static INT8 (QDQ, per-channel, U8 activations, S8 weights). Returns what was quantized.
+
+    bounded: collect the calibration tensors one batch at a time and merge them (ORT's CalibStridedMinMax, which
+    every calibrator honours: min/max merge exactly, histograms are merged by range extension), instead of holding
+    every intermediate tensor of every batch at once."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -116,6 +120,9 @@ def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, task_kind
         # rounds the scores, and its range is set by the most extreme calibration logit
         opts["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
         info["logits"] = "float (no output Q on the classifier Gemm)"
+    if bounded:
+        opts["CalibStridedMinMax"] = 1
+        info["calibration_memory"] = "bounded: one calibration batch collected at a time (CalibStridedMinMax=1)"
     opts.update(extra_options or {})
     cm = getattr(CalibrationMethod, CALIB_METHODS[method])
     with _entropy_bins(entropy_bins if cm == CalibrationMethod.Entropy else None):
@@ -176,7 +183,8 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
             work = Path(tmp) / "model.onnx"
             oc.copy_for_tool(pre, Path(tmp), work.name)
             info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind,
-                                        lm_head=opts.lm_head, entropy_bins=opts.entropy_bins)
+                                        lm_head=opts.lm_head, entropy_bins=opts.entropy_bins,
+                                        bounded=oc.large_model(pre))
             secs = time.perf_counter() - t0
         oc.check_onnx(tmp_out)
         return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "options": options, **info, **calib,
@@ -188,6 +196,8 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
     if lm:
         notes.append(f"{meta.get('quantized_nodes')} weight MatMul/Gemm quantized, attention MatMuls FP32, "
                      f"LM head {meta.get('lm_head')}")
+    if meta.get("calibration_memory"):
+        notes.append(f"calibration memory {meta['calibration_memory']}")
     if reused:
         notes.append("cached artifact reused (calib_seconds from the run that made it)")
     dec_q = None
@@ -220,7 +230,8 @@ def quantize_decoder(ctx: ModelContext, dec: Path, method: str, options: dict, o
             oc.copy_for_tool(pre, Path(tmp), work.name)
             t0 = time.perf_counter()
             info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind,
-                                        lm_head=opts.lm_head, entropy_bins=opts.entropy_bins)
+                                        lm_head=opts.lm_head, entropy_bins=opts.entropy_bins,
+                                        bounded=oc.large_model(pre))
             secs = time.perf_counter() - t0
         oc.check_onnx(tmp_out)
         return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "options": options, **info, **calib,

@@ -246,6 +246,11 @@ class ArrayCalibrationReader(_reader_base()):
         if self.passes[-1]:
             self.passes.append(0)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """ORT's strided calibration (extra option CalibStridedMinMax): hand out batches[start:end] next, within the
+        same pass (each range is collected and merged before the next is run: bounded memory)."""
+        self._it = iter(self.batches[start_index:end_index])
+
     def __len__(self) -> int:
         return len(self.batches)
 
@@ -268,6 +273,12 @@ class FeedCalibrationReader(_reader_base()):
         self._it = iter(self.feeds)
         if self.passes[-1]:
             self.passes.append(0)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.feeds[start_index:end_index])
+
+    def __len__(self) -> int:
+        return len(self.feeds)
 
 
 # ------------------------------------------------------------------------------ KV-cache decoder (language models)
@@ -382,6 +393,15 @@ def source_onnx(manifest: dict) -> tuple[Path, str]:
     check_onnx(path)
     rec = (manifest.get("files") or {}).get("onnx") or {}
     return path, rec.get("sha256") or sha256_file(path)
+
+
+# an FP32 ONNX larger than this (GPT-2 small: 652 MB) is calibrated with bounded memory: ORT collects one calibration
+# batch at a time and merges (CalibStridedMinMax), ModelOpt calibrates node by node (calibrate_per_node)
+BOUNDED_CALIB_MB = 256
+
+
+def large_model(path: Path | str) -> bool:
+    return Path(path).stat().st_size > BOUNDED_CALIB_MB * 1e6
 
 
 def calib_key(ctx: ModelContext) -> dict:

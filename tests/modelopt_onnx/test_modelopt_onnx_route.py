@@ -254,3 +254,20 @@ def test_int4_wide_repaired_model_runs_on_ort_close_to_fp32(wide_net_path, wide_
     got = oc.make_session(out, 1).run(None, {"x": xe})[0]
     err = relative_error(ref, got)
     assert 1e-4 < err < 0.2, err  # INT4 changes the output, within its rounding
+
+
+def test_per_node_calibration_for_large_models_gives_the_same_max_ranges(tiny_net, tmp_path):
+    """calibrate_per_node (what the route sets for an FP32 ONNX over BOUNDED_CALIB_MB: bounded memory) calibrates
+    node by node; with max calibration the scales equal whole-model calibration's."""
+    x = _images(24)
+    scales = {}
+    for per_node in (False, True):
+        out = tmp_path / f"q{per_node}.onnx"
+        route.modelopt_quantize(tiny_net, out, oc.ArrayCalibrationReader("input", [x[:16], x[16:]]), mode="int8",
+                                calibration_method="max", calibration_eps=["cpu"], high_precision_dtype="fp32",
+                                options={"calibrate_per_node": True} if per_node else None)
+        m = onnx.load(str(out))
+        scales[per_node] = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer if "scale" in i.name}
+    assert scales[True] and scales[True].keys() == scales[False].keys()
+    for k in scales[True]:
+        np.testing.assert_allclose(scales[True][k], scales[False][k], rtol=1e-6)

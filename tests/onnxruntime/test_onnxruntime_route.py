@@ -276,3 +276,26 @@ def test_prepared_cache_relocates_and_is_reused(tmp_path, h):
             assert "cached artifact reused" in row["notes"]  # not recalibrated in the new place
             assert not Path(row["extra"]["onnx"]).is_absolute()
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_bounded_calibration_collects_one_batch_at_a_time(convnet_path, tmp_path, method):
+    """bounded=True (large models): ORT runs its calibrator once per batch range and merges; MinMax ranges merge
+    exactly (identical scales), histograms by range extension (close); every batch is still fed exactly once."""
+    x = _calib_images(48)
+    outs = {}
+    for bounded in (False, True):
+        reader = oc.ArrayCalibrationReader("input", [x[:16], x[16:32], x[32:]])
+        out = tmp_path / f"{method}-{bounded}.onnx"
+        info = route.quantize_static_onnx(convnet_path, out, reader, method=method, task_kind="image-classification",
+                                          bounded=bounded, entropy_bins=256 if method == "entropy" else 0)
+        assert reader.passes == [48] and reader.batches_fed == 3
+        assert ("calibration_memory" in info) == bounded
+        m = onnx.load(str(out))
+        outs[bounded] = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer if i.name.endswith("_scale")}
+    assert outs[True].keys() == outs[False].keys()
+    for k in outs[True]:
+        if method == "minmax":
+            np.testing.assert_array_equal(outs[True][k], outs[False][k])
+        else:
+            np.testing.assert_allclose(outs[True][k], outs[False][k], rtol=0.5)
