@@ -272,9 +272,13 @@ def _this_run(rows: list[ResultRow], run_id: str) -> list[ResultRow]:
 def unfinished(args, toolchain: str, model: str, run_id: str) -> list[tuple[str, str]]:
     """Variants of this route without a row from this run at every batch (the route died before writing them)."""
     rows = _this_run(read_rows(args.runs_dir) + list(read_attempts(args.runs_dir).values()), run_id)
+    # only the devices whose rows status_all writes: a route that wrote its skipped cuda rows first and then died
+    # on the cpu has not finished its cpu variants
+    devices = set(_devices_of(args, toolchain) if getattr(args, "devices", None)
+                  else [TOOLCHAINS[toolchain].default_device()])
     got: dict = {}
     for r in rows:
-        if r.toolchain == toolchain and r.model == model:
+        if r.toolchain == toolchain and r.model == model and r.device in devices:
             got.setdefault((r.method, r.precision), set()).add(int(r.batch))
     want = set(_batches_of(args, model))
     return [v for v in _variants(args, toolchain, model) if not want <= got.get(v, set())]

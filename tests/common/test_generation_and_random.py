@@ -124,3 +124,19 @@ def test_random_weights_skip_calibration_twins_unless_named():
     assert [m for m, _ in cfg.variants("gpt2", "cpu")] == ["fp32", "minmax"]
     named = RouteConfig("onnxruntime", ("gpt2",), {"gpt2": ("entropy",)}, weights="random", methods_named=True)
     assert [m for m, _ in named.variants("gpt2", "cpu")] == ["entropy"]
+
+
+def test_a_route_killed_after_writing_its_skipped_cuda_rows_left_its_cpu_variants_unfinished(tmp_path):
+    """The ModelOpt route writes skipped cuda rows first; killed later on the cpu, its cpu variants have no rows and
+    must get failed rows (the cuda rows do not count for them)."""
+    from types import SimpleNamespace
+
+    from evaluation.bench import unfinished
+    from utils.rows import status_rows, write_row
+
+    args = SimpleNamespace(runs_dir=tmp_path, batches=None, weights="random", methods=None, devices=None)
+    for r in status_rows(status="skipped", reason="no CUDA", model="gpt2", weights="random", dataset="d",
+                         toolchain="modelopt-onnx", variants=[("max", "int8"), ("fp8", "fp8"), ("int4", "int4")],
+                         device="cuda", batches=[1], metric="ppl", environment={"run_id": "R"}):
+        write_row(r, tmp_path)
+    assert unfinished(args, "modelopt-onnx", "gpt2", "R") == [("max", "int8"), ("fp8", "fp8"), ("int4", "int4")]
