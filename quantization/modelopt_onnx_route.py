@@ -228,11 +228,6 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
     mode, cal = MODES[method]
     if mode == "int4":
         cal = opts.int4_method
-    if mode in ("int8", "fp8") and "calibrate_per_node" not in options and oc.heavy_calibration(ctx, src):
-        # bounded memory for a large model with a large calibration feed (HF gpt2: 652 MB ONNX, 64 x 256 tokens):
-        # ModelOpt calibrates node by node instead of holding every intermediate tensor of every batch at once
-        # (same max ranges; much slower)
-        options = {**options, "calibrate_per_node": True}
     key = {"src": src_sha, "mode": mode, "calibration_method": cal, **calib, "eps": eps,
            "high_precision_dtype": opts.high_precision_dtype, "options": options, "modelopt": _version()}
     out = oc.artifact_path(ctx.cache_dir, method, key)

@@ -395,30 +395,14 @@ def source_onnx(manifest: dict) -> tuple[Path, str]:
     return path, rec.get("sha256") or sha256_file(path)
 
 
-# an FP32 ONNX larger than this (GPT-2 small: 652 MB) is calibrated with bounded memory: ORT collects one calibration
-# batch at a time and merges (CalibStridedMinMax), ModelOpt calibrates node by node (calibrate_per_node)
+# an FP32 ONNX larger than this (GPT-2 small: 652 MB) is calibrated with bounded memory by ONNX Runtime: one
+# calibration batch collected at a time and merged (CalibStridedMinMax). ModelOpt's own patched ORT calibrators
+# always work batch by batch (modelopt/onnx/quantization/ort_patching.py), so it needs nothing more.
 BOUNDED_CALIB_MB = 256
 
 
 def large_model(path: Path | str) -> bool:
     return Path(path).stat().st_size > BOUNDED_CALIB_MB * 1e6
-
-
-# ... and a calibration feed of more than this many tokens (language models) needs it where collecting is costly:
-# ModelOpt's node-by-node calibration is slow (GPT-2 small: 3,972 nodes, projected at 30+ minutes on 2 cores), so it
-# is used for HF gpt2's 64 x 256-token windows (whole-model calibration on 1,024-token windows was killed by the
-# out-of-memory killer at 24 GiB) but not for --weights random's 32 x 128 tokens (ORT's whole-model histogram
-# calibration on that feed peaked at 8.4 GB)
-BOUNDED_CALIB_TOKENS = 8192
-
-
-def heavy_calibration(ctx: ModelContext, path: Path | str) -> bool:
-    """A large model whose calibration feed is large too (see BOUNDED_CALIB_TOKENS); images never qualify here
-    (ResNet50's ONNX is 100 MB)."""
-    if not large_model(path):
-        return False
-    arr = ctx.task.calib_array(ctx.data)
-    return ctx.task.kind != "language-model" or int(arr.size) > BOUNDED_CALIB_TOKENS
 
 
 def calib_key(ctx: ModelContext) -> dict:
