@@ -207,7 +207,7 @@ class Options:
     devices: str = "auto"
     calibration_eps: str = "cpu"
     high_precision_dtype: str = "fp32"
-    int4_method: str = "awq_clip"
+    int4_method: str = "auto"  # awq_clip; rtn_dq with random weights (see make_artifact)
     mo_option: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -227,7 +227,10 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
     eps, options = opts.eps, parse_options(opts.mo_option)
     mode, cal = MODES[method]
     if mode == "int4":
-        cal = opts.int4_method
+        # random weights measure speed, size and memory: AWQ's clip search (8+ minutes on GPT-2 small on 2 cores)
+        # changes the INT4 scales, not the deployed graph, so round-to-nearest (rtn_dq) stands in for it there
+        cal = opts.int4_method if opts.int4_method != "auto" else (
+            "rtn_dq" if ctx.source.weights == "random" else "awq_clip")
     key = {"src": src_sha, "mode": mode, "calibration_method": cal, **calib, "eps": eps,
            "high_precision_dtype": opts.high_precision_dtype, "options": options, "modelopt": _version()}
     out = oc.artifact_path(ctx.cache_dir, method, key)
@@ -297,7 +300,9 @@ class ModelOptOnnxRoute(oc.OnnxRoute):
                        help="ModelOpt calibration_eps (comma list, e.g. cpu or trt,cuda:0,cpu)")
         g.add_argument("--high-precision-dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
                        help="ModelOpt high_precision_dtype (fp16 makes models ORT's CPU EP runs slowly)")
-        g.add_argument("--int4-method", default="awq_clip", choices=INT4_METHODS, help="calibration method of `int4`")
+        g.add_argument("--int4-method", default="auto", choices=("auto", *INT4_METHODS),
+                       help="calibration method of `int4`; auto: awq_clip, and rtn_dq with --weights random (AWQ's "
+                            "search changes scales, not the graph, and takes minutes on GPT-2 small)")
         g.add_argument("--mo-option", action="append", default=[], metavar="KEY=VALUE",
                        help=f"extra quantize() option (repeatable), KEY one of: {', '.join(OPTION_NAMES)}; "
                             "e.g. dq_only=true, op_types_needing_output_quant=Conv,Gemm")
