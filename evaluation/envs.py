@@ -228,7 +228,7 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
                     continue
                 raise EnvError(f"environment '{name}': {req} is missing")
             cmd = [
-                # --no-compile: no bytecode for every installed file at install time (measured: the onnxruntime
+                # --no-compile: no bytecode for every installed file at install time (measured: the ORT baseline
                 # environment in 8.6 s instead of 25.3 s); Python writes it for what is imported, on first import
                 str(env_python(name)), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
                 "--no-compile",
