@@ -177,17 +177,8 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
     out = oc.artifact_path(ctx.cache_dir, f"{method}-int8", {"src": src_sha, "method": method, **calib, **options})
 
     def build(tmp_out: Path) -> dict:
-        with tempfile.TemporaryDirectory(prefix="ortq-") as tmp:  # ORT writes augmented models next to it
-            reader = oc.ArrayCalibrationReader(_input_name(pre, ctx.task.input_name), oc.calibration_batches(ctx))
-            t0 = time.perf_counter()
-            work = Path(tmp) / "model.onnx"
-            oc.copy_for_tool(pre, Path(tmp), work.name)
-            info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind,
-                                        lm_head=opts.lm_head, entropy_bins=opts.entropy_bins,
-                                        bounded=oc.large_model(pre))
-            secs = time.perf_counter() - t0
-        oc.check_onnx(tmp_out)
-        return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "options": options, **info, **calib,
+        reader = oc.ArrayCalibrationReader(_input_name(pre, ctx.task.input_name), oc.calibration_batches(ctx))
+        return {**_quantize_copy(ctx, pre, tmp_out, reader, method, opts), "options": options, **calib,
                 "src_sha": src_sha}
 
     path, meta, reused = oc.cached_artifact(out, build)
@@ -211,6 +202,19 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
                        notes=notes, extra={"quant_options": options, "calib_samples_fed": meta.get("calib_samples_fed")})
 
 
+def _quantize_copy(ctx: ModelContext, pre: Path, tmp_out: Path, reader, method: str, opts: Options) -> dict:
+    """quantize_static on a private copy of `pre` (ORT writes augmented models next to its input); returns what was
+    quantized, the calibration seconds and the samples fed per pass."""
+    with tempfile.TemporaryDirectory(prefix="ortq-") as tmp:
+        work = oc.copy_for_tool(pre, Path(tmp), "model.onnx")
+        t0 = time.perf_counter()
+        info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind,
+                                    lm_head=opts.lm_head, entropy_bins=opts.entropy_bins, bounded=oc.large_model(pre))
+        secs = time.perf_counter() - t0
+    oc.check_onnx(tmp_out)
+    return {"calib_seconds": secs, "calib_samples_fed": reader.passes, **info}
+
+
 def quantize_decoder(ctx: ModelContext, dec: Path, method: str, options: dict, opts: Options) -> Path:
     """The KV-cache decoder quantized with the same method and options as the full-sequence graph (cached)."""
     from utils.atomic import sha256_file
@@ -225,16 +229,7 @@ def quantize_decoder(ctx: ModelContext, dec: Path, method: str, options: dict, o
         pre, _ = preprocess(dec, dec_sha, ctx.cache_dir) if opts.preprocess else (dec, "")
         feeds = oc.decoder_calibration_feeds(ctx.manifest, dec, oc.calibration_batches(ctx), ctx.cfg.threads)
         reader = oc.FeedCalibrationReader(feeds)
-        with tempfile.TemporaryDirectory(prefix="ortq-") as tmp:
-            work = Path(tmp) / "decoder.onnx"
-            oc.copy_for_tool(pre, Path(tmp), work.name)
-            t0 = time.perf_counter()
-            info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind,
-                                        lm_head=opts.lm_head, entropy_bins=opts.entropy_bins,
-                                        bounded=oc.large_model(pre))
-            secs = time.perf_counter() - t0
-        oc.check_onnx(tmp_out)
-        return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "options": options, **info, **calib,
+        return {**_quantize_copy(ctx, pre, tmp_out, reader, method, opts), "options": options, **calib,
                 "src_sha": dec_sha}
 
     path, _, _ = oc.cached_artifact(out, build)
