@@ -133,6 +133,15 @@ def _best_speedup(r: ResultRow, best: ResultRow) -> dict:
 def _efficiency_note(r: ResultRow, rec: dict) -> str:
     c = r.environment.get("ceilings") or {}
     lib = c.get("fp32_library" if r.compute_precision == "fp32" else "int8_library") or "the matmul microbenchmark"
+    if "DYNAMIC_QUANTIZATION_GROUP_SIZE" in (r.notes or "") and c.get("int8_ops_per_s") and r.compute_precision != "int8":
+        int8 = 100.0 * r.ops_per_item * r.throughput / c["int8_ops_per_s"]
+        return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}): "
+                "with compressed weights the runtime quantizes activations on the fly (DYNAMIC_QUANTIZATION_GROUP_SIZE) "
+                f"and runs integer matmul kernels although they report {r.compute_precision}; against the INT8 "
+                f"ceiling ({c.get('int8_library') or 'INT8 GEMM'}) it is {int8:.0f}%")
+    if r.metric != "top1":
+        return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}); the "
+                "FLOP count is torch's FlopCounterMode count of the model (2 x MACs)")
     return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}): the "
             "ceiling is a GEMM microbenchmark, and this runtime's convolution kernels (direct/NCHWc convolutions "
             "with fused bias/activation) reach a higher rate than that GEMM on this CPU; the FLOP count is torch's "

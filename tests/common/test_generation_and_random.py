@@ -140,3 +140,13 @@ def test_a_route_killed_after_writing_its_skipped_cuda_rows_left_its_cpu_variant
                          device="cuda", batches=[1], metric="ppl", environment={"run_id": "R"}):
         write_row(r, tmp_path)
     assert unfinished(args, "modelopt-onnx", "gpt2", "R") == [("max", "int8"), ("fp8", "fp8"), ("int4", "int4")]
+
+
+def test_efficiency_above_the_fp32_ceiling_from_on_the_fly_activation_quantization_is_named():
+    r = _lm("int8-wo", "int8", 10.0, notes="plugin default kept: DYNAMIC_QUANTIZATION_GROUP_SIZE=32",
+            compute_precision="fp32", ops_per_item=1e9)
+    r = r.replace(environment={**r.environment, "ceilings": {"fp32_ops_per_s": 50e9, "int8_ops_per_s": 400e9}},
+                  throughput=100.0)
+    row = build_table([r]).iloc[0]
+    assert row["efficiency"] == pytest.approx(200.0)
+    assert "on the fly" in row["notes"] and "against the INT8 ceiling" in row["notes"] and "25%" in row["notes"]
