@@ -72,7 +72,10 @@ def test_pretrained_gpt2_from_local_dir_and_text_file(tmp_path):
     p = run("-m", "quantization.torch_route", *common, "--methods", "eager", "--calib-samples", "2", "--batches", "1",
             "--min-time", "0.01", "--min-iters", "1", "--devices", "cpu", "--runs-dir", str(runs), env=env)
     assert p.returncode == 0, p.stderr[-2000:]
-    (row,) = [json.loads(f.read_text()) for f in runs.glob("*.json")]
+    rows = {r["latency_kind"]: r for r in (json.loads(f.read_text()) for f in runs.glob("*.json"))}
+    assert set(rows) == {"host-wall", "decode"}  # the full-sequence row and the KV-cache generation row
+    row = rows["host-wall"]
+    assert rows["decode"]["status"] == "ok" and rows["decode"]["ttft_ms"] > 0
     assert row["status"] == "ok" and row["dataset"] == "text:corpus.txt"
     assert row["extra"]["ppl_max_length"] == 128 and row["extra"]["ppl_stride"] == 64  # the local model's context
     assert 1 < row["value"] < 5000
