@@ -153,11 +153,61 @@ def _entropy_bins(num_bins: int | None, num_quantized_bins: int = 128):
         kw["extra_options"] = eo
         return orig(*a, **kw)
 
+    cmod = importlib.import_module("onnxruntime.quantization.calibrate")
+    orig_threshold = cmod.HistogramCollector.get_entropy_threshold
     qmod.create_calibrator = create_calibrator
+    cmod.HistogramCollector.get_entropy_threshold = entropy_threshold
     try:
         yield
     finally:
         qmod.create_calibrator = orig
+        cmod.HistogramCollector.get_entropy_threshold = orig_threshold
+
+
+def entropy_threshold(self, histogram, num_quantized_bins: int):
+    """ORT 1.24's `HistogramCollector.get_entropy_threshold`, same result bit for bit, without its Python loops.
+
+    ORT walks every candidate threshold (about num_bins / 2 of them) and, per candidate, sums the outlier bins
+    and merges/expands the 128 quantized bins with Python-level `sum` over NumPy scalars: about 0.6 s per
+    tensor at 2048 bins, 70 s of a ResNet50 calibration. Here the outlier counts come from one cumulative sum
+    and the bin merge is a reshape; the integer arithmetic is unchanged (int64 counts, float64 division
+    truncated into an int64 array), and each candidate's smoothing and KL use ORT's own `smooth_distribution`
+    and `entropy`, so the float32 divergences, hence the chosen threshold, are identical (tested against
+    ORT's method on grown, sparse and degenerate histograms)."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import entropy
+    from onnxruntime.quantization.quant_utils import smooth_distribution
+
+    hist, edges = histogram[0], histogram[1]
+    nb = hist.size
+    zero = nb // 2
+    half = num_quantized_bins // 2
+    dtype = edges.dtype
+    csum = np.concatenate((np.zeros(1, dtype=np.int64), np.cumsum(hist, dtype=np.int64)))
+    kl = np.zeros(zero - half + 1)
+    for i in range(half, zero + 1):
+        start, end = zero - i, min(zero + i + 1, nb)
+        sliced = hist[start:end]
+        p = sliced.copy()
+        p[0] += csum[start]
+        p[-1] += csum[-1] - csum[end]
+        nonzero = (p != 0).astype(np.int64)
+        merged = sliced.size // num_quantized_bins
+        k = num_quantized_bins * merged
+        qbins = sliced[:k].reshape(num_quantized_bins, merged).sum(axis=1, dtype=np.int64)
+        qbins[-1] += sliced[k:].sum(dtype=np.int64)
+        norm = nonzero[:k].reshape(num_quantized_bins, merged).sum(axis=1)
+        q = np.zeros(p.size, dtype=np.int64)
+        q[:k] = np.repeat(np.where(norm != 0, qbins / np.where(norm != 0, norm, 1), 0), merged)
+        p, q = smooth_distribution(p), smooth_distribution(q)
+        kl[i - half] = np.inf if p is None or q is None else np.array(entropy(p, q), dtype=dtype)
+    best = int(np.argmin(kl)) + half
+    lo, hi = edges[zero - best], edges[min(zero + best + 1, nb)]
+    if lo < histogram[2]:
+        lo = histogram[2]
+    if hi > histogram[3]:
+        hi = histogram[3]
+    return lo, hi
 
 
 def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> oc.Artifact:
