@@ -161,7 +161,7 @@ _CANCELLED = threading.Event()
 INTERRUPTED = "environment creation was interrupted"
 
 
-def _step(cmd: list[str], fh, **kw) -> int:
+def _step(cmd: list[str], fh, nice: int = 0, **kw) -> int:
     """Run one creation step with its output in the log (`fh`, a file opened for writing); its return code.
     Raises EnvError once creation was cancelled (Builds.cancel), before or while it runs, and when the step itself
     was stopped by Ctrl-C (a terminal's SIGINT reaches pip too): an interrupted optional part must not be
@@ -173,7 +173,8 @@ def _step(cmd: list[str], fh, **kw) -> int:
     with _RUNNING_LOCK:
         if _CANCELLED.is_set():
             raise EnvError(INTERRUPTED)
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, **kw)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None, **kw)
         _RUNNING.add(proc)
     try:
         rc = proc.wait()
@@ -198,8 +199,9 @@ def _step(cmd: list[str], fh, **kw) -> int:
     return rc
 
 
-def ensure_env(name: str, *, quiet: bool = False) -> dict:
-    """Create (or reuse) the environment; return its stamp. Raises EnvError with a one-line reason."""
+def ensure_env(name: str, *, quiet: bool = False, nice: int = 0) -> dict:
+    """Create (or reuse) the environment; return its stamp. Raises EnvError with a one-line reason.
+    nice: the creation steps' CPU niceness (background creation gives way to the work in the foreground)."""
     if name not in ENVS:
         raise EnvError(f"unknown environment {name!r}; valid: {', '.join(ENVS)}")
     if name in OVERRIDES:  # an existing interpreter: nothing to create (its modules were checked up front)
@@ -217,7 +219,7 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
         venv_cmd = [sys.executable, "-m", "venv", str(d)]
         if os.environ.get("SUITE_SYSTEM_SITE_PACKAGES") == "1":  # e.g. an NGC container's TensorRT
             venv_cmd.append("--system-site-packages")
-        rc = _step(venv_cmd, fh)
+        rc = _step(venv_cmd, fh, nice)
         if rc != 0:
             raise subprocess.CalledProcessError(rc, venv_cmd)
         stamp = {"hash": requirements_hash(name), "optional_failed": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -236,7 +238,7 @@ def ensure_env(name: str, *, quiet: bool = False) -> dict:
             ]
             fh.write(f"\n$ {' '.join(cmd)}\n")
             fh.flush()
-            rc = _step(cmd, fh, cwd=REPO_ROOT)
+            rc = _step(cmd, fh, nice, cwd=REPO_ROOT)
             if rc != 0:
                 reason = _last_error(log) or f"pip exited {rc}"
                 if part.optional:
@@ -261,8 +263,9 @@ class Builds:
     all; `cancel()` stops every creation step under way (SIGINT, then kill) and starts none: an environment
     interrupted half-way has no stamp (ensure_env writes it last), so it is never taken as ready."""
 
-    def __init__(self, names, parallel: int = 2, *, quiet: bool = False):
+    def __init__(self, names, parallel: int = 2, *, quiet: bool = False, nice: int = 0):
         self.names = [n for n in dict.fromkeys(names)]
+        self.nice = nice
         self._slots = threading.Semaphore(max(1, parallel))
         self._outcome: dict[str, tuple[dict | None, BaseException | None]] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -277,7 +280,7 @@ class Builds:
             try:
                 if _CANCELLED.is_set():
                     raise EnvError(INTERRUPTED)
-                self._outcome[name] = (ensure_env(name, quiet=quiet), None)
+                self._outcome[name] = (ensure_env(name, quiet=quiet, nice=self.nice), None)
             except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for this environment
                 self._outcome[name] = (None, exc)
 

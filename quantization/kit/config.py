@@ -67,7 +67,9 @@ def route_parser(toolchain: str, description: str) -> argparse.ArgumentParser:
     ap.add_argument("--methods", default="all", help="comma list; per model: " + "; ".join(
         f"{m}: {','.join(tc.methods(m))}" for m in tc.variants) + (
         f"; 'all' leaves out the opt-in methods ({tc.opt_in_text()}), which run on that device only when named here"
-        if tc.opt_in_text() else ""))
+        if tc.opt_in_text() else "") + (
+        f"; 'all' times {','.join(tc.latency_twins)} (calibration-only twins of "
+        f"{','.join(sorted(set(tc.latency_twins.values())))}) at the smallest batch only" if tc.latency_twins else ""))
     add_source_flags(ap)
     add_measure_flags(ap)
     ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where result rows (one JSON each) go")

@@ -28,8 +28,9 @@ class Log:
 
 
 def _fake_ensure(log: Log, fail=(), seconds=0.3):
-    def ensure_env(name, *, quiet=False):
+    def ensure_env(name, *, quiet=False, nice=0):
         log.add("env-start", name)
+        log.add("nice", name, nice)
         with log.lock:
             log.now += 1
             log.most = max(log.most, log.now)
@@ -106,7 +107,9 @@ def test_bench_overlaps_env_creation_with_preparation_and_times_nothing_before_i
     assert len([e for e in ev if e[0] == "route"]) == 3 and timed and min(timed) > last_env
     assert any(e[:2] == ("run", "utils.ceilings") for e in ev)
     err = capsys.readouterr().err
-    assert "in the background while the models are prepared (at most 2 at once)" in err
+    assert "in the background while the models are prepared (at most 2 at once, at low CPU priority)" in err
+    # the background ones niced, the model-preparing one (which everything waits for) not
+    assert {e[1:] for e in ev if e[0] == "nice"} == {(n, bench.BUILD_NICE) for n in built} | {("torch", 0)}
     assert "environments created:" in err
 
 
@@ -160,6 +163,18 @@ def _wait_for_step(timeout=20):
             return procs[0]
         time.sleep(0.05)
     raise AssertionError("the pip step never started")
+
+
+def test_background_pip_steps_run_at_the_requested_niceness(fake_env):
+    """The bench's background creation gives way to model preparation: its pip step runs niced (the process's own
+    niceness as the kernel reports it), a foreground creation is not."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    builds = envs.Builds(["fake"], nice=bench.BUILD_NICE)
+    proc = _wait_for_step()
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(19, base + bench.BUILD_NICE) > base
+    finally:
+        builds.cancel(timeout=10)
 
 
 def test_cancel_stops_a_creation_under_way_and_leaves_it_not_ready(fake_env):

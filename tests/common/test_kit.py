@@ -64,6 +64,7 @@ ARGS = ["--model", "resnet50", "--batches", "1,4", "--min-time", "0.01", "--min-
 
 def test_rows_failure_isolation_and_skips(cache):
     runs = cache / "runs"
+    # minmax fails: its calibration twins (entropy, percentile) are timed at every batch in its stead
     assert kit.run(NumpyRoute(fail={"minmax"}, skip={"entropy"}), ARGS + ["--runs-dir", str(runs)]) == 0
     rows = {(r.method, r.batch): r for r in read_rows(runs)}
     assert set(rows) == {(m, b) for m in ("fp32", "minmax", "entropy", "percentile") for b in (1, 4)}
@@ -188,3 +189,25 @@ def test_a_route_runs_an_opt_in_method_only_when_named(cache, monkeypatch):
     help_text = kit.parser_for(NumpyRoute()).format_help()
     monkeypatch.setitem(registry.TOOLCHAINS, "onnxruntime", tc)
     assert "opt-in" in " ".join(help_text.split())
+
+
+def test_calibration_twins_are_timed_at_the_smallest_batch_unless_named(cache):
+    """ORT entropy/percentile deploy minmax's graph (only scales differ): by default they are scored as every variant
+    but timed at the smallest batch only, with a note saying so; named in --methods, at every batch."""
+    runs = cache / "runs"
+    assert kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs)]) == 0
+    rows = [r for r in read_rows(runs) if r.status == "ok"]
+    by = {}
+    for r in rows:
+        by.setdefault(r.method, set()).add(r.batch)
+    assert by == {"fp32": {1, 4}, "minmax": {1, 4}, "entropy": {1}, "percentile": {1}}
+    ent = next(r for r in rows if r.method == "entropy")
+    assert ent.value is not None and ent.agreement is not None  # scored like any variant
+    assert ent.latency_samples >= 3 and ent.speedup_ci_low <= ent.speedup_paired <= ent.speedup_ci_high
+    assert "latency at batch 1 only" in ent.notes and "minmax" in ent.notes
+    assert all("latency at batch" not in r.notes for r in rows if r.method in ("fp32", "minmax"))
+    runs2 = cache / "runs2"
+    assert kit.run(NumpyRoute(), ARGS + ["--runs-dir", str(runs2), "--methods", "fp32,minmax,entropy"]) == 0
+    named = {(r.method, r.batch) for r in read_rows(runs2) if r.status == "ok"}
+    assert {("entropy", 1), ("entropy", 4)} <= named
+    assert all("latency at batch" not in r.notes for r in read_rows(runs2))

@@ -138,7 +138,8 @@ def test_cli_end_to_end_rows_and_cache(tmp_path, h):
     h.fake_gpt2_cache(cache)
     args = ["--runs-dir", str(runs), "--batches", "1,2", "--min-time", "0.01", "--min-iters", "2",
             "--calib-samples", "16", "--eval-limit", "64"]
-    r = h.run_route("quantization.onnxruntime_route", args, cache)
+    # every method named: the calibration twins (entropy, percentile) are timed at every batch too
+    r = h.run_route("quantization.onnxruntime_route", args + ["--methods", "fp32,minmax,entropy,percentile"], cache)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     assert len(rows) == 2 * 4 * 2  # models x methods x batches
