@@ -402,9 +402,7 @@ def report(args, out: Path, failures: list[str], ensure=envs.ensure_env) -> None
 
 
 BUILD_PARALLEL = 2  # environments created at once in the background (pip installs)
-# their niceness: pip gets the cycles model preparation leaves idle. Measured on 2 cores (prepare + 6 environments):
-# ResNet50 training 105 s instead of 204 s, 282 s to the last environment instead of 323 s
-BUILD_NICE = 19
+BUILD_NICE = envs.BACKGROUND_NICE  # their niceness: pip gets the cycles model preparation leaves idle
 
 
 def _has_work(args, models, toolchain: str) -> list[str]:

@@ -5,7 +5,9 @@
 
 Stdlib only. Creates/reuses each environment (evaluation/envs.py), runs
 `<env python> -m pytest tests/<folder>` and prints one closing line with the totals. Exits
-non-zero if an environment cannot be created or any test fails.
+non-zero if an environment cannot be created or any test fails. Once the first environment
+exists, the others are created one at a time in the background, at low CPU priority, while
+the tests of the earlier ones run (each folder waits for its own environment).
 """
 from __future__ import annotations
 
@@ -61,40 +63,66 @@ def main(argv: list[str] | None = None) -> int:
     total = {"passed": 0, "failures": 0, "errors": 0, "skipped": 0}
     problems = []
     t_all = time.time()
-    for name in args.envs:
-        folder = REPO_ROOT / TEST_DIRS[name]
-        if not folder.is_dir():
-            problems.append(f"{name}: {TEST_DIRS[name]} is missing")
-            continue
-        t0 = time.time()
-        try:
-            envs.ensure_env(name)
-        except envs.EnvError as exc:
-            problems.append(f"{name}: {exc}")
-            print(f"[test] {name}: environment could not be created: {exc}", file=sys.stderr)
-            continue
-        junit = RESULTS_DIR / "junit" / f"{name}.xml"
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        cmd = ["-m", "pytest", TEST_DIRS[name], "-q", f"--junitxml={junit}"]
-        if args.k:
-            cmd += ["-k", args.k]
-        if args.x:
-            cmd.append("-x")
-        print(f"\n[test] ===== {name}: {TEST_DIRS[name]} =====", flush=True)
-        rc = envs.run_in_env(name, cmd).returncode
-        try:
-            c = counts(str(junit))
-        except (OSError, ET.ParseError):
-            c = {"passed": 0, "failures": 0, "errors": 1, "skipped": 0}
-        for k in total:
-            total[k] += c[k]
-        if rc not in (0, 5) or c["failures"] or c["errors"]:
-            problems.append(f"{name}: pytest exited {rc}")
-        print(f"[test] {name}: {c['passed']} passed, {c['failures'] + c['errors']} failed, {c['skipped']} skipped "
-              f"({time.time() - t0:.0f} s)", flush=True)
+    builds = None
+    try:
+        for name in args.envs:
+            builds = _run_folder(name, args, builds, total, problems)
+    except KeyboardInterrupt:
+        if builds is not None:
+            builds.cancel()  # no half-made environment is left marked ready
+        print("\n[test] interrupted", file=sys.stderr)
+        return 130
     print(f"\n[test] all environments in {time.time() - t_all:.0f} s" + (f"; problems: {'; '.join(problems)}" if problems else ""))
     print(f"{total['passed']} passed, {total['failures'] + total['errors']} failed, {total['skipped']} skipped")
     return 1 if problems else 0
+
+
+def _background(args, first: str) -> "envs.Builds":
+    """Every later environment the run needs, created one at a time at low CPU priority (BUILD_NICE) while the
+    tests run: a pip install gets the cycles a test leaves idle instead of a wait of its own between folders."""
+    rest = [n for n in args.envs[args.envs.index(first) + 1:]
+            if n not in envs.OVERRIDES and (REPO_ROOT / TEST_DIRS[n]).is_dir() and not envs.is_ready(n)]
+    return envs.Builds(rest, 1, nice=envs.BACKGROUND_NICE)
+
+
+def _run_folder(name: str, args, builds, total: dict, problems: list):
+    """One environment's tests (its environment created, or waited for when the background creates it); returns the
+    background creations, started once the first environment exists."""
+    folder = REPO_ROOT / TEST_DIRS[name]
+    if not folder.is_dir():
+        problems.append(f"{name}: {TEST_DIRS[name]} is missing")
+        return builds
+    t0 = time.time()
+    try:
+        try:
+            (builds.ensure if builds is not None else envs.ensure_env)(name)
+        finally:
+            if builds is None:
+                builds = _background(args, name)
+    except envs.EnvError as exc:
+        problems.append(f"{name}: {exc}")
+        print(f"[test] {name}: environment could not be created: {exc}", file=sys.stderr)
+        return builds
+    junit = RESULTS_DIR / "junit" / f"{name}.xml"
+    junit.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["-m", "pytest", TEST_DIRS[name], "-q", f"--junitxml={junit}"]
+    if args.k:
+        cmd += ["-k", args.k]
+    if args.x:
+        cmd.append("-x")
+    print(f"\n[test] ===== {name}: {TEST_DIRS[name]} =====", flush=True)
+    rc = envs.run_in_env(name, cmd).returncode
+    try:
+        c = counts(str(junit))
+    except (OSError, ET.ParseError):
+        c = {"passed": 0, "failures": 0, "errors": 1, "skipped": 0}
+    for k in total:
+        total[k] += c[k]
+    if rc not in (0, 5) or c["failures"] or c["errors"]:
+        problems.append(f"{name}: pytest exited {rc}")
+    print(f"[test] {name}: {c['passed']} passed, {c['failures'] + c['errors']} failed, {c['skipped']} skipped "
+          f"({time.time() - t0:.0f} s)", flush=True)
+    return builds
 
 
 if __name__ == "__main__":

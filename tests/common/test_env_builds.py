@@ -207,3 +207,42 @@ def _try(fn):
         return fn()
     except Exception as exc:  # noqa: BLE001
         return exc
+
+
+def test_test_command_creates_later_environments_in_the_background_while_earlier_tests_run(monkeypatch, tmp_path,
+                                                                                           capsys):
+    """evaluation.test: the first environment in the foreground, the rest one at a time at low priority while the
+    earlier folders' tests run; every folder's tests start only once its own environment is ready, and a failed
+    background creation fails that folder alone."""
+    from evaluation import test as runner
+
+    log = Log()
+    names = ["torch", "report", "onnxruntime", "openvino"]
+    monkeypatch.setattr(runner, "TEST_DIRS", {n: "tests" for n in names})
+    monkeypatch.setattr(envs, "OVERRIDES", {})
+    monkeypatch.setattr(envs, "is_ready", lambda name: False)
+    monkeypatch.setattr(envs, "ensure_env", _fake_ensure(log, fail=("onnxruntime",), seconds=0.2))
+    monkeypatch.setattr(runner, "RESULTS_DIR", tmp_path)
+    junit = '<testsuite tests="2" failures="0" errors="0" skipped="0"></testsuite>'
+
+    def run_in_env(name, cmd, **kw):
+        log.add("tests-start", name)
+        (tmp_path / "junit" / f"{name}.xml").write_text(junit)
+        time.sleep(0.5)  # long enough for the next creation to start meanwhile
+        log.add("tests-end", name)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(envs, "run_in_env", run_in_env)
+    assert runner.main(names) == 1  # onnxruntime's environment failed
+    ev = log.events
+    assert ("nice", "torch", 0) in ev and {e[1:] for e in ev if e[0] == "nice" and e[1] != "torch"} == {
+        (n, envs.BACKGROUND_NICE) for n in names[1:]}
+    assert log.most == 1  # one creation at a time
+    assert log.index("env-done", "torch") < log.index("tests-start", "torch")
+    assert log.index("env-done", "torch") < log.index("env-start", "report")  # the foreground one alone first
+    assert log.index("env-start", "report") < log.index("tests-end", "torch")  # overlapped with torch's tests
+    for n in ("report", "openvino"):
+        assert log.index("env-done", n) < log.index("tests-start", n)
+    assert ("tests-start", "onnxruntime") not in ev
+    out = capsys.readouterr()
+    assert "onnxruntime: environment could not be created" in out.err and "6 passed, 0 failed" in out.out
