@@ -344,6 +344,14 @@ def _last_error(log: Path) -> str:
     return msg[:300]
 
 
+def bytecode_env() -> dict:
+    """How the suite's own environments cache bytecode: under `.venvs/.pycache` (PYTHONPYCACHEPREFIX), never beside
+    the sources, even where PYTHONDONTWRITEBYTECODE is set (it is dropped for them). The environments are created
+    with pip --no-compile, so without a cache every route process compiled torch, transformers and inductor from
+    source again: measured on 2 cores, importing the torch route's modules took 12 s each time instead of 5 s."""
+    return {"PYTHONPYCACHEPREFIX": str(venvs_dir() / ".pycache"), "PYTHONDONTWRITEBYTECODE": None}
+
+
 def _child_env(name: str | None = None, extra: dict | None = None) -> dict:
     """The child's environment: ours, the repository on PYTHONPATH, `extra` on top (a None value removes a name)."""
     env = dict(os.environ)
@@ -351,7 +359,8 @@ def _child_env(name: str | None = None, extra: dict | None = None) -> dict:
         env["SUITE_ENV_SOURCE"] = f"existing interpreter {OVERRIDES[name]} (--python {name}=...)"
     else:
         env.pop("SUITE_ENV_SOURCE", None)
-    for k, v in (extra or {}).items():
+    own = bytecode_env() if name is not None and name not in OVERRIDES else {}
+    for k, v in {**own, **(extra or {})}.items():
         if v is None:
             env.pop(k, None)
         else:

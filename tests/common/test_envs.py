@@ -124,3 +124,21 @@ def test_test_command_checks_the_existing_interpreter_first(overrides, monkeypat
     assert test_cmd.main(["report", "--python", f"report={sys.executable}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lacks no_such_module_for_the_suite_test" in err
+
+
+def test_suite_environments_cache_bytecode_under_the_venvs_folder(monkeypatch):
+    """A suite environment's child writes bytecode under .venvs/.pycache even where PYTHONDONTWRITEBYTECODE is set
+    (every route process would otherwise compile torch and transformers from source again); nothing is written
+    beside the sources, and an existing interpreter (--python ENV=PATH) keeps the caller's setting."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    code = ["-c", "import sys; print(sys.pycache_prefix); print(sys.dont_write_bytecode)"]
+    monkeypatch.setattr(envs, "env_python", lambda name: sys.executable)
+    out = envs.run_in_env("report", code, stdout=subprocess.PIPE, text=True).stdout.split()
+    assert out == [str(envs.venvs_dir() / ".pycache"), "False"]
+    monkeypatch.setattr(envs, "OVERRIDES", {"report": sys.executable})
+    out = envs.run_in_env("report", code, stdout=subprocess.PIPE, text=True).stdout.split()
+    assert out == ["None", "True"]
