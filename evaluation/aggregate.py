@@ -154,8 +154,29 @@ def _phase(r) -> str:
     return "decode" if r.latency_kind == "decode" else ""
 
 
+FIDELITY_COLUMNS = ("fidelity_vs", "agreement", "flips_lost", "flips_gained", "sqnr_db", "kl")
+DECODE_FIDELITY_NOTE = "fidelity columns: this variant's full-sequence evaluation (same run and samples)"
+
+
+def _variant_key(r) -> tuple:
+    env = r.environment or {}
+    return (r.model, r.weights, r.toolchain, r.method, r.device, env.get("run_id"), env.get("eval_sha"))
+
+
+def _decode_fidelity(rows: list[ResultRow]) -> dict:
+    """variant -> its fidelity against FP32 (agreement, KL, ...) from its ok full-sequence row: a generation row
+    times the same variant, whose fidelity was measured once on the evaluation samples, so the decode row carries
+    those columns (and says so) instead of leaving them empty."""
+    out = {}
+    for r in rows:
+        if r.status == "ok" and _phase(r) == "" and r.agreement is not None:
+            out.setdefault(_variant_key(r), {c: getattr(r, c, None) for c in FIDELITY_COLUMNS})
+    return out
+
+
 def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataFrame:
     by_key = {(r.model, r.weights, r.toolchain, r.method, r.device, r.batch, _phase(r)): r for r in rows}
+    decode_fid = _decode_fidelity(rows)
     fastest_fp32: dict[tuple, ResultRow] = {}
     for r in rows:
         if r.status == "ok" and r.precision == "fp32" and r.latency_p50_ms and r.eval_limit is None:
@@ -183,6 +204,10 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
             best = fastest_fp32.get((r.model, r.weights, r.device, r.batch, r.latency_kind))
             if best is not None:
                 rec.update(_best_speedup(r, best))
+        fid = decode_fid.get(_variant_key(r)) if _phase(r) == "decode" and r.status == "ok" else None
+        if fid and rec.get("agreement") is None:
+            rec.update(fid)
+            rec["notes"] = (rec.get("notes") or "") + ("; " if rec.get("notes") else "") + DECODE_FIDELITY_NOTE
         ceil = _ceiling(r)
         if ceil and r.ops_per_item and r.throughput and r.status == "ok":
             rec["efficiency"] = 100.0 * r.ops_per_item * r.throughput / ceil

@@ -297,7 +297,9 @@ def _score_variant(ctx: ModelContext, built: Built, method: str, device: str) ->
     fields = {**task.score_fields(score), **task.fidelity_fields(fid), "fidelity_vs": ref_name}
     extra = {**score.extra(), "eval_seconds": round(eval_s, 3)}
     if ctx.source.weights == "random":  # accuracy of random weights means nothing; agreement/SQNR/KL still do
-        fields.update(value=None, top5=None, flips_lost=None, flips_gained=None)
+        # flips stay: counted against the same labels as ever, they are few (the random baseline is almost never
+        # right), which is what they should say; the accuracy cells are left empty
+        fields.update(value=None, top5=None)
         extra = {"eval_seconds": extra["eval_seconds"], "accuracy": RANDOM_REASON,
                  "fidelity_samples": ctx.hashes.get("n_eval") or ctx.hashes.get("n_eval_tokens")}
     if fid and fid.get("ppl_bootstrap"):

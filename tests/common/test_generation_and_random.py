@@ -1,5 +1,7 @@
 """Generation (decode) rows and --weights random rows: the kit's greedy loop and token match, row keys, and how
 aggregation pairs, judges and renders them (real ResultRows through the real aggregation; no toolchain involved)."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -78,6 +80,22 @@ def test_decode_rows_have_their_own_key_baseline_and_table():
     vs = [v for v in verdicts(df, Criterion()) if v["kind"] == "decode"]
     assert len(vs) == 1 and vs[0]["method"] == "minmax"
     assert "ms/token decode b1" in render_compact(df)
+
+
+def test_decode_rows_carry_their_variants_fidelity_from_the_same_run_and_samples():
+    rows = [_lm("fp32", "fp32", 10.0), _lm("minmax", "int8", 5.0, value=100.2, agreement=99.5, kl=2e-3,
+                                           fidelity_vs="onnxruntime/fp32"),
+            _lm("minmax", "int8", 0.8, kind="decode", token_match=87.5),
+            # another run's (or another evaluation's) full-sequence row never lends its fidelity
+            _lm("entropy", "int8", 5.0, value=100.3, agreement=98.0, kl=3e-3),
+            _lm("entropy", "int8", 0.8, kind="decode")]
+    rows[3] = dataclasses.replace(rows[3], environment={"eval_sha": "x", "run_id": "r"})
+    df = build_table(rows)
+    dec = df[df["latency_kind"] == "decode"].set_index("method")
+    assert dec.loc["minmax", "agreement"] == 99.5 and dec.loc["minmax", "kl"] == 2e-3
+    assert dec.loc["minmax", "fidelity_vs"] == "onnxruntime/fp32" and "full-sequence evaluation" in dec.loc["minmax", "notes"]
+    assert pd.isna(dec.loc["minmax", "value"])  # accuracy still lives in the full-sequence row only
+    assert pd.isna(dec.loc["entropy", "agreement"]) and "full-sequence" not in (dec.loc["entropy", "notes"] or "")
 
 
 def test_decode_verdict_follows_the_full_sequence_rows_criterion():

@@ -60,6 +60,7 @@ def test_route_rows_have_latency_and_fidelity_but_no_accuracy(random_resnet, tmp
         assert r.environment["n_eval"] == RANDOM["resnet50"]["n_eval"] and r.environment["n_calib"] == 8
     assert rows["eager"].size_mb > 90  # 25.6M FP32 parameters
     fx = rows["fx"]
-    assert fx.flips_lost is None and 0 <= fx.agreement <= 100 and fx.sqnr_db > 5 and fx.kl >= 0
+    assert fx.value is None and fx.top5 is None and 0 <= fx.agreement <= 100 and fx.sqnr_db > 5 and fx.kl >= 0
+    assert 0 <= fx.flips_lost <= 64 and 0 <= fx.flips_gained <= 64  # counted, with the accuracy cells empty
     assert fx.size_mb < 30  # INT8 weights
     assert fx.speedup_ci_low <= fx.speedup_paired <= fx.speedup_ci_high
