@@ -477,6 +477,17 @@ def _render_decode(d: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def _twins_timed_once(g: pd.DataFrame, batches: list) -> list[str]:
+    """'toolchain method (twin of X)' for every ok calibration twin (the declaration's latency_twins) without a row
+    at some batch of the table."""
+    out = []
+    for (tc, method), gg in g[g["status"] == "ok"].groupby(["toolchain", "method"], sort=False):
+        twin = TOOLCHAINS[tc].latency_twins.get(method) if tc in TOOLCHAINS else None
+        if twin and set(int(b) for b in batches) - set(int(b) for b in gg["batch"]):
+            out.append(f"{tc} {method} (twin of {twin})")
+    return out
+
+
 def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
     """The README block: the verdict, then one line per (model, toolchain, method, device): accuracy, Δ, agreement,
     p50 at each batch, the headline speedup over the best FP32 (with its interval) at each batch."""
@@ -516,6 +527,11 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
                        f"{_fmt(first['agreement'], '.2f')} | " + " | ".join(lat) + " | " + " | ".join(spd)
                        + f" | {extra}{status} |")
         out.append("")
+        twins = _twins_timed_once(g, batches)
+        if twins:
+            out += ["Empty larger-batch cells of " + "; ".join(twins) + ": calibration twins (same deployed graph, "
+                    "other scales), timed at the smallest batch only; `--methods` names them to time every batch "
+                    "(docs/methodology.md).", ""]
     out.append("![accuracy and fidelity vs speedup](results/accuracy_vs_latency.png)")
     return "\n".join(out)
 

@@ -168,3 +168,13 @@ def test_efficiency_above_the_fp32_ceiling_from_on_the_fly_activation_quantizati
     row = build_table([r]).iloc[0]
     assert row["efficiency"] == pytest.approx(200.0)
     assert "on the fly" in row["notes"] and "against the INT8 ceiling" in row["notes"] and "25%" in row["notes"]
+
+
+def test_compact_table_says_why_a_calibration_twin_has_no_larger_batch_cells():
+    rows = [_lm("fp32", "fp32", 10.0), _lm("minmax", "int8", 5.0, value=100.2, agreement=99.5, kl=1e-3),
+            _lm("entropy", "int8", 5.0, value=100.3, agreement=99.4, kl=1e-3)]
+    rows += [dataclasses.replace(r, batch=8) for r in rows[:2]]  # the twin was timed at batch 1 only
+    md = render_compact(build_table(rows))
+    assert "Empty larger-batch cells of onnxruntime entropy (twin of minmax)" in md
+    rows.append(dataclasses.replace(rows[2], batch=8))  # named in --methods: timed at every batch, no such line
+    assert "Empty larger-batch cells" not in render_compact(build_table(rows))
