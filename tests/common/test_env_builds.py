@@ -151,7 +151,12 @@ def fake_env(tmp_path, monkeypatch):
     monkeypatch.setattr(envs, "OVERRIDES", {})
     monkeypatch.setenv("SUITE_VENVS_DIR", str(tmp_path / "venvs"))
     monkeypatch.setattr(sys, "executable", str(py))
-    return tmp_path / "venvs"
+    # a test command started in the background (`cmd &` in a non-interactive shell) ignores SIGINT, and children
+    # inherit an ignored signal: give the stand-in pip the disposition it has under a terminal (a handler is reset
+    # to the default in an exec'd child)
+    prev = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield tmp_path / "venvs"
+    signal.signal(signal.SIGINT, prev)
 
 
 def _wait_for_step(timeout=20):
