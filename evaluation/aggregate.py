@@ -477,7 +477,7 @@ def _render_decode(d: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def _twins_timed_once(g: pd.DataFrame, batches: list) -> list[str]:
+def _twins_missing_batches(g: pd.DataFrame, batches: list) -> list[str]:
     """'toolchain method (twin of X)' for every ok calibration twin (the declaration's latency_twins) without a row
     at some batch of the table."""
     out = []
@@ -527,7 +527,7 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
                        f"{_fmt(first['agreement'], '.2f')} | " + " | ".join(lat) + " | " + " | ".join(spd)
                        + f" | {extra}{status} |")
         out.append("")
-        twins = _twins_timed_once(g, batches)
+        twins = _twins_missing_batches(g, batches)
         if twins:
             out += ["Empty larger-batch cells of " + "; ".join(twins) + ": calibration twins (same deployed graph, "
                     "other scales), timed at the smallest batch only; `--methods` names them to time every batch "

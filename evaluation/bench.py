@@ -402,7 +402,6 @@ def report(args, out: Path, failures: list[str], ensure=envs.ensure_env) -> None
 
 
 BUILD_PARALLEL = 2  # environments created at once in the background (pip installs)
-BUILD_NICE = envs.BACKGROUND_NICE  # their niceness: pip gets the cycles model preparation leaves idle
 
 
 def _has_work(args, models, toolchain: str) -> list[str]:
@@ -425,7 +424,7 @@ def start_env_builds(names: list[str]) -> envs.Builds:
     if names:
         say(f"creating {len(names)} environment(s) in the background while the models are prepared "
             f"(at most {BUILD_PARALLEL} at once, at low CPU priority): {', '.join(names)}")
-    return envs.Builds(names, BUILD_PARALLEL, nice=BUILD_NICE)
+    return envs.Builds(names, BUILD_PARALLEL, nice=envs.BACKGROUND_NICE)
 
 
 def join_env_builds(builds: envs.Builds) -> None:

@@ -8,6 +8,7 @@ requirements change.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -178,8 +179,10 @@ def _step(cmd: list[str], fh, nice: int = 0, **kw) -> int:
     with _RUNNING_LOCK:
         if _CANCELLED.is_set():
             raise EnvError(INTERRUPTED)
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None, **kw)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, **kw)
+        if nice:  # set before pip starts any process of its own (they inherit it); no preexec_fn in a threaded parent
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
         _RUNNING.add(proc)
     try:
         rc = proc.wait()

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _background(args, first: str) -> "envs.Builds":
-    """Every later environment the run needs, created one at a time at low CPU priority (BUILD_NICE) while the
+    """Every later environment the run needs, created one at a time at low CPU priority (envs.BACKGROUND_NICE) while the
     tests run: a pip install gets the cycles a test leaves idle instead of a wait of its own between folders."""
     rest = [n for n in args.envs[args.envs.index(first) + 1:]
             if n not in envs.OVERRIDES and (REPO_ROOT / TEST_DIRS[n]).is_dir() and not envs.is_ready(n)]
@@ -94,11 +94,13 @@ def _run_folder(name: str, args, builds, total: dict, problems: list):
         return builds
     t0 = time.time()
     try:
-        try:
-            (builds.ensure if builds is not None else envs.ensure_env)(name)
-        finally:
-            if builds is None:
+        if builds is None:  # the first environment, in the foreground; then the others start in the background
+            try:
+                envs.ensure_env(name)
+            finally:
                 builds = _background(args, name)
+        else:
+            builds.ensure(name)
     except envs.EnvError as exc:
         problems.append(f"{name}: {exc}")
         print(f"[test] {name}: environment could not be created: {exc}", file=sys.stderr)

@@ -473,15 +473,6 @@ TWIN_NOTE = ("latency at batch {batch} only: its deployed graph and kernels are 
              "differ), timed at every batch there; --methods {method} times it at every batch")
 
 
-def twins_timed_once(cfg, model: str) -> set[str]:
-    """The latency twins (the declaration's `latency_twins`) a run times at its smallest batch only: every one,
-    unless --methods named the methods (then each named one is timed at every batch). The timing budget goes to
-    graphs that differ; the twin's accuracy and fidelity are measured as for any variant."""
-    if cfg.methods_named:
-        return set()
-    return set(TOOLCHAINS[cfg.toolchain].latency_twins) & {m for m, _ in cfg.variants(model)}
-
-
 def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: str, done: list) -> list:
     """Time every scored variant, batch by batch, in interleaved trials with the baseline; write the rows."""
     cfg, tc = ctx.cfg, TOOLCHAINS[ctx.cfg.toolchain]
@@ -499,16 +490,17 @@ def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: 
         return rows
     bases, pair_of, only_for_timing = _timing_baselines(route, ctx, device, timed)
     failed: set[str] = set()
-    live = {v.method for v in timed}
-    once = {m for m in twins_timed_once(cfg, ctx.model) if tc.latency_twins[m] in live}  # its twin is timed here
+    # calibration twins (the declaration's `latency_twins`) are timed at the smallest batch only, unless --methods
+    # named the methods or their twin is not timed here: the budget goes to graphs that differ
+    live, smallest = {v.method for v in timed}, min(cfg.batches[ctx.model])
+    once = set() if cfg.methods_named else {m for m in live if tc.latency_twins.get(m) in live}
     for v in timed:
         if v.method in once:
-            v.built.notes.append(TWIN_NOTE.format(twin=tc.latency_twins[v.method], batch=min(cfg.batches[ctx.model]),
-                                                  method=v.method))
+            v.built.notes.append(TWIN_NOTE.format(twin=tc.latency_twins[v.method], batch=smallest, method=v.method))
     try:
         for b in cfg.batches[ctx.model]:
             group = [v for v in timed if v.method not in failed and (v.built.batches is None or b in v.built.batches)
-                     and (v.method not in once or b == min(cfg.batches[ctx.model]))]
+                     and (v.method not in once or b == smallest)]
             if not group:
                 continue
             try:

@@ -109,7 +109,7 @@ def test_bench_overlaps_env_creation_with_preparation_and_times_nothing_before_i
     err = capsys.readouterr().err
     assert "in the background while the models are prepared (at most 2 at once, at low CPU priority)" in err
     # the background ones niced, the model-preparing one (which everything waits for) not
-    assert {e[1:] for e in ev if e[0] == "nice"} == {(n, bench.BUILD_NICE) for n in built} | {("torch", 0)}
+    assert {e[1:] for e in ev if e[0] == "nice"} == {(n, envs.BACKGROUND_NICE) for n in built} | {("torch", 0)}
     assert "environments created:" in err
 
 
@@ -174,10 +174,10 @@ def test_background_pip_steps_run_at_the_requested_niceness(fake_env):
     """The bench's background creation gives way to model preparation: its pip step runs niced (the process's own
     niceness as the kernel reports it), a foreground creation is not."""
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    builds = envs.Builds(["fake"], nice=bench.BUILD_NICE)
+    builds = envs.Builds(["fake"], nice=envs.BACKGROUND_NICE)
     proc = _wait_for_step()
     try:
-        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(19, base + bench.BUILD_NICE) > base
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(19, base + envs.BACKGROUND_NICE) > base
     finally:
         builds.cancel(timeout=10)
 
