@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from utils.stats import block_bootstrap_ppl, mcnemar_exact, speedup_ci
 from utils.atomic import atomic_write_figure, atomic_write_text
 from utils.cli import ArgParser
 from utils.errors import SuiteError, cli_main, setup_logging
-from utils.paths import RESULTS_DIR, RUNS_DIR
+from utils.paths import PUBLISHED_RUNS_DIR, REPO_ROOT, RESULTS_DIR, RUNS_DIR, report_dir_for
 from utils.registry import ORDER, TOOLCHAINS
 from utils.rows import ResultRow, read_attempts, read_rows
 from utils.specs import RANDOM_REASON
@@ -48,7 +49,7 @@ COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "d
            "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_vs",
            "efficiency", "compute_precision", "ops_per_item", "peak_mem_mb", "gpu_peak_mem_mb", "ttft_ms", "token_match",
            "size_mb", "calib_samples", "calib_seconds",
-           "calib_method", "status", "reason", "notes",
+           "calib_method", "status", "pending", "reason", "notes",
            "eval_sha", "calib_sha", "eval_limit", "cpu", "gpu", "host", "launcher", "threads", "git_commit", "run_id", "timestamp",
            "last_attempt"]
 ALPHA = 0.05
@@ -261,6 +262,15 @@ def _is_false(x) -> bool:
     return str(x) == "False"
 
 
+NOT_TIMED = "not timed"
+
+
+def _pending(r) -> bool:
+    """A scored row whose batch was not timed (its latency columns come later, or its run stopped first)."""
+    v = r.get("pending") if hasattr(r, "get") else getattr(r, "pending", "")
+    return isinstance(v, str) and v not in ("", "nan")
+
+
 def _delta(r) -> str:
     d = _fmt(r["delta"], "+.2f")
     return d + (" ~" if d and _is_false(r["delta_significant"]) else "")
@@ -411,7 +421,7 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {batches} |"
                              + " |" * 15 + f" {r['status']}: {r['reason']} |")
                 continue
-            lat = ""
+            lat = NOT_TIMED if _pending(r) else ""
             if pd.notna(r["latency_p50_ms"]):
                 lat = f"{r['latency_p50_ms']:.2f} ({r['latency_p10_ms']:.2f}–{r['latency_p90_ms']:.2f})"
             flips = f"{int(r['flips_lost'])}/{int(r['flips_gained'])}" if pd.notna(r["flips_lost"]) else ""
@@ -513,7 +523,8 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
         for (tc, method, prec, dev), gg in g.groupby(["toolchain", "method", "precision", "device"], sort=False):
             first = gg.iloc[0]
             by = {int(r["batch"]): r for _, r in gg.iterrows()}
-            lat = [_fmt(by[b]["latency_p50_ms"], ".1f") if b in by else "" for b in batches]
+            lat = [(_fmt(by[b]["latency_p50_ms"], ".1f") or (NOT_TIMED if _pending(by[b]) else "")) if b in by else ""
+                   for b in batches]
             spd = [_ci(by[b]["speedup_vs_best_fp32"], by[b]["speedup_best_ci_low"], by[b]["speedup_best_ci_high"])
                    if b in by else "" for b in batches]
             extra = ""
@@ -523,6 +534,8 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
                     "" if d is None else _ci(d["speedup_vs_best_fp32"], d["speedup_best_ci_low"],
                                              d["speedup_best_ci_high"])) + " | "
             status = "ok" if first["status"] == "ok" else f"{first['status']}: {str(first['reason']).split(':')[0][:90]}"
+            if any(_pending(r) for r in by.values()):
+                status += f" ({NOT_TIMED} at b{','.join(str(b) for b, r in by.items() if _pending(r))})"
             out.append(f"| {tc} | {method} | {prec} | {dev} | {_fmt(first['value'], '.2f')} | {_delta(first)} | "
                        f"{_fmt(first['agreement'], '.2f')} | " + " | ".join(lat) + " | " + " | ".join(spd)
                        + f" | {extra}{status} |")
@@ -758,7 +771,7 @@ def _newer(a: ResultRow, b: ResultRow | None) -> bool:
     return _stamp(a) >= _stamp(b)
 
 
-def merge_runs(runs_dirs) -> tuple[list[ResultRow], dict[str, ResultRow]]:
+def merge_runs(runs_dirs, damaged: list | None = None) -> tuple[list[ResultRow], dict[str, ResultRow]]:
     """Rows and latest attempts of one or several run folders, merged by key (see the module docstring)."""
     kept: dict[str, ResultRow] = {}
     others: dict[str, ResultRow] = {}  # newest failed/skipped row of each key, from rows and attempts alike
@@ -766,10 +779,7 @@ def merge_runs(runs_dirs) -> tuple[list[ResultRow], dict[str, ResultRow]]:
         d = Path(d)
         if not d.is_dir():
             raise SuiteError(f"--runs-dir {d} is not a folder")
-        try:
-            rows = read_rows(d)
-        except (ValueError, TypeError) as exc:
-            raise SuiteError(f"--runs-dir {d}: a row does not parse as this suite's row schema: {exc}") from None
+        rows = read_rows(d, damaged)
         for r in rows + list(read_attempts(d).values()):
             if _newer(r, kept.get(r.key)):
                 if r.key in kept and kept[r.key].status != "ok":
@@ -788,12 +798,14 @@ def _keep_newest(into: dict, row: ResultRow) -> None:
 
 
 def aggregate(runs_dir, out_dir: Path, readme: Path | None = None, crit: Criterion = Criterion(),
-              docs: list[Path] | None = None) -> pd.DataFrame:
+              docs: list[Path] | None = None, damaged: list | None = None) -> pd.DataFrame:
+    """The tables of one or several runs folders. A row file that cannot be read is moved aside (`damaged/` of its
+    folder), named in `damaged`, and left out; the others make the tables."""
     dirs = [Path(d) for d in (runs_dir if isinstance(runs_dir, (list, tuple)) else [runs_dir])]
     if len(dirs) == 1:
-        rows, attempts = read_rows(dirs[0]), read_attempts(dirs[0])
+        rows, attempts = read_rows(dirs[0], damaged), read_attempts(dirs[0])
     else:
-        rows, attempts = merge_runs(dirs)
+        rows, attempts = merge_runs(dirs, damaged)
     if not rows:
         raise SuiteError(f"no result rows in {', '.join(map(str, dirs))}: run `python3 -m evaluation.bench` first")
     df = build_table(rows, attempts)
@@ -817,8 +829,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgParser(prog="python -m evaluation.aggregate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs-dir", type=Path, action="append", default=None,
                     help="a folder of result rows; repeat to merge folders copied from other machines (default: "
-                         "results/runs)")
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+                         "results/local/runs, a user's runs)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where the tables go (default: the folder holding the first --runs-dir when it is named "
+                         "'runs', else <runs-dir>-report)")
+    ap.add_argument("--publish", action="store_true",
+                    help="the committed reference: results/runs -> results/, the README's results block and every "
+                         "generated block in docs/")
     ap.add_argument("--readme", type=Path, default=None, help="also refresh the results block of this README")
     ap.add_argument("--docs", type=Path, action="append", default=None,
                     help="also rewrite the generated blocks (<!-- generated:rows ... -->) of this doc (repeatable)")
@@ -827,9 +844,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-agreement", type=float, default=99.0, help="verdict: minimum agreement with FP32, percent")
     args = ap.parse_args(argv)
     setup_logging()
+    if args.publish:
+        if args.runs_dir or args.out or args.readme or args.docs:
+            raise SuiteError("--publish reads results/runs and writes results/, README.md and docs/; drop the others")
+        args.runs_dir, args.out = [PUBLISHED_RUNS_DIR], RESULTS_DIR
+        args.readme, args.docs = REPO_ROOT / "README.md", sorted((REPO_ROOT / "docs").rglob("*.md"))
+    runs = args.runs_dir or [RUNS_DIR]
     crit = Criterion(args.max_top1_drop, args.max_ppl_increase_pct, args.min_agreement)
-    aggregate(args.runs_dir or [RUNS_DIR], args.out, args.readme, crit, args.docs)
-    return 0
+    damaged: list = []
+    aggregate(runs, report_dir_for(runs[0], args.out), args.readme, crit, args.docs, damaged)
+    for path, why in damaged:
+        print(f"error: damaged row file {path} ({why}): moved to {Path(path).parent / 'damaged'}, left out of the "
+              "tables", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 if __name__ == "__main__":

@@ -1,28 +1,34 @@
 """The main job: every toolchain, each in its own environment, one side-by-side table.
 
-    python3 -m evaluation.bench                      # offline embedded default, all toolchains
+    python3 -m evaluation.bench                      # offline embedded default, all toolchains -> results/local/
+    python3 -m evaluation.bench --dry-run            # the plan: items, where each runs, estimated time; runs nothing
     python3 -m evaluation.bench --models resnet50 --toolchains torch --methods eager,fx --eval-limit 50
+    python3 -m evaluation.bench --budget 600 --resume   # what fits in 10 minutes, skipping what is already done
     python3 -m evaluation.bench --weights pretrained --models resnet50 --data /data/imagenette2 --online
     python3 -m evaluation.bench --cluster local --models resnet50 --toolchains torch --methods eager,fx
+    python3 -m evaluation.bench --publish            # the committed reference: results/runs, results/, README, docs
 
-Stdlib only: it runs under the system Python. Every flag and path is checked before anything is
-prepared or written (a bad one exits 2 with one line). Then it creates/reuses the model-preparing
-toolchain's virtualenv and runs `models.prepare` there while the other environments the run needs are
-created in the background (at most 2 pip installs at once); once every creation has finished (nothing
-is timed while pip runs) it measures the device's ceilings, runs each route through the kit
-(`python -m quantization.kit <toolchain>`) in its own environment, in the order the declarations'
-`needs` give, and the aggregation in the report environment. A toolchain whose environment,
-library or hardware is missing yields `skipped` rows with the reason and the run goes on.
+Stdlib only: it runs under the system Python. Every flag and path is checked, and the run plan built from the
+declaration (utils/registry.py) and the flags, before anything is prepared or written (a bad one exits 2 with one
+line). Then it creates/reuses the model-preparing toolchain's virtualenv and runs `models.prepare` there while the
+other environments the run needs are created in the background (at most 2 pip installs at once); once every
+creation has finished (nothing is timed while pip runs) it measures the device's ceilings, runs each route of the
+plan in its own environment (`python -m quantization.kit <toolchain> --plan FILE`, the route's items only), in the
+order the declarations' `needs` give, and the aggregation in the report environment. A toolchain whose
+environment, library or hardware is missing yields `skipped` rows with the reason and the run goes on.
 
-No result is lost: rows are written one file at a time, atomically; a failed or skipped row never
-replaces an earlier ok row; a route process that dies (a signal, the out-of-memory killer) gets
-`failed` rows for every variant it did not finish. The exit code is non-zero when preparation,
-a route or a variant failed, and the last line says what. The tables go next to the rows
-(`results/` for the default `results/runs`); the README's results block is rewritten only with
-`--update-readme`.
+A user's run writes to results/local/ (git-ignored): rows in runs/, tables beside them. The published reference
+(results/runs, results/*.csv|md|png, the README's results block and the generated blocks in docs/) changes only
+with --publish, which refuses a tree with uncommitted code changes.
+
+Nothing is lost: each variant's accuracy and fidelity are written as soon as it is scored, its latency columns
+when its batch is timed; rows are written one file at a time, atomically; a failed, skipped or not-yet-timed row
+never replaces an earlier finished ok row (it is kept beside it as the latest attempt). A route process that dies
+gets `failed` rows for the planned items it did not finish, and only those. The exit code is non-zero when
+preparation, a route, a variant or the report failed, and the last line says what.
 
 With `--cluster ADDRESS` (`ray://host:port`, `auto` for RAY_ADDRESS, `local` for a throw-away local cluster) the
-same run goes through Ray: the bench checks the flags, then re-launches itself as `evaluation.cluster` inside the
+same plan goes through Ray: the bench checks the flags, then re-launches itself as `evaluation.cluster` inside the
 `ray` environment, where every (toolchain, model) route becomes a Ray task on a node offering a benchmark slot
 (docs/scale-out.md).
 """
@@ -33,25 +39,29 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation import envs
-from utils.cli import ArgParser, int_list_text, positive_float, positive_int
+from evaluation.launch import (Outcome, RunLock, driver_missing, estimates, fixed_seconds, item_summary, narrow,
+                               run_routes, say)
+from utils.cli import ArgParser, positive_float, positive_int
 from utils.errors import SuiteError, cli_main
-from utils.paths import REPO_ROOT, RESULTS_DIR, RUNS_DIR
-from utils.registry import DEFAULT_BATCHES, default_batches, METRIC, MODELS, ORDER, PREPARE_TOOLCHAIN, TOOLCHAINS, WEIGHTS, parse_list
-from utils.rows import ResultRow, read_attempts, read_rows, status_rows, write_row
+from utils.paths import PUBLISHED_RUNS_DIR, REPO_ROOT, RESULTS_DIR, RUNS_DIR, report_dir_for
+from utils.plan import Estimates, Plan, Settings, build_plan, describe, new_run_id, routes_seconds
+from utils.registry import DEFAULT_BATCHES, MODELS, ORDER, PREPARE_TOOLCHAIN, TOOLCHAINS, WEIGHTS, default_batches
 
-
-def say(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+CLUSTER_ENV = "ray"  # the support environment (utils/registry.py SUPPORT_ENVS) the --cluster driver runs in
+RUN_LOG = "bench_runs.csv"
+# seconds: from the start of the run to its last row (environments, preparation, ceilings, routes), the report after it
+RUN_LOG_FIELDS = ("run_id", "weights", "models", "toolchains", "seconds", "result", "command")
+BUILD_PARALLEL = 2  # environments created at once in the background (pip installs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgParser(prog="python3 -m evaluation.bench", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", default="all", help=f"comma list or 'all': {', '.join(MODELS)}")
     ap.add_argument("--toolchains", default="all", help=f"comma list or 'all': {', '.join(ORDER)}")
     opt_in = "; ".join(f"{t} on {tc.opt_in_text()}" for t, tc in TOOLCHAINS.items() if tc.opt_in_text())
@@ -60,37 +70,55 @@ def build_parser() -> argparse.ArgumentParser:
                          "except the opt-in ones, which run only when named here" + (f" ({opt_in})" if opt_in else "") +
                          "; a method that differs from another only by calibration (utils/registry.py latency_twins, "
                          "e.g. ORT entropy/percentile) is timed at the smallest batch only unless named here")
-    ap.add_argument("--batches", type=int_list_text, default=None,
-                    help="comma list of latency batch sizes (default per model: " +
+    ap.add_argument("--batches", type=batches_text, default=None,
+                    help="comma list of latency batch sizes, or per model 'resnet50=1,32;gpt2=1,8' (default per model: " +
                          "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) +
                          "; --weights random: " + "; ".join(f"{m} {','.join(map(str, default_batches(m, 'random')))}"
                                                            for m in DEFAULT_BATCHES) + ")")
     ap.add_argument("--weights", default="embedded", choices=WEIGHTS,
                     help="embedded: offline default; pretrained: real weights (--weights-path/--data); random: the "
-                         "real architectures randomly initialised (latency, size, memory; accuracy empty); methods that differ from another only "
-                         "by calibration (utils/registry.py latency_twins, e.g. ORT entropy/percentile) run only when "
-                         "--methods names them")
+                         "real architectures randomly initialised (latency, size, memory; accuracy empty); methods "
+                         "that differ from another only by calibration (utils/registry.py latency_twins, e.g. ORT "
+                         "entropy/percentile) run only when --methods names them")
     ap.add_argument("--weights-path", default=None, help="pretrained: ResNet50 state-dict file or GPT-2 hub id/dir")
-    ap.add_argument("--data", default=None, help="pretrained: ImageNet-layout folder (resnet50); wikitext-2 or a text file (gpt2)")
-    ap.add_argument("--calib-samples", type=positive_int, default=None,
-                    help="calibration samples (default per model)")
+    ap.add_argument("--data", default=None,
+                    help="pretrained: ImageNet-layout folder (resnet50); wikitext-2 or a text file (gpt2)")
+    ap.add_argument("--calib-samples", type=positive_int, default=None, help="calibration samples (default per model)")
     ap.add_argument("--eval-limit", type=positive_int, default=None,
-                    help="cap on evaluation samples (rows are marked as subset rows)")
+                    help="cap on evaluation samples (rows are marked as subset rows); a cap above the data's size "
+                         "scores all of it (said in the run's output)")
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--min-time", type=positive_float, default=1.0, help="minimum timed seconds per latency row")
     ap.add_argument("--min-iters", type=positive_int, default=20,
                     help="minimum timed trials per latency row (variant and baseline interleaved in each trial)")
-    ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where the rows (one JSON each) go")
+    ap.add_argument("--runs-dir", type=Path, default=None,
+                    help=f"where the rows (one JSON each) go (default: {RUNS_DIR.relative_to(REPO_ROOT)}, git-ignored; "
+                         f"--publish: {PUBLISHED_RUNS_DIR.relative_to(REPO_ROOT)})")
     ap.add_argument("--out", type=Path, default=None,
                     help="where tables, plots and device.json go (default: the folder holding --runs-dir when it is "
-                         "named 'runs', e.g. results/; else <runs-dir>-report)")
+                         "named 'runs', e.g. results/local/; else <runs-dir>-report)")
+    ap.add_argument("--publish", "--update-readme", dest="publish", action="store_true",
+                    help="write the committed reference: rows to results/runs, tables to results/, and rewrite the "
+                         "README's results block and the generated blocks in docs/ (refused with uncommitted code "
+                         "changes)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan (items, where each runs, estimated seconds) and what --budget/--resume leave "
+                         "out; create, prepare and write nothing")
+    ap.add_argument("--resume", action="store_true",
+                    help="skip the items that already have finished ok rows in --runs-dir for the same configuration "
+                         "and code commit")
+    ap.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
+                    help="run what fits in SECONDS, preparation included: each toolchain's FP32 baseline first, then "
+                         "the declaration's order; no item starts that would not fit (estimates from earlier runs, "
+                         "else conservative defaults); what is left out is said, not written as failed rows")
     ap.add_argument("--online", action="store_true", help="allow downloads (pretrained weights, datasets)")
     ap.add_argument("--no-report", action="store_true", help="skip the aggregation step")
     ap.add_argument("--ceilings", default=True, action=argparse.BooleanOptionalAction,
                     help="measure the device's matmul ceilings for the efficiency column (a few seconds)")
     ap.add_argument("--devices", default=None,
-                    help="comma list of cpu,cuda: routes that take --devices get the ones they declare; toolchains "
-                         "declaring none of them are left out (default: each route's own default, e.g. auto)")
+                    help="comma list of cpu,cuda: each toolchain runs the ones it declares; toolchains declaring none "
+                         "of them are left out (default: every declared device; rows on a device missing here are "
+                         "skipped with the reason)")
     ap.add_argument("--python", action="append", default=[], metavar="ENV=PATH",
                     help="run environment ENV (a toolchain's, or report) with an existing interpreter that already "
                          "holds its packages, e.g. torch=/usr/bin/python3: no venv is created; its declared modules "
@@ -98,9 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--use-current-python", action="store_true",
                     help="every selected toolchain runs in the interpreter running the bench (no venvs); "
                          "--python ENV=PATH still wins for ENV")
-    ap.add_argument("--update-readme", action="store_true",
-                    help="also rewrite the README's results block and the generated blocks in docs/ from this "
-                         "run's table (use when committing results/)")
     ap.add_argument("--cluster", default=None, metavar="ADDRESS",
                     help="run the routes as Ray tasks: ray://host:port, 'auto' (RAY_ADDRESS / the local node's "
                          "cluster) or 'local' (start a throw-away local cluster); see docs/scale-out.md")
@@ -109,7 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-CLUSTER_ENV = "ray"  # the support environment (utils/registry.py SUPPORT_ENVS) the --cluster driver runs in
+# ------------------------------------------------------------------------------ checks and the plan
+
+def batches_text(text: str) -> str:
+    """--batches checked at parse time (a bad list is one line, exit 2), kept as text for the plan."""
+    from utils.plan import parse_batches
+
+    try:
+        parse_batches(text)
+    except SuiteError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def check_cluster_address(addr: str) -> str:
@@ -121,9 +156,7 @@ def check_cluster_address(addr: str) -> str:
 
 
 def report_dir(runs_dir: Path, out: Path | None) -> Path:
-    if out is not None:
-        return out
-    return runs_dir.parent if runs_dir.name == "runs" else runs_dir.with_name(runs_dir.name + "-report")
+    return report_dir_for(runs_dir, out)
 
 
 def _writable(path: Path, what: str) -> None:
@@ -137,22 +170,75 @@ def _writable(path: Path, what: str) -> None:
         raise SuiteError(f"{what} {path} is not writable (no write permission on {p}); pass another folder")
 
 
-def validate(args) -> dict:
-    """Every flag and path checked before anything is created, prepared or written; SuiteError -> exit 2."""
+REPORT_FILES = ("device.json", RUN_LOG, "summary.csv", "summary.md", "accuracy_vs_latency.png")
+
+
+def _outputs_are_files(out: Path) -> None:
+    """A file the run will write that exists as something else (a folder) fails now, not after the work."""
+    for name in REPORT_FILES:
+        p = out / name
+        if p.exists() and not p.is_file():
+            raise SuiteError(f"{p} exists and is not a file (the run writes it): move it away or pass another --out")
+
+
+def code_changes() -> list[str]:
+    """Tracked files with uncommitted changes outside what a publish writes (results/, README.md, docs/)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results",
+                              ":!README.md", ":!docs"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [ln[3:] for ln in out.stdout.splitlines() if ln.strip()] if out.returncode == 0 else []
+
+
+def settings_of(args) -> Settings:
+    return Settings(weights=args.weights, weights_path=args.weights_path, data=args.data, eval_limit=args.eval_limit,
+                    threads=args.threads, min_time=args.min_time, min_iters=args.min_iters)
+
+
+@dataclass
+class Checked:
+    """A validated run: its plan (narrowed by --resume/--budget, with estimates), its folders, what it costs."""
+
+    plan: Plan
+    out: Path
+    est: Estimates
+    fixed_s: float = 0.0
+    fixed_lines: list[str] = field(default_factory=list)
+    device_missing: str | None = None
+
+
+PROBE = "probe"
+
+
+def validate(args, device_missing: str | None = PROBE) -> Checked:
+    """Every flag and path checked, and the plan built, before anything is created, prepared or written;
+    SuiteError -> exit 2. `device_missing`: why cuda items cannot run here, for the estimates ("probe": look for an
+    NVIDIA driver; None: plan as on a machine with a GPU)."""
     from utils.specs import ModelSource
 
-    models = parse_list("model", args.models, MODELS)
-    toolchains = parse_list("toolchain", args.toolchains, ORDER)
-    toolchains = tuple(t for t in ORDER if t in toolchains)  # run order from the declarations' `needs`
-    if args.methods:
-        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
-        known = {m for t in toolchains for mdl in models for m in TOOLCHAINS[t].methods(mdl)}
-        bad = [m for m in wanted if m not in known]
-        if bad or not wanted:
-            raise SuiteError(f"unknown method {', '.join(bad) or args.methods!r} for {', '.join(toolchains)} on "
-                             f"{', '.join(models)}; valid: {', '.join(sorted(known))}")
-    for m in models:
-        ModelSource(m, args.weights, args.weights_path, args.data)  # weights/data combination
+    if args.publish:
+        if args.runs_dir is not None or args.out is not None:
+            raise SuiteError("--publish writes the committed reference (results/runs, results/); drop --runs-dir/--out")
+        if args.eval_limit is not None:
+            raise SuiteError("--publish takes no --eval-limit: the reference is scored on every evaluation sample")
+        changed = code_changes()
+        if changed and not args.dry_run:
+            raise SuiteError(f"--publish needs committed code (the rows record the commit they measured); uncommitted "
+                             f"changes: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}")
+        args.runs_dir, args.out = PUBLISHED_RUNS_DIR, RESULTS_DIR
+    elif args.runs_dir is None:
+        args.runs_dir = RUNS_DIR
+    plan = build_plan(models=args.models, toolchains=args.toolchains, methods=args.methods, devices=args.devices,
+                      batches=args.batches, calib_samples=args.calib_samples, settings=settings_of(args),
+                      runs_dir=args.runs_dir)
+    if not plan.items:
+        raise SuiteError("the flags select no variant: nothing to run")
+    from utils.inputs import check_calibration
+
+    for m in plan.models():
+        src = ModelSource(m, args.weights, args.weights_path, args.data)  # weights/data combination
+        check_calibration(m, args.weights, plan.calib_samples()[m], src.cache_dir)
     if args.weights_path and (os.sep in args.weights_path or Path(args.weights_path).exists()):
         p = Path(args.weights_path)
         if not p.exists():
@@ -163,25 +249,26 @@ def validate(args) -> dict:
             raise SuiteError(f"--weights-path {p} is a folder without config.json (save the model with "
                              "save_pretrained, or pass a state-dict file for resnet50)")
     if args.data and args.data != "wikitext-2":
-        p = Path(args.data)
-        if not p.exists():
-            raise SuiteError(f"--data {p} does not exist")
-        if p.is_file() and p.stat().st_size == 0:
-            raise SuiteError(f"--data {p} is an empty file")
+        from utils.inputs import check_data
+
+        for m in plan.models():
+            check_data(m, Path(args.data), plan.calib_samples()[m], args.weights_path)
     if args.cluster is not None:
         check_cluster_address(args.cluster)
     if args.retries < 0 or args.retries > 10:
         raise SuiteError(f"--retries {args.retries}: pass 0 to 10")
-    if args.devices:
-        devs = parse_list("device", args.devices, ("cpu", "cuda"))
-        toolchains = tuple(t for t in toolchains if set(devs) & set(TOOLCHAINS[t].devices))
-        if not toolchains:
-            raise SuiteError(f"no selected toolchain declares a device in --devices {args.devices}")
     out = report_dir(args.runs_dir, args.out)
     _writable(args.runs_dir, "--runs-dir")
     _writable(out, "report folder")
-    check_interpreters(args, toolchains)
-    return {"models": models, "toolchains": toolchains, "out": out}
+    _outputs_are_files(out)
+    check_interpreters(args, plan.toolchains())
+    est = estimates(args.runs_dir)
+    missing = (driver_missing() if device_missing == PROBE else device_missing) \
+        if any(it.device == "cuda" for it in plan.items) else None
+    fixed, lines = fixed_seconds(plan, needed_envs(args, plan.toolchains()), ceilings=args.ceilings,
+                                 report=not args.no_report)
+    plan = narrow(plan, resume=args.resume, budget=args.budget, fixed_s=fixed, device_missing=missing, est=est)
+    return Checked(plan=plan, out=out, est=est, fixed_s=fixed, fixed_lines=lines, device_missing=missing)
 
 
 def needed_envs(args, toolchains) -> list[str]:
@@ -207,147 +294,40 @@ def check_interpreters(args, toolchains, extra: tuple[str, ...] = ()) -> dict:
     return overrides
 
 
-def _devices_of(args, toolchain: str) -> list[str]:
-    declared = TOOLCHAINS[toolchain].devices
-    if not args.devices:
-        return [TOOLCHAINS[toolchain].default_device()]
-    return [d for d in args.devices.split(",") if d in declared]
-
-
-def route_args(args, model: str, toolchain: str) -> list[str] | None:
-    out = ["--model", model, "--weights", args.weights, "--threads", str(args.threads), "--min-time",
-           str(args.min_time), "--min-iters", str(args.min_iters), "--runs-dir", str(args.runs_dir)]
-    for flag, val in (("--weights-path", args.weights_path), ("--data", args.data), ("--batches", args.batches),
-                      ("--calib-samples", args.calib_samples), ("--eval-limit", args.eval_limit)):
-        if val is not None:
-            out += [flag, str(val)]
-    if args.devices and TOOLCHAINS[toolchain].device_flag:
-        out += ["--devices", ",".join(_devices_of(args, toolchain))]
-    if args.methods:
-        mine = [m for m in args.methods.split(",") if m in TOOLCHAINS[toolchain].methods(model)]
-        if not mine:
-            return None
-        out += ["--methods", ",".join(mine)]
+def where(args) -> dict[str, str]:
+    """toolchain -> where its route process runs (for the printed plan)."""
+    out = {}
+    for t, tc in TOOLCHAINS.items():
+        name = tc.env.name
+        if args.cluster is not None:
+            out[t] = f"Ray task on a node with a bench slot{' and a GPU' if set(tc.devices) == {'cuda'} else ''}"
+        elif name in envs.OVERRIDES:
+            out[t] = f"existing interpreter {envs.OVERRIDES[name]}"
+        else:
+            out[t] = f"{envs.env_python(name)}" + ("" if envs.is_ready(name) else " (created first)")
     return out
 
 
-def _batches_of(args, model: str) -> tuple[int, ...]:
-    return tuple(int(b) for b in args.batches.split(",")) if args.batches else default_batches(model, args.weights)
+def estimated_seconds(checked: Checked) -> float:
+    """The whole run's estimate: its routes and its fixed costs."""
+    return routes_seconds(checked.plan, checked.est, checked.device_missing) + checked.fixed_s
 
 
-def _variants(args, toolchain: str, model: str, device: str | None = None):
-    """The variants this run selects of (toolchain, model): those --methods names, else every one but the device's
-    opt-in ones (utils/registry.py `opt_in`); device None: those of any device the route may run on."""
-    tc = TOOLCHAINS[toolchain]
-    vs = tc.variants[model]
-    if args.methods:
-        return tuple(v for v in vs if v[0] in args.methods.split(","))
-    devices = [device] if device else (_devices_of(args, toolchain) if getattr(args, "devices", None)
-                                       else list(tc.devices))
-    default = {m for d in devices for m in tc.default_methods(model, d, args.weights)}
-    return tuple(v for v in vs if v[0] in default)
+def print_plan(args, checked: Checked) -> None:
+    lines = describe(checked.plan, checked.est, where(args), checked.device_missing)
+    print("\n".join(lines[:len(lines) - len(checked.plan.left_out)]))
+    print("\n".join(checked.fixed_lines))
+    total = estimated_seconds(checked)
+    print(f"total: ~{total:.0f} s ({total / 60:.1f} min)" + (f" of a {args.budget:.0f} s budget" if args.budget else ""))
+    if checked.plan.left_out:
+        print(f"left out: {len(checked.plan.left_out)} item(s)")
+        for lo in checked.plan.left_out:
+            print(f"  {lo['item']}: {lo['why']}")
+    if checked.device_missing:
+        print(f"cuda items: {checked.device_missing} (their rows are skipped with the reason)")
 
 
-def status_all(args, toolchain: str, model: str, status: str, reason: str, run_id: str, variants=None,
-               launcher: str = "local", env_extra: dict | None = None) -> None:
-    import platform
-
-    from utils.specs import DATASET_NAME
-
-    tc = TOOLCHAINS[toolchain]
-    env = {"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "launcher": launcher,
-           "host": platform.node(), **(env_extra or {})}
-    for device in _devices_of(args, toolchain) if getattr(args, "devices", None) else [tc.default_device()]:
-        mine = _variants(args, toolchain, model, device)
-        for row in status_rows(status=status, reason=reason, model=model, weights=args.weights,
-                               dataset=DATASET_NAME.get((model, args.weights), str(args.data)), toolchain=toolchain,
-                               variants=mine if variants is None else [v for v in variants if v in mine],
-                               device=device, batches=_batches_of(args, model), metric=METRIC[model],
-                               eval_limit=args.eval_limit, environment=env):
-            write_row(row, args.runs_dir)
-
-
-def _this_run(rows: list[ResultRow], run_id: str) -> list[ResultRow]:
-    return [r for r in rows if r.environment.get("run_id") == run_id]
-
-
-def unfinished(args, toolchain: str, model: str, run_id: str) -> list[tuple[str, str]]:
-    """Variants of this route without a row from this run at every batch (the route died before writing them)."""
-    rows = _this_run(read_rows(args.runs_dir) + list(read_attempts(args.runs_dir).values()), run_id)
-    # only the devices whose rows status_all writes: a route that wrote its skipped cuda rows first and then died
-    # on the cpu has not finished its cpu variants
-    devices = set(_devices_of(args, toolchain) if getattr(args, "devices", None)
-                  else [TOOLCHAINS[toolchain].default_device()])
-    got: dict = {}
-    for r in rows:
-        if r.toolchain == toolchain and r.model == model and r.device in devices:
-            got.setdefault((r.method, r.precision), set()).add(int(r.batch))
-    want = set(_batches_of(args, model))
-    return [v for v in _variants(args, toolchain, model) if not want <= got.get(v, set())]
-
-
-class PeakRss:
-    """Resident-memory high-water mark of a child process (Linux /proc VmHWM), sampled while it runs."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak_mb = pid, None
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        path = f"/proc/{self.pid}/status"
-        while not self._stop.is_set():
-            try:
-                for line in open(path):
-                    if line.startswith("VmHWM:"):
-                        self.peak_mb = int(line.split()[1]) / 1024
-            except (OSError, ValueError, IndexError):
-                pass
-            self._stop.wait(0.5)
-
-    def stop(self) -> float | None:
-        self._stop.set()
-        self._t.join(timeout=2)
-        return self.peak_mb
-
-
-def run_route(env: str, argv: list[str]) -> tuple[int, float | None]:
-    """Run a route process; (return code, its peak resident memory in MB where known)."""
-    proc = envs.popen_in_env(env, argv)
-    mon = PeakRss(proc.pid)
-    try:
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        envs.interrupt(proc)
-        raise
-    finally:
-        peak = mon.stop()
-    return rc, peak
-
-
-def died_reason(rc: int, peak_mb: float | None) -> str:
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        why = f"route process killed by {name}"
-        if -rc == signal.SIGKILL:
-            why += " (the out-of-memory killer, or a kill -9)"
-    else:
-        why = f"route process exited {rc} before finishing this variant"
-    return why + (f"; peak resident memory {peak_mb:.0f} MB" if peak_mb else "")
-
-
-def note_failed_rows(args, run_id: str, failures: list[str]) -> None:
-    """One closing failure line naming the variants that got failed rows in this run."""
-    failed_rows = [r for r in _this_run(read_rows(args.runs_dir) + list(read_attempts(args.runs_dir).values()), run_id)
-                   if r.status == "failed"]
-    if failed_rows:
-        names = sorted({f"{r.toolchain}/{r.model}/{r.method}" for r in failed_rows})
-        failures.append(f"{len(names)} variant(s) failed: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else ""))
-
+# ------------------------------------------------------------------------------ steps
 
 def prepare_models(args, models, failures: list[str], ceilings: bool,
                    env_ready=None) -> tuple[dict[str, str], int]:
@@ -390,32 +370,22 @@ def report(args, out: Path, failures: list[str], ensure=envs.ensure_env) -> None
     try:
         ensure("report")
         agg = ["-m", "evaluation.aggregate", "--runs-dir", str(args.runs_dir), "--out", str(out)]
-        if args.update_readme:
+        if args.publish:
             agg += ["--readme", str(REPO_ROOT / "README.md")]
             for doc in sorted((REPO_ROOT / "docs").rglob("*.md")):
                 agg += ["--docs", str(doc)]
         rc = envs.run_in_env("report", agg).returncode
         if rc != 0:
-            failures.append(f"aggregate exited {rc}")
+            failures.append(f"report step (evaluation.aggregate) exited {rc}: see its lines above")
     except envs.EnvError as exc:
         failures.append(f"report environment: {exc}")
 
 
-BUILD_PARALLEL = 2  # environments created at once in the background (pip installs)
-
-
-def _has_work(args, models, toolchain: str) -> list[str]:
-    """The models a toolchain runs in this run (a route per model)."""
-    tc = TOOLCHAINS[toolchain]
-    return [m for m in models if m in tc.variants and _variants(args, toolchain, m)]
-
-
-def background_envs(args, models, toolchains) -> list[str]:
+def background_envs(args, plan: Plan) -> list[str]:
     """The environments this run still has to create besides the model-preparing one: every toolchain's that runs a
     route or measures ceilings, and the report's; none that exists already or runs in an existing interpreter."""
     prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
-    names = [TOOLCHAINS[t].env.name for t in toolchains
-             if _has_work(args, models, t) or (args.ceilings and TOOLCHAINS[t].measures_ceilings)]
+    names = [TOOLCHAINS[t].env.name for t in plan.toolchains()]
     names += [] if args.no_report else ["report"]
     return [n for n in dict.fromkeys(names) if n != prep_env and n not in envs.OVERRIDES and not envs.is_ready(n)]
 
@@ -439,10 +409,11 @@ def join_env_builds(builds: envs.Builds) -> None:
         + f" (waited {time.time() - t0:.0f} s after preparation)")
 
 
-def measure_ceilings(args, toolchains, out: Path, ensure) -> None:
+def measure_ceilings(args, toolchains, out: Path, ensure, failures: list[str]) -> None:
     """The device's matmul ceilings: first in the model-preparing environment (a fresh record), then merged with
     the rates of every other selected toolchain that declares `measures_ceilings` (e.g. an ORT kernel beats torch's
-    BLAS). Runs only after every environment creation finished: nothing else loads the machine."""
+    BLAS). Runs only after every environment creation finished: nothing else loads the machine. A failed
+    measurement is said in the closing line (the efficiency column stays empty where it has no ceiling)."""
     device_json = str(out / "device.json")
     for tc_name in dict.fromkeys([PREPARE_TOOLCHAIN, *toolchains]):
         tc = TOOLCHAINS[tc_name]
@@ -458,8 +429,9 @@ def measure_ceilings(args, toolchains, out: Path, ensure) -> None:
         rc = envs.run_in_env(tc.env.name, ["-m", "utils.ceilings", "--threads", str(args.threads), "--out",
                                            device_json] + ([] if first else ["--merge"])).returncode
         if rc != 0:
-            say(f"{tc_name}: ceiling measurement exited {rc}" +
-                ("" if first else f" (the {PREPARE_TOOLCHAIN} environment's ceilings are kept)"))
+            failures.append(f"ceilings through {tc_name}'s libraries exited {rc}" +
+                            ("" if first else f" (the {PREPARE_TOOLCHAIN} environment's ceilings are kept)"))
+            say(failures[-1])
 
 
 def relaunch_in_cluster_env(argv: list[str]) -> int:
@@ -483,121 +455,105 @@ def relaunch_in_cluster_env(argv: list[str]) -> int:
         raise
 
 
+# ------------------------------------------------------------------------------ the run
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    plan = validate(args)
+    checked = validate(args)
+    if args.dry_run:
+        print_plan(args, checked)
+        print("dry run: nothing was created, prepared or written")
+        return 0
     if args.cluster is not None:
         return relaunch_in_cluster_env(argv)
-    models, toolchains, out = plan["models"], plan["toolchains"], plan["out"]
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    return execute(args, checked, argv)
+
+
+def execute(args, checked: Checked, argv: list[str], who: str = "bench") -> int:
+    """Run a validated plan: preparation (environments in the background), ceilings, the routes, the report. One
+    run per runs folder at a time."""
+    plan, out = checked.plan, checked.out
+    run_id = new_run_id()
+    plan.run_id = run_id
     os.environ["SUITE_RUN_ID"] = run_id
     os.environ["SUITE_DEVICE_FILE"] = str(out / "device.json")
     if args.online:
         os.environ["SUITE_ONLINE"] = "1"
         os.environ.setdefault("HF_HUB_OFFLINE", "0")
-    t_start = time.time()
-    failures: list[str] = []
-    say(f"run {run_id}: {', '.join(models)} x {', '.join(toolchains)}; rows -> {args.runs_dir}, tables -> {out}")
-    for name, python in envs.OVERRIDES.items():
-        say(f"environment '{name}': existing interpreter {python} (no venv)")
-
-    builds = envs.Builds([])
-    try:
-        # 1. prepare every model (train/load, tokenise, export ONNX, count ops); once its environment exists, the
-        # other environments this run needs are created in the background meanwhile
-        def env_ready() -> None:
-            nonlocal builds
-            builds = start_env_builds(background_envs(args, models, toolchains))
-
-        prepared, rc = prepare_models(args, models, failures, ceilings=False, env_ready=env_ready)
-        if rc == 2:
-            return 2  # bad input: the one-line error is already printed
-        join_env_builds(builds)  # nothing below is timed while pip runs
-
-        # 1b. the device's ceilings (efficiency column), through every library that declares them
-        if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
-            measure_ceilings(args, toolchains, out, builds.ensure)
-
-        return _routes_and_report(args, models, toolchains, out, prepared, run_id, failures, builds.ensure, t_start,
-                                  argv)
-    finally:
-        builds.cancel()  # only what is still under way (Ctrl-C, an early exit): no half-made env is marked ready
-
-
-def _routes_and_report(args, models, toolchains, out: Path, prepared: dict, run_id: str, failures: list[str],
-                       ensure, t_start: float, argv: list[str]) -> int:
-    # 2. each toolchain in its own env, in dependency order
-    for tc_name in toolchains:
-        tc = TOOLCHAINS[tc_name]
-        todo = _has_work(args, models, tc_name)
-        if not todo:
-            continue
+    with RunLock(plan.runs_dir):
+        t_start = time.time()
+        if args.budget is not None:  # the kit starts no item that would end after this
+            plan.deadline = t_start + args.budget - (0.0 if args.no_report else 20.0)
+        outcome = Outcome()
+        say(f"run {run_id}: {len(plan.items)} item(s) of {', '.join(plan.models()) or 'no model'} x "
+            f"{', '.join(plan.toolchains()) or 'no toolchain'}; rows -> {plan.runs_dir}, tables -> {out}", who)
+        for lo in plan.left_out:
+            say(f"left out {lo['item']}: {lo['why']}", who)
+        for name, python in envs.OVERRIDES.items():
+            say(f"environment '{name}': existing interpreter {python} (no venv)", who)
+        builds = envs.Builds([])
         try:
-            ensure(tc.env.name)
-        except envs.EnvError as exc:
-            say(f"{tc_name}: environment unavailable: {exc}")
-            for m in todo:
-                status_all(args, tc_name, m, "skipped", f"environment could not be created: {exc}", run_id)
-            continue
-        for m in todo:
-            if prepared[m] != "ok":
-                status_all(args, tc_name, m, "failed", prepared[m], run_id)
-                continue
-            rargs = route_args(args, m, tc_name)
-            if rargs is None:
-                continue
-            say(f"{tc_name}: {m}")
-            t0 = time.time()
-            rc, peak = run_route(tc.env.name, ["-m", "quantization.kit", tc_name, *rargs])
+            def env_ready() -> None:
+                nonlocal builds
+                builds = start_env_builds(background_envs(args, plan))
+
+            models = plan.models()
+            prepared, rc = prepare_models(args, models, outcome.failures, ceilings=False, env_ready=env_ready) \
+                if models else ({}, 0)
             if rc == 2:
-                return 2  # bad input (already reported in one line)
-            if rc != 0:
-                left = unfinished(args, tc_name, m, run_id)
-                why = died_reason(rc, peak)
-                if left:
-                    status_all(args, tc_name, m, "failed", why, run_id, variants=left)
-                failures.append(f"{tc_name}/{m}: {why} ({len(left)} variant(s) without rows -> failed rows)")
-                say(failures[-1])
-            else:
-                say(f"{tc_name}: {m} done in {time.time() - t0:.0f} s")
-
-    note_failed_rows(args, run_id, failures)
-
-    # 3. tables and plots, beside the rows (the run log first, so the tables and generated blocks include this run)
-    record_run(out, run_id, args, models, toolchains, time.time() - t_start, failures, argv)
-    report(args, out, failures, ensure)
-    say(f"finished in {time.time() - t_start:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else "; all ok"))
-    return 1 if failures else 0
+                return 2  # bad input: the one-line error is already printed
+            join_env_builds(builds)  # nothing below is timed while pip runs
+            if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
+                measure_ceilings(args, plan.toolchains(), out, builds.ensure, outcome.failures)
+            run_routes(plan, prepared, builds.ensure, outcome, who=who, est=checked.est)
+            if outcome.bad_input:
+                return 2
+            return finish(args, plan, out, outcome, builds.ensure, t_start, argv, who)
+        finally:
+            builds.cancel()  # only what is still under way (Ctrl-C, an early exit): no half-made env is marked ready
 
 
-RUN_LOG = "bench_runs.csv"
-# seconds: from the start of the run to its last row (environments, preparation, ceilings, routes), the report after it
-RUN_LOG_FIELDS = ("run_id", "weights", "models", "toolchains", "seconds", "result", "command")
+def finish(args, plan: Plan, out: Path, outcome: Outcome, ensure, t_start: float, argv: list[str],
+           who: str = "bench") -> int:
+    """The run's closing: failed items and left-out items said, the run log, the tables, one last line."""
+    failed, left = item_summary(plan, plan.run_id)
+    if failed:
+        outcome.failures.append(f"{len(failed)} item(s) failed: {', '.join(failed[:8])}" + (" ..." if len(failed) > 8
+                                                                                              else ""))
+    for line in left:
+        say(f"left out: {line}", who)
+    record_run(out, plan.run_id, args, plan.models(), plan.toolchains(), time.time() - t_start, outcome.failures, argv)
+    report(args, out, outcome.failures, ensure)
+    say(f"finished in {time.time() - t_start:.0f} s" + (f"; {len(left)} item(s) left out (said above)" if left else "")
+        + (f"; FAILED: {'; '.join(outcome.failures)}" if outcome.failures else "; all ok"), who)
+    return 1 if outcome.failures else 0
 
 
 def record_run(out: Path, run_id: str, args, models, toolchains, seconds: float, failures: list[str],
                argv: list[str]) -> None:
     """One line per bench run in <tables>/bench_runs.csv (how long a run took, from the run itself: the docs quote
-    it through a generated block, never by hand). Appended atomically: the old lines are rewritten with the new."""
+    it through a generated block, never by hand). Appended atomically: the old lines are rewritten with the new.
+    A log that cannot be written is a failure of the run (said in its last line)."""
     import csv
     import io
 
     from utils.atomic import atomic_write_text
 
     path = out / RUN_LOG
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    if not old:
-        w.writerow(RUN_LOG_FIELDS)
-    w.writerow([run_id, args.weights, ",".join(models), ",".join(toolchains), f"{seconds:.0f}",
-                "ok" if not failures else "failed", " ".join(["python3 -m evaluation.bench", *argv])])
     try:
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        if not old:
+            w.writerow(RUN_LOG_FIELDS)
+        w.writerow([run_id, args.weights, ",".join(models), ",".join(toolchains), f"{seconds:.0f}",
+                    "ok" if not failures else "failed", " ".join(["python3 -m evaluation.bench", *argv])])
         atomic_write_text(path, old + buf.getvalue())
-    except OSError as exc:  # the rows and tables are written; a missing log line is not worth a failed run
-        say(f"could not record the run in {path}: {exc}")
+    except OSError as exc:  # the rows are written; the run says the log is not
+        failures.append(f"could not record the run in {path}: {exc.__class__.__name__}: {exc}")
+        say(failures[-1])
 
 
 if __name__ == "__main__":

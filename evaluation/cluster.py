@@ -29,11 +29,10 @@ node-local temporary runs folder and returns the rows, each with `environment.cl
 the task's start/end times.
 
 Test hook, honoured only by this task wrapper: SUITE_CLUSTER_TEST_CRASH="<toolchain>/<model>:<n>" kills the route
-process (SIGKILL) of that route's attempts 1..n once its first row is written (tests/cluster).
+process (SIGKILL) of that route's attempts 1..n once its first timed row is written (tests/cluster).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -47,8 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation import bench, envs
+from evaluation.launch import (Outcome, PeakRss, RunLock, died_reason, mark_unfinished, say as _say, status_items,
+                               unfinished)
 from utils.errors import SuiteError, cli_main, failure_reason
 from utils.paths import REPO_ROOT
+from utils.plan import Plan, new_run_id, read_item_records, write_item_record
 from utils.registry import PREPARE_TOOLCHAIN, TOOLCHAINS
 from utils.rows import ResultRow, write_row
 
@@ -59,7 +61,7 @@ NODE_HOME = Path.home() / ".cache" / "ptq-suite"
 
 
 def say(msg: str) -> None:
-    print(f"[cluster {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    _say(msg, "cluster")
 
 
 def _now() -> str:
@@ -134,8 +136,8 @@ def _node_ceilings(spec: dict, run_tmp: Path) -> Path:
     machine's)."""
     dev = run_tmp / "device.json"
     prep_env = TOOLCHAINS[PREPARE_TOOLCHAIN].env.name
-    if spec["args"].get("ceilings") and not dev.exists() and envs.is_ready(prep_env):
-        code = f"from utils.ceilings import measure_and_store; measure_and_store({int(spec['args']['threads'])})"
+    if spec.get("ceilings") and not dev.exists() and envs.is_ready(prep_env):
+        code = f"from utils.ceilings import measure_and_store; measure_and_store({int(spec['threads'])})"
         envs.run_in_env(prep_env, ["-c", code], extra_env={"SUITE_DEVICE_FILE": dev, "OMP_NUM_THREADS": None},
                         capture_output=True, timeout=300)
     return dev
@@ -173,17 +175,18 @@ def route_task(spec: dict, model_pack: dict, *dep_packs):
     run_tmp.mkdir(parents=True, exist_ok=True)
     device_file = _node_ceilings(spec, run_tmp)
     with tempfile.TemporaryDirectory(prefix="rows-", dir=run_tmp) as tmp:
-        ns = argparse.Namespace(**{**spec["args"], "runs_dir": Path(tmp), "methods": spec["methods"]})
-        argv = ["-m", "quantization.kit", toolchain, *bench.route_args(ns, model, toolchain)]
+        plan = Plan.from_dict({**spec["plan"], "runs_dir": tmp})
+        path = plan.save(Path(tmp) / "plans" / f"{toolchain}__{model}.json")
+        argv = ["-m", "quantization.kit", toolchain, "--plan", str(path)]
         extra = {"SUITE_CACHE_DIR": node_cache, "SUITE_LAUNCHER": "ray", "SUITE_RUN_ID": spec["run_id"],
                  "SUITE_DEVICE_FILE": device_file, "OMP_NUM_THREADS": None}  # Ray sets OMP_NUM_THREADS=num_cpus
         crash = _crash_hook(toolchain, model, spec["attempt"])
         route_start = time.time()
         proc = envs.popen_in_env(env_name, argv, extra_env=extra, preexec_fn=_die_with_parent)
-        mon = bench.PeakRss(proc.pid)
+        mon = PeakRss(proc.pid)
         try:
             while proc.poll() is None:
-                if crash and any(Path(tmp).glob("*.json")):
+                if crash and _timed_row(Path(tmp)):
                     os.kill(proc.pid, signal.SIGKILL)  # the test hook: a route killed mid-run
                     crash = False
                 time.sleep(0.2)
@@ -195,6 +198,7 @@ def route_task(spec: dict, model_pack: dict, *dep_packs):
             peak = mon.stop()
         route_end = time.time()
         rows = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("*.json"))]
+        records = list(read_item_records(tmp).values())
     task_end = time.time()
     rec = {**info, "route_start": route_start, "route_end": route_end, "task_end": task_end,
            "resources": spec["resources"]}
@@ -203,7 +207,18 @@ def route_task(spec: dict, model_pack: dict, *dep_packs):
     artifacts = None
     if spec["return_artifacts"] and (model_dir / toolchain).is_dir():
         artifacts = pack_folder(model_dir / toolchain, name=toolchain)
-    return {**rec, "rows": rows, "rc": rc, "peak_mb": peak}, artifacts
+    return {**rec, "rows": rows, "records": records, "rc": rc, "peak_mb": peak}, artifacts
+
+
+def _timed_row(folder: Path) -> bool:
+    """A row with its latency written (the crash hook kills a route once it is timing)."""
+    for p in folder.glob("*.json"):
+        try:
+            if json.loads(p.read_text()).get("latency_p50_ms") is not None:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 # ------------------------------------------------------------------------------ the driver
@@ -212,15 +227,9 @@ def route_task(spec: dict, model_pack: dict, *dep_packs):
 class Job:
     toolchain: str
     model: str
+    items: list  # the plan's items of this route
     deps: list[str]
     attempt: int = 0
-    got: dict = field(default_factory=dict)  # (method, precision) -> batches with rows (any device)
-    expected: tuple = ()  # the batches a finished variant has rows for
-
-    @property
-    def done(self) -> set:
-        """(method, precision) with rows at every expected batch (a route killed between batches is not done)."""
-        return {v for v, bs in self.got.items() if set(self.expected) <= bs}
     hosts: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
     finished: bool = False
@@ -266,95 +275,88 @@ def cluster_summary() -> str:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = bench.build_parser().parse_args(argv)
-    plan = bench.validate(args)
+    checked = bench.validate(args)
     if args.cluster is None:
         raise SuiteError("evaluation.cluster runs `bench --cluster ADDRESS`; pass --cluster")
-    models, toolchains, out = plan["models"], plan["toolchains"], plan["out"]
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}-ray"
+    plan, out = checked.plan, checked.out
+    run_id = new_run_id("-ray")
+    plan.run_id = run_id
     os.environ["SUITE_RUN_ID"] = run_id
     if args.online:
         os.environ["SUITE_ONLINE"] = "1"
         os.environ.setdefault("HF_HUB_OFFLINE", "0")
-    t_start = time.time()
-    failures: list[str] = []
-    say(f"run {run_id}: {', '.join(models)} x {', '.join(toolchains)} on cluster {args.cluster}; rows -> "
-        f"{args.runs_dir}, tables -> {out}")
+    with RunLock(plan.runs_dir):
+        t_start = time.time()
+        outcome = Outcome()
+        say(f"run {run_id}: {len(plan.items)} item(s) of {', '.join(plan.models())} x {', '.join(plan.toolchains())} "
+            f"on cluster {args.cluster}; rows -> {plan.runs_dir}, tables -> {out}")
 
-    # 1. models prepared once, here (the nodes get the files, never retrain); ceilings are measured per node
-    prepared, rc = bench.prepare_models(args, models, failures, ceilings=False)
-    if rc == 2:
-        return 2
+        # 1. models prepared once, here (the nodes get the files, never retrain); ceilings are measured per node
+        prepared, rc = bench.prepare_models(args, plan.models(), outcome.failures, ceilings=False)
+        if rc == 2:
+            return 2
 
-    from utils.envinfo import git_commit
+        from utils.envinfo import git_commit
 
-    env_vars = {"SUITE_GIT_COMMIT": git_commit(), "SUITE_LAUNCHER": "ray", "SUITE_RUN_ID": run_id,
-                "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0" if args.online else "1")}
-    if args.online:
-        env_vars["SUITE_ONLINE"] = "1"
-    if args.cluster == "local":  # the node is this machine: its environments and (if set) its node cache folder
-        env_vars["SUITE_VENVS_DIR"] = str(envs.venvs_dir())
-        if os.environ.get("SUITE_NODE_CACHE_DIR"):
-            env_vars["SUITE_NODE_CACHE_DIR"] = os.environ["SUITE_NODE_CACHE_DIR"]
-    if os.environ.get(CRASH_HOOK):
-        env_vars[CRASH_HOOK] = os.environ[CRASH_HOOK]
-    runtime_env = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
+        env_vars = {"SUITE_GIT_COMMIT": git_commit(), "SUITE_LAUNCHER": "ray", "SUITE_RUN_ID": run_id,
+                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0" if args.online else "1")}
+        if args.online:
+            env_vars["SUITE_ONLINE"] = "1"
+        if args.cluster == "local":  # the node is this machine: its environments and (if set) its node cache folder
+            env_vars["SUITE_VENVS_DIR"] = str(envs.venvs_dir())
+            if os.environ.get("SUITE_NODE_CACHE_DIR"):
+                env_vars["SUITE_NODE_CACHE_DIR"] = os.environ["SUITE_NODE_CACHE_DIR"]
+        if os.environ.get(CRASH_HOOK):
+            env_vars[CRASH_HOOK] = os.environ[CRASH_HOOK]
+        runtime_env = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
 
-    import ray
+        import ray
 
-    try:
-        where = connect(args.cluster, runtime_env)
-    except Exception as exc:  # noqa: BLE001  (a wrong address, no cluster running)
-        raise SuiteError(f"--cluster {args.cluster}: cannot connect: {failure_reason(exc)}") from None
-    try:
-        nodes = alive_nodes()
-        say(f"connected to {where}: {len(nodes)} node(s), {cluster_summary()}; commit {env_vars['SUITE_GIT_COMMIT']}")
-        run_routes(args, models, toolchains, prepared, run_id, failures)
-    except KeyboardInterrupt:
-        say("interrupted: tasks cancelled; no rows written for routes that had not finished")
-        raise
-    finally:
-        ray.shutdown()
-
-    bench.note_failed_rows(args, run_id, failures)
-    bench.report(args, out, failures)
-    say(f"finished in {time.time() - t_start:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else "; all ok"))
-    return 1 if failures else 0
+        try:
+            where = connect(args.cluster, runtime_env)
+        except Exception as exc:  # noqa: BLE001  (a wrong address, no cluster running)
+            raise SuiteError(f"--cluster {args.cluster}: cannot connect: {failure_reason(exc)}") from None
+        try:
+            nodes = alive_nodes()
+            say(f"connected to {where}: {len(nodes)} node(s), {cluster_summary()}; commit {env_vars['SUITE_GIT_COMMIT']}")
+            run_routes(args, plan, prepared, outcome.failures)
+        except KeyboardInterrupt:
+            say("interrupted: tasks cancelled; no rows written for routes that had not finished")
+            raise
+        finally:
+            ray.shutdown()
+        return bench.finish(args, plan, out, outcome, envs.ensure_env, t_start, argv, who="cluster")
 
 
-def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: list[str]) -> None:
+def run_routes(args, plan: Plan, prepared: dict, failures: list[str]) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from utils.specs import ModelSource
 
     remote = ray.remote(route_task)
-    in_run = set(toolchains)
-    jobs: list[Job] = []
-    for tc_name in toolchains:  # the run order of the declarations' `needs`
-        for m in models:
-            if m not in TOOLCHAINS[tc_name].variants or not bench._variants(args, tc_name, m):
-                continue
-            if bench.route_args(args, m, tc_name) is None:
-                continue
-            deps = [d for d in TOOLCHAINS[tc_name].needs if d in in_run and d != PREPARE_TOOLCHAIN]
-            jobs.append(Job(tc_name, m, deps))
+    run_id = plan.run_id
+    in_run = set(plan.toolchains())
+    jobs = [Job(t, m, plan.items_of(t, m), [d for d in TOOLCHAINS[t].needs if d in in_run and d != PREPARE_TOOLCHAIN])
+            for t, m in plan.routes()]
     needed = {(d, j.model) for j in jobs for d in j.deps}
     by_name = {j.name: j for j in jobs}
     packs: dict[str, object] = {}
-    args_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
-    def rows_for(job: Job, status: str, reason: str, variants=None, extra=None) -> None:
-        bench.status_all(args, job.toolchain, job.model, status, reason, run_id, variants=variants, launcher="ray",
-                         env_extra={"cluster": {"attempt": job.attempt, "hosts": job.hosts, **(extra or {})}})
+    def extra(job: Job) -> dict:
+        return {"cluster": {"attempt": job.attempt, "hosts": job.hosts}}
 
     def finish(job: Job, status: str | None = None, reason: str = "") -> None:
         job.finished = True
-        left = [v for v in bench._variants(args, job.toolchain, job.model) if v not in job.done]
+        left = unfinished(plan, job.items, run_id)
         if status and left:
-            rows_for(job, status, reason, variants=left)
             if status == "failed":
-                failures.append(f"{job.name}: {reason} ({len(left)} variant(s) without rows -> failed rows)")
+                mark_unfinished(plan, left, reason, run_id=run_id, launcher="ray", env_extra=extra(job))
+                failures.append(f"{job.name}: {reason} ({len(left)} item(s) unfinished -> failed rows)")
+            else:
+                status_items(plan, left, status, reason, run_id=run_id, launcher="ray", env_extra=extra(job))
             say(f"{job.name}: {status}: {reason}")
 
     def submit(job: Job) -> object | None:
@@ -372,11 +374,11 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
             src = ModelSource(job.model, args.weights, args.weights_path, args.data)
             packs[job.model] = ray.put(pack_folder(src.cache_dir, skip_dirs=set(TOOLCHAINS)))
         job.attempt += 1
-        left = [v for v in bench._variants(args, job.toolchain, job.model) if v not in job.done]
-        methods = ",".join(dict.fromkeys(m for m, _ in left))
+        left = unfinished(plan, job.items, run_id)  # a retry runs only what the last attempt did not finish
         resources = {BENCH_SLOT: 1, **({"GPU": 1} if gpu else {})}
         spec = {"toolchain": job.toolchain, "model": job.model, "attempt": job.attempt, "run_id": run_id,
-                "args": args_dict, "methods": methods, "resources": resources,
+                "plan": plan.subset(left).to_dict(), "resources": resources,
+                "ceilings": bool(args.ceilings), "threads": plan.settings.threads,
                 "return_artifacts": (job.toolchain, job.model) in needed}
         opts = dict(num_cpus=1, num_gpus=1 if gpu else 0, resources={BENCH_SLOT: 1}, max_retries=0, num_returns=2)
         fresh = [n for n in nodes if n["NodeID"] not in job.nodes]
@@ -386,14 +388,16 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
                     if by_name.get(f"{d}/{job.model}") and by_name[f"{d}/{job.model}"].artifacts is not None]
         res_ref, art_ref = remote.options(**opts).remote(spec, packs[job.model], *dep_refs)
         job.artifacts = art_ref
-        say(f"{job.name}: submitted (attempt {job.attempt}, needs {need_text(gpu)}, methods {methods})")
+        say(f"{job.name}: submitted (attempt {job.attempt}, needs {need_text(gpu)}, {len(left)} item(s): "
+            f"{', '.join(dict.fromkeys(it.method for it in left))})")
         return res_ref
 
     inflight: dict = {}
     pending = []
     for job in jobs:
         if prepared.get(job.model) != "ok":
-            rows_for(job, "failed", prepared.get(job.model, "model not prepared"))
+            status_items(plan, job.items, "failed", prepared.get(job.model, "model not prepared"), run_id=run_id,
+                         launcher="ray")
             job.finished = True
         else:
             pending.append(job)
@@ -410,7 +414,7 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
             for ref in ready:
                 job = inflight.pop(ref)
-                again = handle(job, ref, args, finish, failures)
+                again = handle(job, ref, args, plan, finish, failures)
                 if again:
                     nref = submit(job)
                     if nref is not None:
@@ -425,8 +429,8 @@ def run_routes(args, models, toolchains, prepared: dict, run_id: str, failures: 
         raise
 
 
-def handle(job: Job, ref, args, finish, failures: list[str]) -> bool:
-    """One finished attempt: write its rows; True when the route should be tried again."""
+def handle(job: Job, ref, args, plan: Plan, finish, failures: list[str]) -> bool:
+    """One finished attempt: write its rows and item records; True when the route should be tried again."""
     import ray
 
     try:
@@ -442,25 +446,22 @@ def handle(job: Job, ref, args, finish, failures: list[str]) -> bool:
         finish(job, "skipped", f"environment could not be created on {res['host']}: {res['env_error']}")
         return False
     for d in res["rows"]:
-        row = ResultRow.from_dict(d)
-        write_row(row, args.runs_dir)
-        job.got.setdefault((row.method, row.precision), set()).add(int(row.batch))
-        if not job.expected:
-            job.expected = tuple(bench._batches_of(args, job.model))
+        write_row(ResultRow.from_dict(d), plan.runs_dir)
+    for rec in res.get("records") or []:
+        write_item_record(plan.runs_dir, rec)
     rc = res["rc"]
     took = res["task_end"] - res["task_start"]
     if rc == 0:
-        finish(job)
+        finish(job, "failed", f"route process ended without finishing this item on {res['host']}")
         say(f"{job.name}: done on {res['host']} in {took:.0f} s ({len(res['rows'])} rows)")
         return False
     if rc == 2:
         finish(job, "failed", f"route exited 2 (bad input) on {res['host']}")
         return False
-    why = bench.died_reason(rc, res.get("peak_mb")) + f" on {res['host']}"
-    left = [v for v in bench._variants(args, job.toolchain, job.model) if v not in job.done]
-    if not left:  # as the local bench: every row is in, yet the run says the route process died
+    why = died_reason(rc, res.get("peak_mb")) + f" on {res['host']}"
+    if not unfinished(plan, job.items, plan.run_id):  # as the local bench: every item is in, yet the process died
         finish(job)
-        failures.append(f"{job.name}: {why}, after writing every variant's rows")
+        failures.append(f"{job.name}: {why}, after finishing every item")
         say(failures[-1])
         return False
     return _retry_or_fail(job, args, why, finish)

@@ -1,6 +1,7 @@
 """Planted degradation: corrupt one thing on purpose and check that the suite flags it (torch env).
 
-    python -m evaluation.planted                       # default plants -> results/planted/
+    python -m evaluation.planted                       # default plants -> results/local/planted/
+    python -m evaluation.planted --publish             # the committed check: results/planted/
     python -m evaluation.planted --plants int2:fc,int3:conv1,int4:layer2.0.downsample.0,int4:fc,act-x4,act-x16
 
 For each plant, the Torch.FX INT8 ResNet50 (the route's `resnet_fx`, default calibration subset) is
@@ -23,10 +24,11 @@ import time
 from pathlib import Path
 
 from utils.errors import cli_main, setup_logging
-from utils.paths import RESULTS_DIR
+from utils.paths import LOCAL_DIR, RESULTS_DIR
 
 log = logging.getLogger("evaluation.planted")
-PLANTED_DIR = RESULTS_DIR / "planted"  # rows in runs/, tables, layer reports and the summary beside it
+PLANTED_DIR = RESULTS_DIR / "planted"  # published (--publish): rows in runs/, tables, layer reports and the summary
+LOCAL_PLANTED_DIR = LOCAL_DIR / "planted"  # a user's run
 DEFAULT_PLANTS = "int2:fc,int3:conv1,int4:layer2.0.downsample.0,int4:fc,act-x4,act-x16"
 
 
@@ -58,10 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plants", default=DEFAULT_PLANTS, help="comma list; '+' joins faults into one plant (int4:fc+act-x4)")
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=PLANTED_DIR, help="rows go to <out>/runs; reports and tables to <out>")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="rows go to <out>/runs; reports and tables to <out> (default results/local/planted)")
+    ap.add_argument("--publish", action="store_true", help="the committed check: --out results/planted")
     ap.add_argument("--no-aggregate", action="store_true", help="do not run evaluation.aggregate on the runs dir")
     args = ap.parse_args(argv)
     setup_logging()
+    if args.publish and args.out is not None:
+        from utils.errors import SuiteError
+
+        raise SuiteError("--publish writes results/planted; drop --out")
+    args.out = PLANTED_DIR if args.publish else (args.out or LOCAL_PLANTED_DIR)
     from evaluation.layer_report import parse_plant, write_csv
     from quantization.kit import build_variant, score_built
     from quantization.kit.config import RouteConfig, RowWriter
@@ -73,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx, fp32_built = build_variant("torch", "resnet50", "eager", argv=argv)
     _, fx_built = build_variant("torch", "resnet50", "fx", argv=argv)
     manifest, data, fp32, q = ctx.manifest, ctx.data, fp32_built.handle, fx_built.handle
-    cfg = RouteConfig(toolchain="torch", models=("resnet50",), methods={"resnet50": ()}, batches={"resnet50": (1,)},
-                      calib_samples={"resnet50": args.calib_samples}, threads=args.threads, runs_dir=args.out / "runs")
+    cfg = RouteConfig(toolchain="torch", batches={"resnet50": (1,)}, calib_samples={"resnet50": args.calib_samples},
+                      threads=args.threads, runs_dir=args.out / "runs")
     writer = RowWriter(cfg, "resnet50", manifest, hashes=ctx.hashes)
     base = score_built(ctx, fp32_built)
     writer.write(writer.row("eager", "fp32", 1, value=base.top1, top5=base.top5, compute_precision="fp32",

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from utils.cli import ArgParser, positive_float, positive_int
 from utils.errors import SuiteError, cli_main
-from utils.paths import RESULTS_DIR
+from utils.paths import LOCAL_DIR, RESULTS_DIR
+from utils.plan import Settings, build_plan, parse_methods
 from utils.registry import DEFAULT_BATCHES, METRIC, MODELS, ORDER, TOOLCHAINS, check_choice, parse_list, task_of
 
-SWEEPS_DIR = RESULTS_DIR / "sweeps"
+SWEEPS_DIR = LOCAL_DIR / "sweeps"  # a user's sweeps; --publish: results/sweeps and the plots in results/
 # calibration sweep: every non-FP32 method of the toolchain, except those too slow to repeat per size
 # (pt2e compiles two graphs with torch.compile per run)
 CALIB_DEFAULT_EXCLUDE = {"torch": ("pt2e",)}
@@ -84,10 +85,6 @@ def source_flags(args) -> list[str]:
     return out
 
 
-def timing_flags(args) -> list[str]:
-    return ["--threads", str(args.threads), "--min-time", str(args.min_time), "--min-iters", str(args.min_iters)]
-
-
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=positive_int, default=2)
         p.add_argument("--min-time", type=positive_float, default=min_time, help="minimum timed seconds per latency row")
         p.add_argument("--min-iters", type=positive_int, default=min_iters, help="minimum timed calls per latency row")
-        p.add_argument("--sweeps-dir", type=Path, default=SWEEPS_DIR, help="root of the sweep runs dirs")
-        p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the PNG and CSV go")
+        p.add_argument("--devices", default="cpu", help="comma list of cpu,cuda")
+        p.add_argument("--sweeps-dir", type=Path, default=None,
+                       help="root of the sweep runs dirs (default results/local/sweeps; --publish: results/sweeps)")
+        p.add_argument("--out", type=Path, default=None,
+                       help="where the PNG and CSV go (default results/local/; --publish: results/)")
+        p.add_argument("--publish", action="store_true",
+                       help="the committed sweep: rows under results/sweeps, the PNG and CSV in results/")
         p.add_argument("--no-plot", action="store_true", help="only run the routes")
         p.add_argument("--plot-only", action="store_true", help="only (re)draw from existing rows")
 
@@ -149,10 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- running routes
 
-def _route(toolchain: str, args: list[str]) -> int:
-    from evaluation import envs
+def _run(args, *, toolchains, methods, runs_dir: Path, batches, calib_samples=None) -> int:
+    """One sweep point: a plan (the bench's builder) run route by route; 2 on bad input, 1 when something failed."""
+    from evaluation.launch import run_plan
 
-    return envs.run_in_env(TOOLCHAINS[toolchain].env.name, ["-m", "quantization.kit", toolchain, *args]).returncode
+    plan = build_plan(models=(args.model,), toolchains=toolchains, methods=methods, devices=args.devices,
+                      batches=batches, calib_samples=calib_samples, settings=settings_of(args), runs_dir=runs_dir)
+    if not plan.items:
+        raise SuiteError(f"{', '.join(toolchains)}/{args.model}: the flags select no variant")
+    out = run_plan(plan, who="sweep")
+    if out.bad_input:
+        return 2
+    for f in out.failures:
+        say(f)
+    return 1 if out.failures else 0
+
+
+def settings_of(args) -> Settings:
+    return Settings(weights=args.weights, weights_path=args.weights_path, data=args.data, threads=args.threads,
+                    min_time=args.min_time, min_iters=args.min_iters)
 
 
 def _ensure(names) -> None:
@@ -215,8 +232,8 @@ def run_calib(args) -> int:
         if base:
             btc, bmethod = base
             say(f"baseline {btc}/{bmethod} (once)")
-            rc = _route(btc, ["--model", model, "--methods", bmethod, "--batches", args.batches,
-                              *source_flags(args), *timing_flags(args), "--runs-dir", str(out_dir / "baseline")])
+            rc = _run(args, toolchains=(btc,), methods=(bmethod,), batches=args.batches,
+                      runs_dir=out_dir / "baseline")
             if rc == 2:
                 return 2
             if rc:
@@ -224,9 +241,8 @@ def run_calib(args) -> int:
         for n in sizes:
             t0 = time.time()
             say(f"{toolchain}/{model}: calibration size {n}")
-            rc = _route(toolchain, ["--model", model, "--methods", ",".join(methods), "--calib-samples", str(n),
-                                    "--batches", args.batches, *source_flags(args), *timing_flags(args),
-                                    "--runs-dir", str(out_dir / f"n{n}")])
+            rc = _run(args, toolchains=(toolchain,), methods=tuple(methods), batches=args.batches, calib_samples=n,
+                      runs_dir=out_dir / f"n{n}")
             if rc == 2:
                 return 2
             if rc:
@@ -250,7 +266,7 @@ def run_batch(args) -> int:
     batches = int_list("batches", args.batches) if args.batches else DEFAULT_SWEEP_BATCHES[model]
     if args.calib_samples is not None and args.calib_samples < 1:
         raise SuiteError(f"calibration size must be >= 1 (got {args.calib_samples})")
-    wanted = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    wanted = parse_methods(args.methods)
     plan: dict[str, tuple[str, ...]] = {}
     for t in toolchains:
         tc = TOOLCHAINS[t]
@@ -283,9 +299,8 @@ def run_batch(args) -> int:
                 continue
             t0 = time.time()
             say(f"{t}/{model}: {','.join(methods)} at batches {','.join(map(str, batches))} -> {out_dir}")
-            extra = ["--calib-samples", str(args.calib_samples)] if args.calib_samples else []
-            rc = _route(t, ["--model", model, "--methods", ",".join(methods), "--batches", ",".join(map(str, batches)),
-                            *source_flags(args), *timing_flags(args), *extra, "--runs-dir", str(out_dir)])
+            rc = _run(args, toolchains=(t,), methods=tuple(methods), batches=batches, calib_samples=args.calib_samples,
+                      runs_dir=out_dir)
             if rc == 2:
                 return 2
             if rc:
@@ -520,9 +535,22 @@ def plot_batch(model: str, root: Path, png: Path, csv: Path) -> int:
     return 0
 
 
+def _folders(args) -> None:
+    """--publish: the committed folders; else the user's (git-ignored) ones."""
+    if getattr(args, "publish", False):
+        if args.sweeps_dir is not None or args.out is not None:
+            raise SuiteError("--publish writes results/sweeps and results/; drop --sweeps-dir/--out")
+        args.sweeps_dir, args.out = RESULTS_DIR / "sweeps", RESULTS_DIR
+    else:
+        args.sweeps_dir = args.sweeps_dir or SWEEPS_DIR
+        args.out = args.out or LOCAL_DIR
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd in ("calib", "batch"):
+        _folders(args)
     if args.cmd == "calib":
         return run_calib(args)
     if args.cmd == "batch":

@@ -204,14 +204,12 @@ def write_index(cache_root: Path, key: str, entry: dict) -> Path:
 
 @dataclass(frozen=True)
 class Options:
-    devices: str = "auto"
     calibration_eps: str = "cpu"
     high_precision_dtype: str = "fp32"
     int4_method: str = "auto"  # awq_clip; rtn_dq with random weights (see make_artifact)
     mo_option: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        oc.devices_to_run(self.devices) if self.devices != "auto" else None
         parse_options(self.mo_option)  # bad option -> one-line error before any work
         if not self.eps:
             raise SuiteError("--calibration-eps must name at least one execution provider (e.g. cpu)")

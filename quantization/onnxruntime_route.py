@@ -34,13 +34,11 @@ ENTROPY_BINS = 2048
 
 @dataclass(frozen=True)
 class Options:
-    devices: str = "auto"
     lm_head: str = "fp32"
     entropy_bins: int = ENTROPY_BINS
     preprocess: bool = True
 
     def __post_init__(self) -> None:
-        oc.devices_to_run(self.devices) if self.devices != "auto" else None
         if self.entropy_bins < 0:
             raise SuiteError(f"--entropy-bins must be >= 0 (got {self.entropy_bins})")
 

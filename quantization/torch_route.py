@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from quantization.kit import Built, Calibration, ModelContext, Route, SkipVariant, main_for, unavailable_import
+from utils.registry import TOOLCHAINS
 from utils.torchvision_compat import import_torchvision
 
 log = logging.getLogger("quantization.torch_route")
@@ -445,20 +446,11 @@ BUILDERS: dict[tuple[str, str], Callable[[ModelContext, str], Built]] = {
     ("language-model", "dynamic"): _build_torchao_lm("dynamic"),
 }
 
-# methods that only exist on the x86 CPU backend, with the reason their cuda rows are skipped
-CPU_ONLY = {
-    "fx": "fx runs the x86 CPU backend (FX INT8 with fbgemm/oneDNN quantized kernels); it has no CUDA path",
-    "pt2e": "pt2e uses X86InductorQuantizer, which targets the x86 CPU backend (oneDNN INT8 through inductor's "
-            "CPU code generation); it has no CUDA path",
-}
-DEVICES = ("cpu", "cuda")
-
-
 def device_plan(method: str, device: str, caps: dict) -> str | None:
     """Why `method` cannot run on `device` here (a skipped row), or None. `caps`: what this machine offers,
     {"cpu_fp16", "cpu_bf16", "cuda_bf16"} -> bool (from `capabilities()`)."""
-    if device == "cuda" and method in CPU_ONLY:
-        return CPU_ONLY[method]
+    if method in TOOLCHAINS[TOOLCHAIN].unsupported.get(device, {}):  # declared (the plan skips it without a build)
+        return TOOLCHAINS[TOOLCHAIN].unsupported[device][method]
     _, prec = split_method(method)
     if device == "cpu" and prec in HALF and not caps.get(f"cpu_{prec}"):
         return (f"{prec} on the CPU: oneDNN reports no native {prec.upper()} support on this CPU "
@@ -510,45 +502,12 @@ def cuda_unavailable() -> str | None:
     return f"CUDA is not available: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU or driver"
 
 
-def devices_to_run(requested: str) -> list[str]:
-    """'auto' -> every device the toolchain declares (cpu, cuda): where CUDA is missing the cuda rows are written
-    as skipped with the reason, so the table says why there is no GPU number; or an explicit comma list."""
-    from utils.errors import SuiteError
-
-    if requested == "auto":
-        return list(DEVICES)
-    devs = list(dict.fromkeys(d.strip() for d in requested.split(",") if d.strip()))
-    bad = [d for d in devs if d not in DEVICES]
-    if bad or not devs:
-        raise SuiteError(f"unknown device {', '.join(bad) or repr(requested)}; valid: auto, {', '.join(DEVICES)}")
-    return devs
-
-
-@dataclass(frozen=True)
-class Options:
-    devices: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.devices != "auto":
-            devices_to_run(self.devices)  # validates (one-line error, exit 2)
-
-
 class TorchRoute(Route):
     toolchain = TOOLCHAIN
     description = __doc__.split("\n\n")[0]
-    Options = Options
-
-    def add_options(self, ap) -> None:
-        g = ap.add_argument_group("torch")
-        g.add_argument("--devices", default="auto",
-                       help="comma list of cpu,cuda; auto: both (the cuda rows are skipped with the reason where "
-                            "CUDA is not available)")
 
     def unavailable(self, opts) -> str | None:
         return unavailable_import("torch", "torchao")
-
-    def devices(self, opts) -> list[str]:
-        return devices_to_run(opts.devices if opts is not None else "auto")
 
     def device_unavailable(self, device: str, opts) -> str | None:
         return cuda_unavailable() if device == "cuda" else None

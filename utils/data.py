@@ -18,11 +18,11 @@ import numpy as np
 from utils.errors import SuiteError
 
 DIGITS_SEED = 0
-DIGITS_TEST_FRACTION = 0.2
+from utils.inputs import DIGITS_TEST_FRACTION  # noqa: E402 (the stdlib checks size the split with it)
 DIGITS_RESOLUTION = 16  # 8x8 digits upscaled 2x; the network is fully convolutional
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".JPEG")
+from utils.inputs import IMAGENETTE_TO_IMAGENET, IMG_EXTENSIONS  # noqa: E402,F401 (one list, stdlib module)
 
 
 @dataclass(frozen=True)
@@ -126,12 +126,6 @@ def calibration_subset(train: Split, n: int) -> Split:
 # ---------------------------------------------------------------- ImageNet-layout folders
 
 # torchvision/ImageNet class index of each Imagenette class (its folder names are WordNet ids)
-IMAGENETTE_TO_IMAGENET = {
-    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
-    "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888605": 701,
-}
-
-
 def list_image_folder(root: Path | str) -> tuple[list[Path], np.ndarray, list[str]]:
     """ImageFolder layout (root/<class>/<image>): files, ImageNet label per file, class names."""
     root = Path(root)
@@ -194,7 +188,7 @@ def image_folder_splits(root: Path | str, *, n_eval: int | None = None, n_calib:
         tf, tl, _ = list_image_folder(root / "train")
         vf, vl, _ = list_image_folder(root / "val")
         cal_idx = np.sort(np.random.default_rng(seed).permutation(len(tf))[:_check_n(n_calib, len(tf), "calibration")])
-        ev_idx = np.sort(np.random.default_rng(seed + 1).permutation(len(vf))[:_check_n(n_eval or len(vf), len(vf), "evaluation")])
+        ev_idx = np.sort(np.random.default_rng(seed + 1).permutation(len(vf))[:_cap(n_eval, len(vf), root / "val")])
         cal = Split("calibration", load_imagenet_images([tf[i] for i in cal_idx]), tl[cal_idx], cal_idx)
         ev = Split("test", load_imagenet_images([vf[i] for i in ev_idx]), vl[ev_idx], ev_idx + len(tf))
         return cal, ev
@@ -203,7 +197,7 @@ def image_folder_splits(root: Path | str, *, n_eval: int | None = None, n_calib:
     perm = np.random.default_rng(seed).permutation(len(files))
     cal_idx = np.sort(perm[:n_calib])
     rest = perm[n_calib:]
-    ev_idx = np.sort(rest[:_check_n(n_eval or len(rest), len(rest), "evaluation")])
+    ev_idx = np.sort(rest[:_cap(n_eval, len(rest), root)])
     cal = Split("calibration", load_imagenet_images([files[i] for i in cal_idx]), labels[cal_idx], cal_idx)
     ev = Split("test", load_imagenet_images([files[i] for i in ev_idx]), labels[ev_idx], ev_idx)
     return cal, ev
@@ -215,6 +209,16 @@ def _check_n(n: int, available: int, what: str) -> int:
     if n > available:
         raise SuiteError(f"{what} size {n} is larger than the {available} images available for it")
     return n
+
+
+def _cap(n_eval: int | None, available: int, where) -> int:
+    """--eval-limit is a cap: above what the data holds, every sample is scored (and that is said once)."""
+    if n_eval is not None and n_eval > available:
+        import logging
+
+        logging.getLogger("utils.data").info("--eval-limit %d is more than the %d images to evaluate in %s: scoring "
+                                             "all %d", n_eval, available, where, available)
+    return _check_n(min(n_eval or available, available), available, "evaluation")
 
 
 def latency_input(batch: int, resolution: int = 224, seed: int = 0) -> np.ndarray:

@@ -10,14 +10,14 @@ import time
 from functools import lru_cache
 from importlib import metadata
 
-from utils.paths import REPO_ROOT, RESULTS_DIR
+from utils.paths import LOCAL_DIR, REPO_ROOT
 from utils.registry import recorded_packages
 
-DEVICE_FILE = RESULTS_DIR / "device.json"  # default; a bench run points SUITE_DEVICE_FILE at its own report folder
+DEVICE_FILE = LOCAL_DIR / "device.json"  # default; a bench run points SUITE_DEVICE_FILE at its own report folder
 
 
 def device_file():
-    """Where this run's device ceilings live: SUITE_DEVICE_FILE (set by the bench for its run), else results/."""
+    """Where this run's device ceilings live: SUITE_DEVICE_FILE (set by the bench for its run), else results/local/."""
     from pathlib import Path
 
     return Path(os.environ["SUITE_DEVICE_FILE"]) if os.environ.get("SUITE_DEVICE_FILE") else DEVICE_FILE
@@ -50,8 +50,11 @@ def git_commit() -> str:
         return os.environ["SUITE_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        # what a publish itself rewrites (results/, the README's and docs' generated blocks) is not code: a run
+        # measured on committed code stays "clean" while it writes its own results
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results",
+                                ":!README.md", ":!docs"], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

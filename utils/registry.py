@@ -113,6 +113,12 @@ class Toolchain:
     # --weights random (no accuracy to tell them apart; latency, size and memory identical) only the latter runs,
     # unless --methods names the twin
     latency_twins: dict[str, str] = field(default_factory=dict)
+    # model -> methods whose built variant generates with a KV cache (Built.generate): their items get a decode row
+    generates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # devices whose rows are accuracy only (not a deployment runtime there): one row at batch 1, never timed
+    accuracy_only: tuple[str, ...] = ()
+    # device -> {method: why it has no path there}: planned (the table says why) but written skipped without a build
+    unsupported: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -174,6 +180,12 @@ _DECLS = (
         # the half-precision casts on the CPU run only when named in --methods: slow (compiled or emulated there) and
         # rarely what a CPU deployment runs; on cuda they run by default
         opt_in={"cpu": tuple(m for m, _ in _TORCH_HALF)},
+        unsupported={"cuda": {
+            "fx": "fx runs the x86 CPU backend (FX INT8 with fbgemm/oneDNN quantized kernels); it has no CUDA path",
+            "pt2e": "pt2e uses X86InductorQuantizer, which targets the x86 CPU backend (oneDNN INT8 through inductor's "
+                    "CPU code generation); it has no CUDA path"}},
+        # Hugging Face's cached decoding: eager (any dtype) and the torchao variants; inductor compiles static shapes
+        generates={"gpt2": ("eager", "weight-only", "dynamic", "eager-fp16", "eager-bf16")},
     ),
     Toolchain(
         name="onnxruntime",
@@ -188,6 +200,7 @@ _DECLS = (
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
         latency_twins={"entropy": "minmax", "percentile": "minmax"},
+        generates={"gpt2": ("fp32", "minmax", "entropy", "percentile")},  # the exported KV-cache decoder graph
         marker="s",
         measures_ceilings=True,
     ),
@@ -234,6 +247,7 @@ _DECLS = (
         needs=("torch",),
         baseline=("modelopt-tripy", "fp32"),
         requires="nvtripy (NVIDIA's package index) and a CUDA GPU for the Tripy rows",
+        accuracy_only=("cpu",),  # ModelOpt fake quant and the NumPy/torch reference runtime: no CPU latency
         marker="^",
     ),
     Toolchain(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,9 @@ class ResultRow:
     # KV-cache generation rows (latency_kind "decode"): latency_* is the time per generated token after the first
     ttft_ms: float | None = None  # median time to first token (the prompt's prefill and its first token)
     token_match: float | None = None  # % of greedy tokens equal to the in-process FP32 baseline's, same prompts
+    # an ok row written as soon as its variant is scored, before its batch is timed: "timing" (the latency columns
+    # come later under the same key; until then the table says "not timed"); "" for a finished row
+    pending: str = ""
     status: str = "ok"
     reason: str = ""
     notes: str = ""
@@ -85,10 +90,18 @@ class ResultRow:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.status != "ok" and not self.reason:
             raise ValueError("a skipped or failed row needs a reason")
-        if self.status == "ok" and self.value is None and self.latency_p50_ms is None:
-            raise ValueError("an ok row needs an accuracy value or a latency")
+        if self.status == "ok" and self.value is None and self.latency_p50_ms is None and not self.pending \
+                and self.agreement is None:
+            raise ValueError("an ok row needs an accuracy value, a fidelity value or a latency (or is pending)")
+        if self.pending and self.status != "ok":
+            raise ValueError("only an ok row can be pending")
         if int(self.batch) < 1:
             raise ValueError("batch must be >= 1")
+
+    @property
+    def complete(self) -> bool:
+        """An ok row with nothing pending: what a later failed, skipped or pending row never replaces."""
+        return self.status == "ok" and not self.pending
 
     @property
     def key(self) -> str:
@@ -117,16 +130,17 @@ ATTEMPTS = "attempts"  # <runs_dir>/attempts/<key>.json: a failed/skipped attemp
 def write_row(row: ResultRow, runs_dir: Path | str = RUNS_DIR) -> Path:
     """Write one row as `<runs_dir>/<key>.json`, atomically.
 
-    An ok row replaces whatever was there. A skipped or failed row never replaces an earlier ok row of the
-    same key: it is kept beside it as `attempts/<key>.json` (the table notes the latest failed attempt) and
-    the ok row stays until a new ok row replaces it.
+    A complete ok row replaces whatever was there. A row that is not complete (skipped, failed, or ok but pending
+    its timing) never replaces a complete ok row of the same key, nor does a skipped or failed row replace a pending
+    one: it is kept beside it as `attempts/<key>.json` (the table notes the latest attempt) and the earlier row stays
+    until a complete ok row replaces it.
     """
     runs_dir = Path(runs_dir)
     path = runs_dir / f"{row.key}.json"
     attempt = runs_dir / ATTEMPTS / f"{row.key}.json"
-    if row.status != "ok":
-        prev = _read_one(path)
-        if prev is not None and prev.status == "ok":
+    if not row.complete:
+        prev = read_row(path)
+        if prev is not None and (prev.complete or (prev.status == "ok" and row.status != "ok")):
             return atomic_write_json(attempt, row.to_dict())
     out = atomic_write_json(path, row.to_dict())
     if row.status == "ok" and attempt.exists():
@@ -134,7 +148,8 @@ def write_row(row: ResultRow, runs_dir: Path | str = RUNS_DIR) -> Path:
     return out
 
 
-def _read_one(path: Path) -> "ResultRow | None":
+def read_row(path: Path | str) -> "ResultRow | None":
+    """One row file, or None when it is missing or unreadable."""
     try:
         with open(path, encoding="utf-8") as fh:
             return ResultRow.from_dict(json.load(fh))
@@ -142,19 +157,52 @@ def _read_one(path: Path) -> "ResultRow | None":
         return None
 
 
-def read_rows(runs_dir: Path | str = RUNS_DIR) -> list[ResultRow]:
+DAMAGED = "damaged"  # <runs_dir>/damaged/: row files that could not be read, moved aside (never deleted)
+log = logging.getLogger("utils.rows")
+
+
+def read_rows(runs_dir: Path | str = RUNS_DIR, damaged: list | None = None) -> list[ResultRow]:
+    """Every row of a runs folder. A file that cannot be read as a row (truncated by a full disk, a copy cut short)
+    is moved aside to `damaged/` and named in one warning; `damaged` (when given) collects (file, why)."""
     rows = []
     for path in sorted(Path(runs_dir).glob("*.json")):
-        with open(path, encoding="utf-8") as fh:
-            rows.append(ResultRow.from_dict(json.load(fh)))
+        try:
+            with open(path, encoding="utf-8") as fh:
+                rows.append(ResultRow.from_dict(json.load(fh)))
+        except (ValueError, TypeError, KeyError) as exc:
+            why = f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:160]}"
+            dest = quarantine(path)
+            log.warning("damaged row file %s (%s): moved to %s, left out of the table", path, why, dest)
+            if damaged is not None:
+                damaged.append((str(path), why))
+        except OSError as exc:
+            log.warning("cannot read row file %s: %s", path, exc)
+            if damaged is not None:
+                damaged.append((str(path), f"{exc.__class__.__name__}: {exc}"))
     return rows
+
+
+def quarantine(path: Path) -> Path:
+    """Move a damaged file to `<its folder>/damaged/` (a numbered name when one is there already)."""
+    dest_dir = path.parent / DAMAGED
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / path.name
+    n = 1
+    while dest.exists():
+        dest = dest_dir / f"{path.stem}.{n}{path.suffix}"
+        n += 1
+    try:
+        os.replace(path, dest)
+    except OSError:
+        return path
+    return dest
 
 
 def read_attempts(runs_dir: Path | str = RUNS_DIR) -> dict[str, ResultRow]:
     """key -> the latest failed/skipped attempt kept beside an ok row."""
     out = {}
     for path in sorted((Path(runs_dir) / ATTEMPTS).glob("*.json")):
-        r = _read_one(path)
+        r = read_row(path)
         if r is not None:
             out[r.key] = r
     return out

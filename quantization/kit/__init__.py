@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from quantization.kit.config import RouteConfig, RowWriter, route_parser
+from quantization.kit.config import RouteConfig, RowWriter, check_plan_alone, plan_from_args, route_parser, run_id
 from quantization.kit.tasks import Task, data_hashes, file_size_mb, load_data, task_for  # noqa: F401 (public API)
 from utils.errors import (FAILED_REASON_CHARS, RouteUnavailable, SuiteError, cli_main,  # noqa: F401
                           failure_reason, setup_logging)
+from utils.plan import Item, Plan, write_item_record
 from utils.registry import TOOLCHAINS, resolve
 from utils.specs import RANDOM_REASON, ModelSource
 
@@ -128,17 +129,9 @@ class Route:
         """Why nothing of this route can run here (a library that cannot be imported, no device), or None."""
         return None
 
-    def devices(self, opts) -> list[str]:
-        """Devices to produce rows for."""
-        return [TOOLCHAINS[self.toolchain].default_device()]
-
     def device_unavailable(self, device: str, opts) -> str | None:
         """Why rows on `device` cannot run here (they become skipped), or None."""
         return None
-
-    def status_batches(self, device: str, batches: tuple[int, ...]) -> tuple[int, ...]:
-        """Batches of the skipped/failed rows on `device` (the batches its ok rows would have)."""
-        return batches
 
     def environment(self, device: str, opts) -> dict:
         """Extra fields of the rows' environment record on `device` (e.g. gpu name, runtime version)."""
@@ -195,23 +188,25 @@ def build_variant(toolchain: str, model: str, method: str, *, device: str | None
     import dataclasses
 
     route = route_for(toolchain)
-    args = parser_for(route).parse_args(["--model", model, "--methods", method, *(argv or [])])
-    cfg = dataclasses.replace(RouteConfig.from_args(toolchain, args), **config)
+    args = parser_for(route).parse_args(["--models", model, "--methods", method, *(argv or [])])
+    plan = plan_from_args(toolchain, args)
+    items = [it for it in plan.items if device is None or it.device == device]
+    if not items:
+        raise SuiteError(f"{toolchain} has no {method} variant of {model} on {device}")
+    cfg = dataclasses.replace(RouteConfig.from_plan(toolchain, plan), **config)
     opts = route.options(args)
     why = route.unavailable(opts)
     if why:
         raise RouteUnavailable(why)
     ctx = open_model(route, cfg, model, opts)
-    precision = TOOLCHAINS[toolchain].precision(model, method)
-    return ctx, route.build(ctx, method, precision, device or route.devices(opts)[0])
-
+    return ctx, route.build(ctx, method, items[0].precision, items[0].device)
 
 def score_built(ctx: ModelContext, built: Built, progress: bool = False):
     """The variant's accuracy on the shared evaluation samples, through the model's task (as the bench scores it)."""
     return ctx.task.score(built.predict, ctx.data, batch=built.score_batch, pad=built.score_pad, progress=progress)
 
 
-# ------------------------------------------------------------------------------ the one loop
+# ------------------------------------------------------------------------------ scoring and timing
 
 OUTPUTS = "outputs"  # <runs_dir>/outputs/<key>.npz: each variant's outputs on the evaluation samples
 
@@ -266,13 +261,23 @@ def _reset_peak() -> bool:
 
 
 @dataclass
+@dataclass
 class _Variant:
-    method: str
-    precision: str
+    item: Item
     built: Built
     fields: dict  # row fields from scoring, fidelity, memory
     extra: dict
+    seconds: dict  # for the item's record: open, build, score, timing per batch, decode
+    rows: dict = field(default_factory=dict)  # row key -> the latest row written for it
+    untimed: list = field(default_factory=list)  # batches left untimed (the plan's deadline)
 
+    @property
+    def method(self) -> str:
+        return self.item.method
+
+    @property
+    def precision(self) -> str:
+        return self.item.precision
 
 def _is_fp32(tc, method: str) -> bool:
     return any(m == method and p == "fp32" for vs in tc.variants.values() for m, p in vs)
@@ -364,62 +369,271 @@ def _time_group(ctx: ModelContext, variants: list, bases: dict, pair_of: dict, b
     return out
 
 
-def run_model(route: Route, cfg: RouteConfig, opts, model: str) -> list:
-    """Every selected variant of one model on every device: built and scored (outputs kept, fidelity against the
-    baseline's outputs), then timed in interleaved trials with the in-process FP32 baseline, one row per batch.
-    Failures are isolated per variant, in one format."""
+
+# ------------------------------------------------------------------------------ the one loop, over a plan's items
+
+class ItemRecords:
+    """Writes each item's record when it ends (<runs_dir>/items/<item id>.json): status, its rows, seconds spent,
+    the configuration hash and code commit. The launcher marks the planned items without a record of this run as
+    unfinished, --resume skips the finished ones, the next plan estimates from the seconds."""
+
+    def __init__(self, plan: Plan, runs_dir: Path):
+        from utils.envinfo import git_commit
+
+        self.plan, self.runs_dir, self.commit = plan, runs_dir, git_commit()
+        self.written: dict[str, str] = {}  # item id -> status
+
+    def write(self, item: Item, status: str, reason: str = "", rows=(), seconds: dict | None = None) -> None:
+        write_item_record(self.runs_dir, {
+            "item": item.to_dict(), "status": status, "reason": reason,
+            "rows": list(dict.fromkeys(r.key if hasattr(r, "key") else str(r) for r in rows)),
+            "run_id": run_id(), "git_commit": self.commit, "config_key": self.plan.config_key(item),
+            "seconds": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in (seconds or {}).items()}})
+        self.written[item.ident] = status
+
+
+def _fits(plan: Plan, seconds: float | None) -> bool:
+    """Whether work estimated at `seconds` ends before the plan's deadline (always, without one)."""
+    return plan.deadline is None or time.time() + float(seconds or 0.0) <= plan.deadline
+
+
+def _budget_reason(plan: Plan, seconds: float | None, what: str) -> str:
+    left = max(0.0, (plan.deadline or 0.0) - time.time())
+    return f"budget: {what} needs ~{float(seconds or 0):.0f} s, {left:.0f} s of the run's budget left"
+
+
+def run_model(route: Route, cfg: RouteConfig, opts, model: str, items: list[Item], plan: Plan,
+              records: ItemRecords) -> list:
+    """The plan's items of one model: each built and scored, its rows written at once (latency pending), then timed
+    in interleaved trials with the in-process FP32 baseline, batch by batch, each row rewritten with its latency as
+    soon as its batch is timed. Failures are isolated per item, in one format; each item ends with its record."""
     from tqdm import tqdm
 
-    devices = route.devices(opts)
+    t_open = time.time()
     ctx = open_model(route, cfg, model, opts)  # SuiteError (bad input, stale artifact): one line, exit 2
+    open_s = time.time() - t_open
+    devices = list(dict.fromkeys(it.device for it in items))
     writers = {d: RowWriter(cfg, model, ctx.manifest, device=d, hashes=ctx.hashes, **route.environment(d, opts))
                for d in devices}
     rows, live = [], []
-    sb = {d: route.status_batches(d, cfg.batches[model]) for d in devices}
     for d in devices:
         why = route.device_unavailable(d, opts)
         if why:
-            rows += writers[d].status("skipped", why, cfg.variants(model, d), sb[d])
+            for it in (i for i in items if i.device == d):
+                written = writers[d].status_item("skipped", why, it)
+                records.write(it, "skipped", why, written, {"open": open_s, "total": 0.0})
+                rows += written
         else:
             live.append(d)
     rss_open, _ = _rss_mb()
     for d in live:
         done: list[_Variant] = []
+        w = writers[d]
         try:
-            for method, precision in tqdm(cfg.variants(model, d), desc=f"{cfg.toolchain}/{model}/{d}", unit="variant"):
-                rss_before, _ = _rss_mb()
-                measured = _reset_peak()
-                built = None
-                try:
-                    built = route.build(ctx, method, precision, d)
-                    if ctx.source.weights == "random":
-                        built.notes.insert(0, RANDOM_REASON)
-                    fields, extra = _score_variant(ctx, built, method, d)
-                    _, hwm = _rss_mb()
-                    if measured and hwm and rss_before is not None and rss_open is not None:
-                        # the high-water of building and scoring this variant, less what the variants built
-                        # before it still hold in this process (they stay alive to be timed together)
-                        fields["peak_mem_mb"] = round(hwm - max(0.0, rss_before - rss_open), 1)
-                        extra["rss_high_water_mb"] = round(hwm, 1)
-                    if built.gpu_peak_mb is not None:  # device memory high-water of building and scoring it
-                        gpu = built.gpu_peak_mb()
-                        fields["gpu_peak_mem_mb"] = round(gpu, 1) if gpu is not None else None
-                    done.append(_Variant(method, precision, built, fields, {**extra, **built.extra}))
-                except SkipVariant as exc:
-                    _close(built)
-                    rows += writers[d].status("skipped", str(exc), [(method, precision)], sb[d])
-                except (KeyboardInterrupt, MemoryError):
-                    _close(built)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
-                    _close(built)
-                    log.warning("%s %s on %s failed: %s", model, method, d, failure_reason(exc), exc_info=cfg_verbose())
-                    rows += writers[d].status("failed", failure_reason(exc), [(method, precision)], sb[d])
-            rows += _time_and_write(route, ctx, writers[d], d, done)
+            for it in tqdm([i for i in items if i.device == d], desc=f"{cfg.toolchain}/{model}/{d}", unit="variant"):
+                if it.skip:  # the declaration says it has no path on this device: no build
+                    written = w.status_item("skipped", it.skip, it)
+                    records.write(it, "skipped", it.skip, written, {"open": open_s, "total": 0.0})
+                    rows += written
+                    continue
+                need = (it.est_build_s or 0.0) + (it.est_time_s or 0.0)
+                if not _fits(plan, need):
+                    why = _budget_reason(plan, need, "this item")
+                    log.info("%s: left out (%s)", it.ident, why)
+                    records.write(it, "left-out", why, (), {"open": open_s})
+                    continue
+                v = _build_and_score(route, ctx, w, it, d, rss_open, open_s, records)
+                if v is not None:
+                    done.append(v)
+                    rows += list(v.rows.values())
+            rows += _time_and_write(route, ctx, w, d, done, plan, records)
         finally:
             for v in done:
                 _close(v.built)
     return rows
+
+
+def _build_and_score(route: Route, ctx: ModelContext, w: RowWriter, it: Item, d: str, rss_open, open_s: float,
+                     records: ItemRecords) -> "_Variant | None":
+    """Build and score one item and write its rows at once: pending their timing (or final: accuracy only). A skip
+    or failure writes that item's rows and record and returns None."""
+    rss_before, _ = _rss_mb()
+    measured = _reset_peak()
+    built = None
+    t0 = time.time()
+    reused = _reused_scores(ctx, it, records.plan) if it.reuse_scores else None
+    try:
+        built = route.build(ctx, it.method, it.precision, d)
+        build_s = time.time() - t0
+        if ctx.source.weights == "random":
+            built.notes.insert(0, RANDOM_REASON)
+        built.notes.extend(n for n in it.notes if n not in built.notes)
+        t1 = time.time()
+        fields, extra = reused if reused is not None else _score_variant(ctx, built, it.method, d)
+        extra["plan_item"] = {"ident": it.ident, "config_key": records.plan.config_key(it),
+                              "score_key": records.plan.score_key(it)}
+        score_s = time.time() - t1
+        _, hwm = _rss_mb()
+        if reused is not None:
+            pass  # the earlier run's memory high-water (it built and scored) stays
+        elif measured and hwm and rss_before is not None and rss_open is not None:
+            # the high-water of building and scoring this variant, less what the variants built before it still
+            # hold in this process (they stay alive to be timed together)
+            fields["peak_mem_mb"] = round(hwm - max(0.0, rss_before - rss_open), 1)
+            extra["rss_high_water_mb"] = round(hwm, 1)
+        if built.gpu_peak_mb is not None:  # device memory high-water of building and scoring it
+            gpu = built.gpu_peak_mb()
+            fields["gpu_peak_mem_mb"] = round(gpu, 1) if gpu is not None else None
+    except SkipVariant as exc:
+        _close(built)
+        records.write(it, "skipped", str(exc), w.status_item("skipped", str(exc), it),
+                      {"open": open_s, "total": time.time() - t0})
+        return None
+    except (KeyboardInterrupt, MemoryError):
+        _close(built)
+        raise
+    except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
+        _close(built)
+        log.warning("%s %s on %s failed: %s", ctx.model, it.method, d, failure_reason(exc), exc_info=cfg_verbose())
+        records.write(it, "failed", failure_reason(exc), w.status_item("failed", failure_reason(exc), it),
+                      {"open": open_s, "total": time.time() - t0})
+        return None
+    v = _Variant(it, built, fields, {**extra, **built.extra},
+                 {"open": open_s, "build": build_s, "score": score_s, "timing": {}})
+    if not _timed_batches(v):  # accuracy only: its rows are final now (written with the others in _time_and_write)
+        return v
+    for b in _timed_batches(v):  # scored: written now, its latency columns when its batch is timed
+        r = w.write(w.row(it.method, it.precision, b, **_common(v), pending="timing",
+                          extra={**v.extra, "pending": "scored; latency not timed yet"}))
+        v.rows[r.key] = r
+    return v
+
+
+SCORE_FIELDS = ("value", "top5", "agreement", "flips_lost", "flips_gained", "sqnr_db", "kl", "fidelity_vs", "xrt_vs",
+                "xrt_agreement", "xrt_sqnr_db", "peak_mem_mb", "gpu_peak_mem_mb")
+
+
+def _reused_scores(ctx: ModelContext, it: Item, plan: Plan) -> tuple[dict, dict] | None:
+    """--resume of an item scored by an earlier run of the same configuration and commit that stopped before timing
+    it: its scoring and fidelity fields from that run's row (scoring is deterministic), or None to score again."""
+    from utils.rows import read_row
+
+    r = read_row(Path(ctx.cfg.runs_dir) / f"{it.row_key(it.batches[0])}.json")
+    if r is None or r.status != "ok" or (r.extra.get("plan_item") or {}).get("score_key") != plan.score_key(it):
+        return None
+    drop = ("latency", "latency_shape", "harness_overhead_ms", "pending", "plan_item")
+    extra = {k: v for k, v in r.extra.items() if k not in drop}
+    extra["scores_from_run"] = (r.environment or {}).get("run_id")
+    log.info("%s: scores reused from run %s (stopped before timing it); building and timing only", it.ident,
+             extra["scores_from_run"])
+    return {k: getattr(r, k) for k in SCORE_FIELDS}, extra
+
+
+def _timed_batches(v: _Variant) -> list[int]:
+    """The item's batches this built variant is timed at (none: an accuracy-only runtime)."""
+    if v.built.batches is not None and not v.built.batches:
+        return []
+    return [b for b in v.item.batches if v.built.batches is None or b in v.built.batches]
+
+
+def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: str, done: list, plan: Plan,
+                    records: ItemRecords) -> list:
+    """Time every scored item, batch by batch, in interleaved trials with the baseline; rewrite each row with its
+    latency as soon as its batch is timed; then the generation rows; then each item's record."""
+    tc = TOOLCHAINS[ctx.cfg.toolchain]
+    rows = []
+    timed = [v for v in done if _timed_batches(v)]
+    for v in done:
+        if v in timed:
+            continue
+        # accuracy only (e.g. a fake-quant emulation that is not a deployment runtime)
+        if v.fields.get("value") is None:  # random weights: nothing this variant measures is meaningful
+            why = (f"{RANDOM_REASON}, and this variant is not timed here "
+                   f"({'; '.join(v.built.notes[1:2]) or 'accuracy-only runtime'})")
+            out = writer.status("skipped", why, [v.item.variant], [1])
+            records.write(v.item, "skipped", why, out, v.seconds)
+        else:
+            out = [writer.write(writer.row(v.method, v.precision, 1, **_common(v), extra=v.extra))]
+            records.write(v.item, "ok", "", out, v.seconds)
+        rows += out
+    if not timed:
+        return rows
+    bases, pair_of, only_for_timing = _timing_baselines(route, ctx, device, timed)
+    failed: dict[str, str] = {}
+    try:
+        for b in sorted({b for v in timed for b in _timed_batches(v)}):
+            group = [v for v in timed if v.method not in failed and b in _timed_batches(v)]
+            if not group:
+                continue
+            need = sum((v.item.est_time_s or 0.0) / (len(v.item.batches) + v.item.decode) for v in group)
+            if not _fits(plan, need):
+                log.info("%s at batch %d not timed (%s)", ctx.model, b, _budget_reason(plan, need, "timing"))
+                for v in group:
+                    v.untimed.append(b)
+                continue
+            t0 = time.time()
+            try:
+                res = _time_group(ctx, group, bases, pair_of, b)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - find the variant whose timing fails and fail it alone
+                res = None
+                log.warning("timing %s at batch %d failed (%s); timing each variant alone", ctx.model, b,
+                            failure_reason(exc))
+            for v in group:
+                one = res
+                if one is None:
+                    try:
+                        one = _time_group(ctx, [v], {k: x for k, x in bases.items() if k == pair_of.get(v.method)},
+                                          pair_of, b)
+                    except (KeyboardInterrupt, MemoryError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        failed[v.method] = failure_reason(exc)
+                        for r in writer.status("failed", failed[v.method], [v.item.variant], _timed_batches(v)):
+                            rows.append(r)
+                            v.rows[r.key] = r
+                        continue
+                r = writer.write(writer.row(v.method, v.precision, b, **_latency_fields(v, one, tc, ctx.cfg)))
+                rows.append(r)
+                v.rows[r.key] = r
+            for v in group:
+                v.seconds["timing"][str(b)] = (time.time() - t0) / len(group)
+        gen = [v for v in timed if v.item.decode and v.method not in failed]
+        if gen:
+            need = sum((v.item.est_time_s or 0.0) / (len(v.item.batches) + 1) for v in gen)
+            if not _fits(plan, need):
+                log.info("%s: no decode rows (%s)", ctx.model, _budget_reason(plan, need, "generation"))
+                for v in gen:
+                    v.untimed.append("decode")
+            else:
+                rows += _time_generation(route, ctx, writer, device, gen, bases, pair_of)
+    finally:
+        for name in only_for_timing:
+            _close(bases.get(name))
+    for v in timed:
+        if v.method in failed:
+            records.write(v.item, "failed", f"timing: {failed[v.method]}", v.rows.values(), v.seconds)
+        elif v.untimed:
+            records.write(v.item, "partial", _budget_reason(plan, v.item.est_time_s, "timing") + " (not timed at "
+                          + ", ".join(str(x) for x in v.untimed) + ")", v.rows.values(), v.seconds)
+        else:
+            records.write(v.item, "ok", "", v.rows.values(), v.seconds)
+    return rows
+
+
+def _latency_fields(v: _Variant, one: dict, tc, cfg: RouteConfig) -> dict:
+    """A timed row's fields: the variant's scoring fields, its latency and its paired speedup."""
+    lat = one["latency"][v.method]
+    spd = one["speedup"].get(v.method)
+    fields = dict(_common(v), **lat.row_fields(), throughput_unit=one["unit"], latency_samples=len(lat.samples_ms))
+    if spd is not None:
+        own = spd[3] in tc.methods(v.item.model)
+        fields.update(speedup_paired=spd[0], speedup_ci_low=spd[1], speedup_ci_high=spd[2],
+                      speedup_vs=f"{cfg.toolchain}/{spd[3]}" + ("" if own else " (in-process FP32)"))
+    fields["extra"] = {**v.extra, "latency": lat.summary(), "latency_shape": one["shape"],
+                       "harness_overhead_ms": round(one["overhead_ms"], 6)}
+    return fields
 
 
 def _close(built: Built | None) -> None:
@@ -468,80 +682,6 @@ def _timing_baselines(route: Route, ctx: ModelContext, device: str, timed: list)
             pair_of[v.method] = fallback[0]
     return bases, pair_of, extra
 
-
-TWIN_NOTE = ("latency at batch {batch} only: its deployed graph and kernels are {twin}'s (only calibrated scales "
-             "differ), timed at every batch there; --methods {method} times it at every batch")
-
-
-def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: str, done: list) -> list:
-    """Time every scored variant, batch by batch, in interleaved trials with the baseline; write the rows."""
-    cfg, tc = ctx.cfg, TOOLCHAINS[ctx.cfg.toolchain]
-    rows = []
-    timed = [v for v in done if v.built.batches is None or v.built.batches]
-    for v in done:
-        if v not in timed:  # accuracy only (e.g. a fake-quant emulation that is not a deployment runtime)
-            if v.fields.get("value") is None:  # random weights: nothing this variant measures is meaningful
-                rows += writer.status("skipped", f"{RANDOM_REASON}, and this variant is not timed here "
-                                                 f"({'; '.join(v.built.notes[1:2]) or 'accuracy-only runtime'})",
-                                      [(v.method, v.precision)], [1])
-                continue
-            rows.append(writer.write(writer.row(v.method, v.precision, 1, **_common(v), extra=v.extra)))
-    if not timed:
-        return rows
-    bases, pair_of, only_for_timing = _timing_baselines(route, ctx, device, timed)
-    failed: set[str] = set()
-    # calibration twins (the declaration's `latency_twins`) are timed at the smallest batch only, unless --methods
-    # named the methods or their twin is not timed here: the budget goes to graphs that differ
-    live, smallest = {v.method for v in timed}, min(cfg.batches[ctx.model])
-    once = set() if cfg.methods_named else {m for m in live if tc.latency_twins.get(m) in live}
-    for v in timed:
-        if v.method in once:
-            v.built.notes.append(TWIN_NOTE.format(twin=tc.latency_twins[v.method], batch=smallest, method=v.method))
-    try:
-        for b in cfg.batches[ctx.model]:
-            group = [v for v in timed if v.method not in failed and (v.built.batches is None or b in v.built.batches)
-                     and (v.method not in once or b == smallest)]
-            if not group:
-                continue
-            try:
-                res = _time_group(ctx, group, bases, pair_of, b)
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - find the variant whose timing fails and fail it alone
-                res = None
-                log.warning("timing %s at batch %d failed (%s); timing each variant alone", ctx.model, b,
-                            failure_reason(exc))
-            for v in group:
-                one = res
-                if one is None:
-                    try:
-                        one = _time_group(ctx, [v], {k: x for k, x in bases.items() if k == pair_of.get(v.method)},
-                                          pair_of, b)
-                    except (KeyboardInterrupt, MemoryError):
-                        raise
-                    except Exception as exc:  # noqa: BLE001
-                        failed.add(v.method)
-                        rows += writer.status("failed", failure_reason(exc), [(v.method, v.precision)],
-                                              route.status_batches(device, cfg.batches[ctx.model]))
-                        continue
-                lat = one["latency"][v.method]
-                spd = one["speedup"].get(v.method)
-                fields = dict(_common(v), **lat.row_fields(), throughput_unit=one["unit"],
-                              latency_samples=len(lat.samples_ms))
-                if spd is not None:
-                    own = spd[3] in tc.methods(ctx.model)
-                    fields.update(speedup_paired=spd[0], speedup_ci_low=spd[1], speedup_ci_high=spd[2],
-                                  speedup_vs=f"{cfg.toolchain}/{spd[3]}" + ("" if own else " (in-process FP32)"))
-                extra = {**v.extra, "latency": lat.summary(), "latency_shape": one["shape"],
-                         "harness_overhead_ms": round(one["overhead_ms"], 6)}
-                rows.append(writer.write(writer.row(v.method, v.precision, b, **fields, extra=extra)))
-        gen = [v for v in timed if v.built.generate is not None and v.method not in failed]
-        if gen and hasattr(ctx.task, "generation_input"):
-            rows += _time_generation(route, ctx, writer, device, gen, bases, pair_of)
-    finally:
-        for name in only_for_timing:
-            _close(bases.get(name))
-    return rows
 
 
 # ------------------------------------------------------------------------------ generation (language models)
@@ -602,7 +742,15 @@ def _time_generation(route: Route, ctx: ModelContext, writer: RowWriter, device:
 
     cfg, tc = ctx.cfg, TOOLCHAINS[ctx.cfg.toolchain]
     rows = []
+    for v in gen:
+        if v.built.generate is None:  # declared to generate (registry `generates`), yet this model has no decoder
+            log.warning("%s/%s: no decode row (its build has no generate(): e.g. a model prepared without a KV-cache "
+                        "decoder)", cfg.toolchain, v.method)
+    gen = [v for v in gen if v.built.generate is not None]
+    if not gen or not hasattr(ctx.task, "generation_input"):
+        return rows
     for b in GEN_BATCHES:
+        t0 = time.time()
         prompt, new = ctx.task.generation_input(b, ctx.manifest, ctx.data)
         units: dict[str, _GenUnit] = {v.method: _GenUnit(v.built.generate, prompt, new) for v in gen}
         for name, built in bases.items():
@@ -615,8 +763,11 @@ def _time_generation(route: Route, ctx: ModelContext, writer: RowWriter, device:
             raise
         except Exception as exc:  # noqa: BLE001 - generation failing must not lose the full-sequence rows
             log.warning("generation timing of %s failed: %s", ctx.model, failure_reason(exc))
-            rows += [writer.write(writer.row(v.method, v.precision, b, status="failed", latency_kind="decode",
-                                             reason=f"generation: {failure_reason(exc)}")) for v in gen]
+            for v in gen:
+                r = writer.write(writer.row(v.method, v.precision, b, status="failed", latency_kind="decode",
+                                            reason=f"generation: {failure_reason(exc)}"))
+                rows.append(r)
+                v.rows[r.key] = r
             continue
         for v in gen:
             u, lat = units[v.method], trials.latency[v.method]
@@ -645,11 +796,12 @@ def _time_generation(route: Route, ctx: ModelContext, writer: RowWriter, device:
                               speedup_vs=f"{cfg.toolchain}/{v.method}")
             extra = {**v.extra, "latency": lat.summary(), "generation": gen_extra,
                      "harness_overhead_ms": round(trials.overhead_ms, 6)}
-            rows.append(writer.write(writer.row(v.method, v.precision, b, **fields, extra=extra)))
+            r = writer.write(writer.row(v.method, v.precision, b, **fields, extra=extra))
+            rows.append(r)
+            v.rows[r.key] = r
+            v.seconds["decode"] = (time.time() - t0) / len(gen)
     return rows
 
-
-# ------------------------------------------------------------------------------ calibration feed
 
 CALIB_BATCH = {"image-classification": 16, "language-model": 8}  # calibration feed batch size per task
 
@@ -666,23 +818,45 @@ def cfg_verbose() -> bool:
 
 
 def run(route: Route, argv: list[str] | None = None) -> int:
-    """Parse flags, then every model through `run_model`; a route that cannot run here writes skipped rows."""
-    args = parser_for(route).parse_args(argv)
+    """A route process: `--plan FILE` (what the bench passes) runs exactly this toolchain's items of that plan; the
+    flags of a route started on its own become a plan through the same builder. A route that cannot run here
+    writes skipped rows for every item."""
+    import os
+
+    ap = parser_for(route)
+    args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    cfg = RouteConfig.from_args(route.toolchain, args)
-    opts = route.options(args)
+    if args.plan is not None:
+        check_plan_alone(ap, args)
+        plan = Plan.load(args.plan)
+        own = plan.route_args.get(route.toolchain)
+        opts = route.options(ap.parse_args(own) if own else args)
+    else:
+        plan = plan_from_args(route.toolchain, args)
+        opts = route.options(args)
+    if plan.run_id and not os.environ.get("SUITE_RUN_ID"):
+        os.environ["SUITE_RUN_ID"] = plan.run_id  # the rows' provenance
+    return execute(route, plan, plan.items_of(route.toolchain), opts)
+
+
+def execute(route: Route, plan: Plan, items: list[Item], opts) -> int:
+    """Run `items` (this route's part of `plan`), model by model; every item ends with rows and a record."""
+    cfg = RouteConfig.from_plan(route.toolchain, plan.subset(items))
+    records = ItemRecords(plan, cfg.runs_dir)
     why = route.unavailable(opts)
-    for model in cfg.models:
+    for model in dict.fromkeys(it.model for it in items):
+        mine = [it for it in items if it.model == model]
         if why:
             try:
                 manifest = cfg.source(model).load_manifest(verify=False)
             except SuiteError:
                 manifest = None
-            for d in route.devices(opts):
-                RowWriter(cfg, model, manifest, device=d, **route.environment(d, opts)).status(
-                    "skipped", why, cfg.variants(model, d), route.status_batches(d, cfg.batches[model]))
+            for d in dict.fromkeys(it.device for it in mine):
+                w = RowWriter(cfg, model, manifest, device=d, **route.environment(d, opts))
+                for it in (i for i in mine if i.device == d):
+                    records.write(it, "skipped", why, w.status_item("skipped", why, it), {"total": 0.0})
             continue
-        rows = run_model(route, cfg, opts, model)
+        rows = run_model(route, cfg, opts, model, mine, plan, records)
         log.info("%s/%s: %d rows (%d ok) in %s", route.toolchain, model, len(rows),
                  sum(r.status == "ok" for r in rows), cfg.runs_dir)
     return 0

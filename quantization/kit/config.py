@@ -15,6 +15,7 @@ from utils.envinfo import environment_record
 from utils.cli import ArgParser, int_list, positive_float, positive_int
 from utils.errors import SuiteError
 from utils.paths import RUNS_DIR
+from utils.plan import Item, Plan, Settings, build_plan
 from utils.registry import DEFAULT_BATCHES, DEFAULT_CALIB, METRIC, TOOLCHAINS, WEIGHTS, default_batches, default_calib, parse_list
 from utils.rows import ResultRow, status_rows, write_row
 from utils.specs import DATASET_NAME, ModelSource
@@ -58,30 +59,67 @@ def add_measure_flags(ap: argparse.ArgumentParser) -> None:
                     help="minimum timed trials per latency row (each trial times every variant and its baseline once)")
 
 
+def add_selection_flags(ap: argparse.ArgumentParser, *, models_default: str | None = None) -> None:
+    """--models / --methods / --devices: what a run selects (bench and routes; the plan module decides from them)."""
+    ap.add_argument("--models", "--model", dest="models", default=models_default,
+                    help="comma list of models (default: every model this toolchain has)")
+    ap.add_argument("--devices", default=None,
+                    help="comma list of cpu,cuda (default: every device the toolchain declares; rows on a device "
+                         "missing here are skipped with the reason)")
+
+
 def route_parser(toolchain: str, description: str) -> argparse.ArgumentParser:
     tc = TOOLCHAINS[toolchain]
     ap = ArgParser(prog=f"python -m {tc.module}", description=description,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    models = ",".join(tc.variants)
-    ap.add_argument("--model", default=models, help=f"comma list of models: {models}")
-    ap.add_argument("--methods", default="all", help="comma list; per model: " + "; ".join(
+    add_selection_flags(ap)
+    ap.add_argument("--methods", default=None, help="comma list; per model: " + "; ".join(
         f"{m}: {','.join(tc.methods(m))}" for m in tc.variants) + (
-        f"; 'all' leaves out the opt-in methods ({tc.opt_in_text()}), which run on that device only when named here"
-        if tc.opt_in_text() else "") + (
-        f"; 'all' times {','.join(tc.latency_twins)} (calibration-only twins of "
+        f"; the default leaves out the opt-in methods ({tc.opt_in_text()}), which run on that device only when named "
+        "here" if tc.opt_in_text() else "") + (
+        f"; the default times {','.join(tc.latency_twins)} (calibration-only twins of "
         f"{','.join(sorted(set(tc.latency_twins.values())))}) at the smallest batch only" if tc.latency_twins else ""))
     add_source_flags(ap)
     add_measure_flags(ap)
     ap.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where result rows (one JSON each) go")
+    ap.add_argument("--plan", type=Path, default=None,
+                    help="a run plan (JSON, written by the bench): run exactly this toolchain's items of it; the plan "
+                         "carries every setting, so no other selection or measurement flag is taken with it")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
 
+PLAN_EXCLUSIVE = ("models", "devices", "methods", "weights", "weights_path", "data", "batches", "calib_samples",
+                  "eval_limit", "threads", "min_time", "min_iters", "runs_dir")
+
+
+def check_plan_alone(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--plan carries every setting: another selection or measurement flag with it would decide a second time."""
+    given = [k for k in PLAN_EXCLUSIVE if getattr(args, k) != ap.get_default(k)]
+    if given:
+        raise SuiteError(f"--plan carries the run's settings; drop {', '.join('--' + k.replace('_', '-') for k in given)}")
+
+
+def plan_from_args(toolchain: str, args: argparse.Namespace) -> Plan:
+    """A route started on its own: its flags become a plan through the same builder the bench uses."""
+    settings = Settings(weights=args.weights, weights_path=args.weights_path, data=args.data,
+                        eval_limit=args.eval_limit, threads=args.threads, min_time=args.min_time,
+                        min_iters=args.min_iters)
+    for m in parse_list("model", args.models, tuple(TOOLCHAINS[toolchain].variants)):
+        ModelSource(m, args.weights, args.weights_path, args.data)  # weights/data combination (one line, exit 2)
+    plan = build_plan(models=args.models or tuple(TOOLCHAINS[toolchain].variants), toolchains=(toolchain,),
+                      methods=args.methods, devices=args.devices, batches=args.batches,
+                      calib_samples=args.calib_samples, settings=settings, runs_dir=args.runs_dir,
+                      strict_devices=True)
+    plan.run_id = run_id()
+    return plan
+
+
 @dataclass(frozen=True)
 class RouteConfig:
+    """What a route process measures with: the plan's settings, per model its calibration size and batches."""
+
     toolchain: str
-    models: tuple[str, ...]
-    methods: dict[str, tuple[str, ...]]
     weights: str = "embedded"
     weights_path: str | None = None
     data: str | None = None
@@ -92,50 +130,23 @@ class RouteConfig:
     min_time: float = 1.0
     min_iters: int = 20
     runs_dir: Path = RUNS_DIR
-    methods_named: bool = False  # --methods named them (opt-in methods run only then)
 
     def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise SuiteError("--threads must be >= 1")
-        if self.eval_limit is not None and self.eval_limit < 1:
-            raise SuiteError("--eval-limit must be >= 1")
-        if not self.min_time > 0:
-            raise SuiteError("--min-time must be > 0")
-        if self.min_iters < 1:
-            raise SuiteError("--min-iters must be >= 1")
+        Settings(weights=self.weights, eval_limit=self.eval_limit, threads=self.threads, min_time=self.min_time,
+                 min_iters=self.min_iters)  # the same checks as the plan's
         for m, n in self.calib_samples.items():
             if n < 1:
                 raise SuiteError(f"calibration size must be >= 1 (got {n})")
 
     @classmethod
-    def from_args(cls, toolchain: str, args: argparse.Namespace) -> "RouteConfig":
-        tc = TOOLCHAINS[toolchain]
-        models = parse_list("model", args.model, tuple(tc.variants))
-        methods = {m: parse_list("method", args.methods, tc.methods(m)) if args.methods != "all" else tc.methods(m)
-                   for m in models}
-        batches = {m: tuple(args.batches) if args.batches else default_batches(m, args.weights) for m in models}
-        calib = {m: args.calib_samples if args.calib_samples is not None else default_calib(m, args.weights)
-                 for m in models}
-        return cls(toolchain=toolchain, models=models, methods=methods, weights=args.weights,
-                   weights_path=args.weights_path, data=args.data, batches=batches, calib_samples=calib,
-                   eval_limit=args.eval_limit, threads=args.threads, min_time=args.min_time,
-                   min_iters=args.min_iters, runs_dir=args.runs_dir, methods_named=args.methods != "all")
+    def from_plan(cls, toolchain: str, plan: Plan) -> "RouteConfig":
+        s = plan.settings
+        return cls(toolchain=toolchain, weights=s.weights, weights_path=s.weights_path, data=s.data,
+                   batches=plan.batches(), calib_samples=plan.calib_samples(), eval_limit=s.eval_limit,
+                   threads=s.threads, min_time=s.min_time, min_iters=s.min_iters, runs_dir=Path(plan.runs_dir))
 
     def source(self, model: str) -> ModelSource:
         return ModelSource(model, self.weights, self.weights_path, self.data)
-
-    def variants(self, model: str, device: str | None = None) -> list[tuple[str, str]]:
-        """(method, precision) pairs selected for this model (on `device`), in declaration order: without --methods
-        a device's opt-in methods (the declaration's `opt_in`) are left out, and with random weights the latency
-        twins (`latency_twins`)."""
-        tc = TOOLCHAINS[self.toolchain]
-        if self.methods_named:
-            return [(m, p) for m, p in tc.variants[model] if m in self.methods[model]]
-        if device is None:  # any device: only the random-weights twins are left out
-            keep = set(tc.methods(model)) - (set(tc.latency_twins) if self.weights == "random" else set())
-        else:
-            keep = set(tc.default_methods(model, device, self.weights))
-        return [(m, p) for m, p in tc.variants[model] if m in self.methods[model] and m in keep]
 
 
 def run_id() -> str | None:
@@ -171,6 +182,14 @@ class RowWriter:
                  f"{row.metric}={row.value:.4g} p50={row.latency_p50_ms}" if row.status == "ok" and row.value is not None
                  else row.reason)
         return row
+
+    def status_item(self, status: str, reason: str, item: Item) -> list[ResultRow]:
+        """skipped/failed rows at every batch of one plan item (and its decode row)."""
+        rows = self.status(status, reason, [item.variant], item.batches)
+        if item.decode:
+            rows.append(self.write(self.row(item.method, item.precision, 1, status=status, reason=reason,
+                                            latency_kind="decode")))
+        return rows
 
     def status(self, status: str, reason: str, variants, batches=None) -> list[ResultRow]:
         rows = status_rows(status=status, reason=reason, model=self.model, weights=self.cfg.weights,

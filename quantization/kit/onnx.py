@@ -373,18 +373,6 @@ def cuda_driver_missing() -> str | None:
     return None
 
 
-def devices_to_run(requested: str) -> list[str]:
-    """'auto' -> cpu, plus cuda when this ORT build has the CUDA/TensorRT EP; or an explicit list."""
-    if requested == "auto":
-        avail = available_providers()
-        return ["cpu"] + (["cuda"] if CUDA_EP in avail or TRT_EP in avail else [])
-    devs = [d.strip() for d in requested.split(",") if d.strip()]
-    bad = [d for d in devs if d not in ("cpu", "cuda")]
-    if bad or not devs:
-        raise SuiteError(f"unknown device {', '.join(bad) or requested!r}; valid: auto, cpu, cuda")
-    return devs
-
-
 def source_onnx(manifest: dict) -> tuple[Path, str]:
     """The manifest's FP32 ONNX (verified against its recorded hash when the manifest was loaded), and its sha256."""
     if "onnx" not in manifest:
@@ -411,13 +399,6 @@ def calib_key(ctx: ModelContext) -> dict:
 
 class OnnxRoute(Route):
     """A route whose variants are ONNX files run by ONNX Runtime: subclasses implement `make_artifact`."""
-
-    def add_options(self, ap) -> None:
-        ap.add_argument("--devices", default="auto",
-                        help="comma list of cpu,cuda; auto: cpu plus cuda when this ORT build has the CUDA/TensorRT EP")
-
-    def devices(self, opts) -> list[str]:
-        return devices_to_run(opts.devices)
 
     def device_unavailable(self, device: str, opts) -> str | None:
         return cuda_driver_missing() if device == "cuda" else None

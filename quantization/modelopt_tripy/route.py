@@ -174,17 +174,11 @@ class TripyRoute(Route):
     def unavailable(self, opts) -> str | None:
         return unavailable_import("torch", "modelopt.torch.quantization", "transformers")
 
-    def devices(self, opts) -> list[str]:
-        return ["cpu", "cuda"]
-
     def device_unavailable(self, device: str, opts) -> str | None:
         if device == "cuda":
             why = tripy_status()
             return f"Tripy rows: {why}" if why else None
         return None
-
-    def status_batches(self, device: str, batches: tuple[int, ...]) -> tuple[int, ...]:
-        return (1,) if device == "cpu" else batches  # CPU rows are accuracy only, written at batch 1
 
     def open(self, ctx: ModelContext) -> None:
         import torch

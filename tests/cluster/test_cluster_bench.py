@@ -70,10 +70,10 @@ def test_a_killed_route_is_retried_and_a_route_needing_a_gpu_is_skipped(tiny_cac
                     "--retries", "1"]
     rc, log = run_bench(args, tiny_cache, tmp_path / "node", {"SUITE_CLUSTER_TEST_CRASH": "onnxruntime/resnet50:1"})
     rows = rows_of(tmp_path / "runs")
-    ort = {k: r for k, r in rows.items() if r["toolchain"] == "onnxruntime"}
-    assert len(ort) == 6 and all(r["status"] == "ok" for r in ort.values()), log[-3000:]
+    ort = {k: r for k, r in rows.items() if r["toolchain"] == "onnxruntime" and r["device"] == "cpu"}
+    assert len(ort) == 6 and all(r["status"] == "ok" and not r["pending"] for r in ort.values()), log[-3000:]
     attempts = sorted(r["environment"]["cluster"]["attempt"] for r in ort.values())
-    # attempt 1 died between batches (its batch-1 rows written, batch 2 not): every variant was re-run in
+    # attempt 1 died while timing (batch 1 timed, batch 2 not): no item finished, so every item was re-run in
     # attempt 2, whose complete rows replaced the first attempt's
     assert set(attempts) == {2}, attempts
     assert "trying again" in log and "SIGKILL" in log
@@ -85,18 +85,23 @@ def test_a_killed_route_is_retried_and_a_route_needing_a_gpu_is_skipped(tiny_cac
 
 
 def test_a_route_killed_on_every_attempt_gets_failed_rows(tiny_cache, tmp_path):
-    # each attempt writes every variant's batch-1 rows, then is killed while timing batch 2: after the last attempt
-    # the batch-2 rows are failed (naming the signal and the attempt); the batch-1 ok rows are kept
+    # each attempt scores every variant (rows written at once, latency pending), times batch 1, and is killed while
+    # timing batch 2: after the last attempt the batch-1 rows are finished, the batch-2 rows keep their scores (not
+    # timed) with the failure (the signal, the attempt) beside them as their latest attempt
     args = SMALL + ["--toolchains", "onnxruntime", "--methods", "fp32,minmax,entropy", "--batches", "1,2",
-                    "--min-time", "1", "--runs-dir", str(tmp_path / "runs"), "--cluster", "local", "--retries", "1"]
+                    "--min-time", "1", "--runs-dir", str(tmp_path / "runs"), "--cluster", "local", "--retries", "1",
+                    "--devices", "cpu"]
     rc, log = run_bench(args, tiny_cache, tmp_path / "node", {"SUITE_CLUSTER_TEST_CRASH": "onnxruntime/resnet50:9"})
     assert rc == 1, log[-3000:]
     rows = rows_of(tmp_path / "runs")
-    failed = [r for r in rows.values() if r["status"] == "failed"]
-    assert sorted((r["method"], r["batch"]) for r in failed) == [("entropy", 2), ("fp32", 2), ("minmax", 2)], log[-3000:]
-    assert sorted((r["method"], r["batch"]) for r in rows.values() if r["status"] == "ok") == [
+    assert all(r["status"] == "ok" for r in rows.values()), log[-3000:]
+    assert sorted((r["method"], r["batch"]) for r in rows.values() if not r["pending"]) == [
         ("entropy", 1), ("fp32", 1), ("minmax", 1)]
-    assert all("SIGKILL" in r["reason"] and "attempt 2 of 2" in r["reason"] for r in failed)
+    assert sorted((r["method"], r["batch"]) for r in rows.values() if r["pending"]) == [
+        ("entropy", 2), ("fp32", 2), ("minmax", 2)]
+    failed = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "attempts").glob("*.json")]
+    assert sorted((r["method"], r["batch"]) for r in failed) == [("entropy", 2), ("fp32", 2), ("minmax", 2)]
+    assert all(r["status"] == "failed" and "SIGKILL" in r["reason"] and "attempt 2 of 2" in r["reason"] for r in failed)
     assert all(r["environment"]["launcher"] == "ray" for r in rows.values())
     assert "FAILED" in [ln for ln in log.splitlines() if ln.strip()][-1]
 

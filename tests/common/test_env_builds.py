@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from evaluation import bench, envs
+from evaluation import bench, envs, launch
+from utils.plan import Plan, write_item_record
 from utils.registry import Part
 from utils.rows import read_rows
 
@@ -80,7 +81,14 @@ def _bench_world(monkeypatch, tmp_path, fail=()):
         return subprocess.CompletedProcess(args, 0)
 
     monkeypatch.setattr(envs, "run_in_env", run_in_env)
-    monkeypatch.setattr(bench, "run_route", lambda env, argv: (log.add("route", argv[2]), (0, None))[1])
+    def run_route(env, toolchain, path, **kw):  # a route that finishes every item of its plan file
+        plan = Plan.load(path)
+        log.add("route", toolchain)
+        for it in plan.items:
+            write_item_record(plan.runs_dir, {"item": it.to_dict(), "status": "ok", "rows": [], "run_id": plan.run_id})
+        return 0, None
+
+    monkeypatch.setattr(launch, "run_route", run_route)
     return log
 
 
@@ -88,7 +96,7 @@ def test_bench_overlaps_env_creation_with_preparation_and_times_nothing_before_i
     log = _bench_world(monkeypatch, tmp_path)
     runs = tmp_path / "runs"
     rc = bench.main(["--toolchains", "onnxruntime,openvino,modelopt-onnx", "--models", "resnet50", "--batches", "1",
-                     "--runs-dir", str(runs)])
+                     "--runs-dir", str(runs), "--devices", "cpu"])
     assert rc == 0
     ev = log.events
     built = ["onnxruntime", "modelopt-onnx", "openvino", "report"]
@@ -117,7 +125,7 @@ def test_a_background_env_that_fails_gives_its_toolchain_the_same_skipped_rows(m
     log = _bench_world(monkeypatch, tmp_path, fail=("openvino",))
     runs = tmp_path / "runs"
     rc = bench.main(["--toolchains", "onnxruntime,openvino", "--models", "resnet50", "--batches", "1",
-                     "--runs-dir", str(runs), "--no-ceilings"])
+                     "--runs-dir", str(runs), "--no-ceilings", "--devices", "cpu"])
     assert rc == 0  # as before: a toolchain without its environment is skipped, the run goes on
     rows = [r for r in read_rows(runs) if r.toolchain == "openvino"]
     why = ("environment could not be created: environment 'openvino' could not be created (openvino.txt): ERROR: No "

@@ -126,8 +126,8 @@ def test_random_weights_take_no_paths_or_data():
         ModelSource("resnet50", "random", data="/tmp")
 
 
-def test_random_weights_skip_calibration_twins_unless_named():
-    from quantization.kit.config import RouteConfig
+def test_random_weights_skip_calibration_twins_unless_named(tmp_path):
+    from utils.plan import Settings, build_plan
     from utils.registry import TOOLCHAINS
 
     ort = TOOLCHAINS["onnxruntime"]
@@ -138,26 +138,25 @@ def test_random_weights_skip_calibration_twins_unless_named():
             for m in tc.variants:
                 if twin in tc.methods(m):
                     assert tc.precision(m, twin) == tc.precision(m, of)
-    cfg = RouteConfig("onnxruntime", ("gpt2",), {"gpt2": ort.methods("gpt2")}, weights="random")
-    assert [m for m, _ in cfg.variants("gpt2", "cpu")] == ["fp32", "minmax"]
-    named = RouteConfig("onnxruntime", ("gpt2",), {"gpt2": ("entropy",)}, weights="random", methods_named=True)
-    assert [m for m, _ in named.variants("gpt2", "cpu")] == ["entropy"]
+    rnd = Settings(weights="random")
+    plan = build_plan(models="gpt2", toolchains="onnxruntime", devices="cpu", settings=rnd, runs_dir=tmp_path)
+    assert [it.method for it in plan.items] == ["fp32", "minmax"]
+    named = build_plan(models="gpt2", toolchains="onnxruntime", devices="cpu", methods="entropy", settings=rnd,
+                       runs_dir=tmp_path)
+    assert [it.method for it in named.items] == ["entropy"]
 
 
 def test_a_route_killed_after_writing_its_skipped_cuda_rows_left_its_cpu_variants_unfinished(tmp_path):
     """The ModelOpt route writes skipped cuda rows first; killed later on the cpu, its cpu variants have no rows and
     must get failed rows (the cuda rows do not count for them)."""
-    from types import SimpleNamespace
+    from evaluation.launch import status_items, unfinished
+    from utils.plan import Settings, build_plan
 
-    from evaluation.bench import unfinished
-    from utils.rows import status_rows, write_row
-
-    args = SimpleNamespace(runs_dir=tmp_path, batches=None, weights="random", methods=None, devices=None)
-    for r in status_rows(status="skipped", reason="no CUDA", model="gpt2", weights="random", dataset="d",
-                         toolchain="modelopt-onnx", variants=[("max", "int8"), ("fp8", "fp8"), ("int4", "int4")],
-                         device="cuda", batches=[1], metric="ppl", environment={"run_id": "R"}):
-        write_row(r, tmp_path)
-    assert unfinished(args, "modelopt-onnx", "gpt2", "R") == [("max", "int8"), ("fp8", "fp8"), ("int4", "int4")]
+    plan = build_plan(models="gpt2", toolchains="modelopt-onnx", settings=Settings(weights="random"), runs_dir=tmp_path)
+    cuda = [it for it in plan.items if it.device == "cuda"]
+    status_items(plan, cuda, "skipped", "no CUDA", run_id="R")  # rows and item records, as the kit writes them
+    assert [(it.method, it.device) for it in unfinished(plan, plan.items, "R")] == [
+        ("max", "cpu"), ("fp8", "cpu"), ("int4", "cpu")]
 
 
 def test_efficiency_above_the_fp32_ceiling_from_on_the_fly_activation_quantization_is_named():

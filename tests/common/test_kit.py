@@ -59,15 +59,17 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-ARGS = ["--model", "resnet50", "--batches", "1,4", "--min-time", "0.01", "--min-iters", "3", "--calib-samples", "16"]
+ARGS = ["--model", "resnet50", "--batches", "1,4", "--min-time", "0.01", "--min-iters", "3", "--calib-samples", "16",
+        "--devices", "cpu"]
 
 
 def test_rows_failure_isolation_and_skips(cache):
     runs = cache / "runs"
-    # minmax fails: its calibration twins (entropy, percentile) are timed at every batch in its stead
+    # minmax fails, entropy is skipped: the others are measured; the plan times the calibration twins (entropy,
+    # percentile) at the smallest batch only
     assert kit.run(NumpyRoute(fail={"minmax"}, skip={"entropy"}), ARGS + ["--runs-dir", str(runs)]) == 0
     rows = {(r.method, r.batch): r for r in read_rows(runs)}
-    assert set(rows) == {(m, b) for m in ("fp32", "minmax", "entropy", "percentile") for b in (1, 4)}
+    assert set(rows) == {("fp32", 1), ("fp32", 4), ("minmax", 1), ("minmax", 4), ("entropy", 1), ("percentile", 1)}
     ok = rows[("fp32", 4)]
     assert ok.status == "ok" and ok.metric == "top1" and 0 <= ok.value <= 100 and ok.extra["n_eval"] == 359
     assert ok.latency_kind == "host-wall" and ok.extra["latency"]["n"] >= 3 and ok.throughput_unit == "images/s"
@@ -76,18 +78,18 @@ def test_rows_failure_isolation_and_skips(cache):
     assert f.status == "failed" and f.reason.startswith("RuntimeError: boom") and f.reason.endswith("cause at the end")
     assert len(f.reason) <= kit.FAILED_REASON_CHARS and "\n" not in f.reason and " ... " in f.reason
     assert rows[("entropy", 1)].status == "skipped" and "hardware" in rows[("entropy", 1)].reason
-    p = rows[("percentile", 4)]
-    assert p.status == "ok" and p.latency_kind == "cuda-events" and p.latency_p50_ms == 5.0
+    p = rows[("percentile", 1)]
+    assert p.status == "ok" and p.latency_kind == "cuda-events" and p.latency_p50_ms == 5.0 and not p.pending
     assert p.calib_samples == 16 and p.calib_method == "percentile" and p.compute_precision == "int8"
     # accuracy is scored once per variant and shared by its batches
-    assert rows[("percentile", 1)].value == p.value and rows[("percentile", 1)].extra["correct_bits"] == p.extra["correct_bits"]
+    assert rows[("fp32", 1)].value == ok.value and rows[("fp32", 1)].extra["correct_bits"] == ok.extra["correct_bits"]
 
 
 def test_unavailable_route_writes_skipped_rows_for_every_variant(cache):
     runs = cache / "runs"
     assert kit.run(NumpyRoute(unavailable="libfoo cannot be imported"), ARGS + ["--runs-dir", str(runs)]) == 0
     rows = read_rows(runs)
-    assert len(rows) == 8 and {r.status for r in rows} == {"skipped"} and {r.reason for r in rows} == {
+    assert len(rows) == 6 and {r.status for r in rows} == {"skipped"} and {r.reason for r in rows} == {
         "libfoo cannot be imported"}
 
 
@@ -211,3 +213,115 @@ def test_calibration_twins_are_timed_at_the_smallest_batch_unless_named(cache):
     named = {(r.method, r.batch) for r in read_rows(runs2) if r.status == "ok"}
     assert {("entropy", 1), ("entropy", 4)} <= named
     assert all("latency at batch" not in r.notes for r in read_rows(runs2))
+
+
+class StoppingRoute(NumpyRoute):
+    """Stops (as Ctrl-C or a lease ending would) when it starts building `stop_at`; counts builds and scoring calls."""
+
+    def __init__(self, stop_at=None, **kw):
+        super().__init__(**kw)
+        self.stop_at, self.built, self.scored = stop_at, [], []
+
+    def build(self, ctx, method, precision, device):
+        if method == self.stop_at:
+            raise KeyboardInterrupt
+        self.built.append(method)
+        b = super().build(ctx, method, precision, device)
+        inner = b.predict
+
+        def predict(x, m=method):
+            if len(x) > 4:  # scoring feeds batches of 64; timing feeds the latency batches (1, 4)
+                self.scored.append(m)
+            return inner(x)
+
+        b.predict = predict
+        return b
+
+
+def _stopped_run(cache, runs, methods="fp32,minmax,entropy,percentile"):
+    """A route stopped while building its third variant (percentile): two variants scored, none timed yet."""
+    from evaluation.launch import mark_unfinished
+    from utils.plan import Plan
+
+    args = ARGS + ["--runs-dir", str(runs), "--methods", methods]
+    with pytest.raises(KeyboardInterrupt):
+        kit.run(StoppingRoute(stop_at="entropy"), args)
+    return args
+
+
+def test_a_stopped_route_keeps_the_rows_of_every_variant_it_scored(cache):
+    """Each variant's accuracy and fidelity are written as soon as it is scored (latency pending): a route stopped
+    while building its third variant has the rows of the two it scored, marked not timed, and no item records."""
+    from utils.plan import read_item_records
+
+    runs = cache / "runs"
+    _stopped_run(cache, runs)
+    rows = {(r.method, r.batch): r for r in read_rows(runs)}
+    assert set(rows) == {("fp32", 1), ("fp32", 4), ("minmax", 1), ("minmax", 4)}
+    for r in rows.values():
+        assert r.status == "ok" and r.pending == "timing" and not r.complete
+        assert r.value is not None and r.latency_p50_ms is None
+    assert rows[("minmax", 1)].agreement is not None and rows[("minmax", 1)].fidelity_vs == "onnxruntime/fp32"
+    assert not read_item_records(runs)  # nothing finished: the launcher marks all four items unfinished
+
+
+def test_resume_times_what_was_scored_and_runs_only_the_rest(cache):
+    """--resume after the stop: the two scored variants are built and timed but not scored again (their scores come
+    from the stopped run's rows), the other two run fully; a second --resume has nothing left to run."""
+    import dataclasses
+
+    from evaluation.launch import Estimates, mark_unfinished, narrow
+    from quantization.kit.config import plan_from_args
+    from utils.plan import read_item_records
+
+    runs = cache / "runs"
+    args = _stopped_run(cache, runs)
+    first = {r.key: r for r in read_rows(runs)}
+    route = StoppingRoute()
+    plan = plan_from_args("onnxruntime", kit.parser_for(route).parse_args(args))
+    plan.run_id = "stop-run"
+    mark_unfinished(plan, plan.items, "route process killed by SIGINT", run_id="stop-run")
+    assert {a.status for a in read_attempts(runs).values()} == {"failed"}  # beside the scored rows, not over them
+    assert {r.key for r in read_rows(runs) if r.status == "ok"} == set(first)
+
+    resumed = narrow(plan, resume=True, budget=None, fixed_s=0.0, device_missing=None, est=Estimates({}))
+    assert [(it.method, it.reuse_scores) for it in resumed.items] == [
+        ("fp32", True), ("minmax", True), ("entropy", False), ("percentile", False)]
+    resumed.run_id = "resume-run"
+    kit.execute(route, resumed, resumed.items, None)
+    assert route.built == ["fp32", "minmax", "entropy", "percentile"]
+    assert "fp32" not in route.scored and "minmax" not in route.scored and {"entropy", "percentile"} <= set(route.scored)
+    rows = {(r.method, r.batch): r for r in read_rows(runs)}
+    assert all(r.complete and r.latency_p50_ms is not None for r in rows.values())
+    for k, r in first.items():  # the reused scores are the stopped run's, said in the row
+        now = next(x for x in rows.values() if x.key == k)
+        assert (now.value, now.agreement, now.extra["correct_bits"]) == (r.value, r.agreement, r.extra["correct_bits"])
+        assert "scores_from_run" in now.extra
+    assert "scores_from_run" not in rows[("entropy", 1)].extra
+    assert not read_attempts(runs)  # the finished rows cleared the failed attempts
+    assert {rec["status"] for rec in read_item_records(runs).values()} == {"ok"}
+
+    again = narrow(plan, resume=True, budget=None, fixed_s=0.0, device_missing=None, est=Estimates({}))
+    assert again.items == [] and len(again.left_out) == 4 and all("resume: done" in x["why"] for x in again.left_out)
+
+
+def test_the_deadline_leaves_out_what_does_not_fit_without_failed_rows(cache):
+    """A plan with a deadline: an item whose estimate does not fit is left out (a record saying why, no rows)."""
+    import dataclasses
+    import time as _time
+
+    from quantization.kit.config import plan_from_args
+    from utils.plan import read_item_records
+
+    runs = cache / "runs"
+    route = NumpyRoute()
+    plan = plan_from_args("onnxruntime", kit.parser_for(route).parse_args(ARGS + ["--runs-dir", str(runs),
+                                                                                 "--methods", "fp32,minmax"]))
+    plan.items = [dataclasses.replace(plan.items[0], est_build_s=1.0, est_time_s=1.0),
+                  dataclasses.replace(plan.items[1], est_build_s=3600.0, est_time_s=1.0)]
+    plan.deadline = _time.time() + 600
+    kit.execute(route, plan, plan.items, None)
+    assert {r.method for r in read_rows(runs)} == {"fp32"}
+    recs = read_item_records(runs)
+    left = next(r for r in recs.values() if r["item"]["method"] == "minmax")
+    assert left["status"] == "left-out" and left["reason"].startswith("budget:") and left["rows"] == []

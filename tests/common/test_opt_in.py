@@ -3,8 +3,9 @@ them, in the bench and in a route; on cuda they run by default."""
 import subprocess
 import sys
 
-from evaluation import bench
+from evaluation.launch import mark_unfinished, status_items
 from utils import registry
+from utils.plan import build_plan
 from utils.paths import REPO_ROOT
 from utils.rows import read_rows
 
@@ -24,39 +25,40 @@ def test_the_torch_cpu_half_casts_are_declared_opt_in():
             assert not other.opt_in, name
 
 
-def _bargs(*argv):
-    return bench.build_parser().parse_args(list(argv))
+def _methods(plan, device):
+    return [it.method for it in plan.items if it.device == device]
 
 
-def test_bench_selects_opt_in_methods_only_when_named(tmp_path):
-    methods = lambda args, device=None: [m for m, _ in bench._variants(args, "torch", "resnet50", device)]  # noqa: E731
-    default = _bargs("--runs-dir", str(tmp_path))
-    assert methods(default, "cpu") == ["eager", "fx", "inductor", "pt2e"]
-    assert set(HALF) <= set(methods(default, "cuda"))
-    assert not set(HALF) & set(methods(_bargs("--devices", "cpu")))  # a cpu-only run: none of them at all
-    assert set(HALF) <= set(methods(_bargs("--devices", "cuda")))
-    named = _bargs("--methods", "eager,eager-bf16,inductor-bf16")
-    assert methods(named, "cpu") == ["eager", "eager-bf16", "inductor-bf16"]
-    assert bench.route_args(named, "resnet50", "torch")[-2:] == ["--methods", "eager,eager-bf16,inductor-bf16"]
+def test_the_plan_selects_opt_in_methods_only_when_named(tmp_path):
+    default = build_plan(models="resnet50", toolchains="torch", runs_dir=tmp_path)
+    assert _methods(default, "cpu") == ["eager", "fx", "inductor", "pt2e"]
+    assert set(HALF) <= set(_methods(default, "cuda"))
+    cpu_only = build_plan(models="resnet50", toolchains="torch", devices="cpu", runs_dir=tmp_path)
+    assert not set(HALF) & {it.method for it in cpu_only.items}  # a cpu-only run: none of them at all
+    assert set(HALF) <= {it.method for it in build_plan(models="resnet50", toolchains="torch", devices="cuda",
+                                                         runs_dir=tmp_path).items}
+    named = build_plan(models="resnet50", toolchains="torch", methods="eager, eager-bf16,inductor-bf16",
+                       runs_dir=tmp_path)
+    assert _methods(named, "cpu") == ["eager", "eager-bf16", "inductor-bf16"]  # spaces in --methods are fine
 
 
-def test_bench_status_rows_leave_out_unnamed_opt_in_methods(tmp_path):
-    """An environment that could not be created: skipped rows for what the run would have run, not for the cpu
+def test_status_rows_leave_out_unnamed_opt_in_methods(tmp_path):
+    """An environment that could not be created: skipped rows for what the plan would have run, not for the cpu
     half casts nobody asked for; named, they get theirs."""
     runs = tmp_path / "runs"
-    args = _bargs("--runs-dir", str(runs), "--batches", "1")
-    bench.status_all(args, "torch", "resnet50", "skipped", "environment could not be created: x", "run-1")
+    plan = build_plan(models="resnet50", toolchains="torch", batches="1", devices="cpu", runs_dir=runs)
+    status_items(plan, plan.items, "skipped", "environment could not be created: x", run_id="run-1")
     rows = read_rows(runs)
     assert {r.method for r in rows} == {"eager", "fx", "inductor", "pt2e"} and {r.device for r in rows} == {"cpu"}
     runs2 = tmp_path / "runs2"
-    args = _bargs("--runs-dir", str(runs2), "--batches", "1", "--methods", "eager,eager-bf16")
-    bench.status_all(args, "torch", "resnet50", "skipped", "environment could not be created: x", "run-1")
+    plan = build_plan(models="resnet50", toolchains="torch", batches="1", methods="eager,eager-bf16", devices="cpu",
+                      runs_dir=runs2)
+    status_items(plan, plan.items, "skipped", "environment could not be created: x", run_id="run-1")
     assert {r.method for r in read_rows(runs2)} == {"eager", "eager-bf16"}
-    # a died route's leftovers (all variants, any device) are written only where the device runs them
+    # a died route's leftovers are written only for what the plan runs on each device
     runs3 = tmp_path / "runs3"
-    args = _bargs("--runs-dir", str(runs3), "--batches", "1", "--devices", "cpu,cuda")
-    bench.status_all(args, "torch", "resnet50", "failed", "route process killed", "run-1",
-                     variants=list(bench._variants(args, "torch", "resnet50")))
+    plan = build_plan(models="resnet50", toolchains="torch", batches="1", devices="cpu,cuda", runs_dir=runs3)
+    mark_unfinished(plan, plan.items, "route process killed", run_id="run-1")
     got = {(r.method, r.device) for r in read_rows(runs3)}
     assert ("eager-bf16", "cuda") in got and ("eager-bf16", "cpu") not in got and ("eager", "cpu") in got
 

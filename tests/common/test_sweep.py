@@ -29,7 +29,9 @@ def calls(monkeypatch):
     seen = []
     monkeypatch.setattr(sweep, "_ensure", lambda names: None)
     monkeypatch.setattr(sweep, "probe_train_size", lambda args, env: 1438)
-    monkeypatch.setattr(sweep, "_route", lambda tc, args: seen.append((tc, args)) or 0)
+    from evaluation import launch
+
+    monkeypatch.setattr(launch, "run_plan", lambda plan, who, prepared=None: seen.append(plan) or launch.Outcome())
     return seen
 
 
@@ -44,13 +46,14 @@ def test_calib_runs_the_route_once_per_size_plus_the_baseline(calls, tmp_path):
     rc = sweep.main(["calib", "--toolchain", "onnxruntime", "--sizes", "32,16", "--methods", "minmax,entropy",
                      "--sweeps-dir", str(tmp_path), "--no-plot"])
     assert rc == 0
-    assert [c[0] for c in calls] == ["onnxruntime"] * 3
-    base, n16, n32 = (dict(zip(c[1][::2], c[1][1::2])) for c in calls)
-    assert base["--methods"] == "fp32" and base["--runs-dir"].endswith("calib-onnxruntime-resnet50/baseline")
-    for n, a in ((16, n16), (32, n32)):
-        assert a["--calib-samples"] == str(n) and a["--methods"] == "minmax,entropy" and a["--batches"] == "1"
-        assert a["--runs-dir"].endswith(f"calib-onnxruntime-resnet50/n{n}")
-        assert a["--min-time"] == "0.2" and a["--min-iters"] == "2"
+    assert [p.toolchains() for p in calls] == [["onnxruntime"]] * 3  # each point is a plan (the bench's builder)
+    base, n16, n32 = calls
+    assert [it.method for it in base.items] == ["fp32"] and base.runs_dir.endswith("calib-onnxruntime-resnet50/baseline")
+    for n, p in ((16, n16), (32, n32)):
+        assert [it.method for it in p.items] == ["minmax", "entropy"]
+        assert {it.calib_samples for it in p.items} == {n} and {it.batches for it in p.items} == {(1,)}
+        assert {it.device for it in p.items} == {"cpu"} and p.runs_dir.endswith(f"calib-onnxruntime-resnet50/n{n}")
+        assert p.settings.min_time == 0.2 and p.settings.min_iters == 2
     with pytest.raises(SuiteError, match="unrecognized arguments: --bogus"):  # one line, exit 2 through cli_main
         sweep.build_parser().parse_args(["calib", "--bogus"])
     calls.clear()
@@ -63,12 +66,14 @@ def test_batch_runs_each_toolchain_once_with_all_batches(calls, tmp_path):
     rc = sweep.main(["batch", "--toolchains", "torch,onnxruntime", "--batches", "1,4,2", "--sweeps-dir", str(tmp_path),
                      "--no-plot"])
     assert rc == 0
-    got = {tc: dict(zip(a[::2], a[1::2])) for tc, a in calls}
-    assert got["torch"]["--methods"] == "eager,fx" and got["onnxruntime"]["--methods"] == "fp32,minmax"
-    assert all(a["--batches"] == "1,2,4" and a["--runs-dir"].endswith("batch-resnet50") for a in got.values())
+    got = {p.toolchains()[0]: p for p in calls}
+    assert [it.method for it in got["torch"].items] == ["eager", "fx"]
+    assert [it.method for it in got["onnxruntime"].items] == ["fp32", "minmax"]
+    assert all({it.batches for it in p.items} == {(1, 2, 4)} and p.runs_dir.endswith("batch-resnet50")
+               for p in got.values())
     calls.clear()
     assert sweep.main(["batch", "--methods", "fx,fp32", "--sweeps-dir", str(tmp_path), "--no-plot"]) == 0
-    assert {tc: dict(zip(a[::2], a[1::2]))["--methods"] for tc, a in calls} == {"torch": "fx", "onnxruntime": "fp32"}
+    assert {p.toolchains()[0]: [it.method for it in p.items] for p in calls} == {"torch": ["fx"], "onnxruntime": ["fp32"]}
     assert sweep.main(["batch", "--methods", "nope", "--sweeps-dir", str(tmp_path)]) == 2
 
 

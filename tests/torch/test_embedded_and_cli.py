@@ -91,7 +91,8 @@ def _one_error_line(p):
 
 @pytest.mark.parametrize("args,expect", [
     (["--model", "vgg"], "unknown model 'vgg'; valid: resnet50, gpt2"),
-    (["--model", "resnet50", "--methods", "awq"], "unknown method 'awq'; valid: eager, fx, inductor, pt2e"),
+    (["--model", "resnet50", "--methods", "awq"], "unknown method 'awq' for torch on resnet50; valid: eager, "
+                                                 "eager-bf16, eager-fp16, fx, inductor, inductor-bf16"),
     (["--model", "resnet50", "--calib-samples", "0"], "argument --calib-samples: must be >= 1, got 0"),
     (["--model", "resnet50", "--threads", "-2"], "argument --threads: must be >= 1, got -2"),
     (["--model", "resnet50", "--min-time", "-1"], "argument --min-time: must be > 0"),

@@ -40,16 +40,20 @@ def test_declaration_has_cuda_and_the_half_variants():
 
 def test_the_route_runs_the_cpu_half_casts_only_when_named():
     from quantization import kit
-    from quantization.kit.config import RouteConfig
+    from quantization.kit.config import plan_from_args
 
     ap = kit.parser_for(tr.ROUTE)
     assert "opt-inmethods(cpu:eager-fp16,eager-bf16,inductor-fp16,inductor-bf16)" in "".join(ap.format_help().split())
-    cfg = RouteConfig.from_args("torch", ap.parse_args(["--model", "resnet50,gpt2"]))
-    assert [m for m, _ in cfg.variants("resnet50", "cpu")] == ["eager", "fx", "inductor", "pt2e"]
-    assert [m for m, _ in cfg.variants("gpt2", "cpu")] == ["eager", "weight-only", "dynamic", "inductor"]
-    assert {"eager-fp16", "inductor-bf16"} <= {m for m, _ in cfg.variants("resnet50", "cuda")}
-    cfg = RouteConfig.from_args("torch", ap.parse_args(["--model", "resnet50", "--methods", "eager,eager-bf16"]))
-    assert cfg.variants("resnet50", "cpu") == [("eager", "fp32"), ("eager-bf16", "bf16")]
+    plan = plan_from_args("torch", ap.parse_args(["--model", "resnet50,gpt2"]))
+
+    def methods(p, model, device):
+        return [it.method for it in p.items_of("torch", model) if it.device == device]
+
+    assert methods(plan, "resnet50", "cpu") == ["eager", "fx", "inductor", "pt2e"]
+    assert methods(plan, "gpt2", "cpu") == ["eager", "weight-only", "dynamic", "inductor"]
+    assert {"eager-fp16", "inductor-bf16"} <= set(methods(plan, "resnet50", "cuda"))
+    plan = plan_from_args("torch", ap.parse_args(["--model", "resnet50", "--methods", "eager,eager-bf16"]))
+    assert [it.variant for it in plan.items if it.device == "cpu"] == [("eager", "fp32"), ("eager-bf16", "bf16")]
 
 
 def test_split_method():
@@ -80,22 +84,23 @@ def test_half_precision_plan_on_cpu_and_cuda():
         assert tr.device_plan(m, "cuda", NO_CAPS) is None and tr.device_plan(m, "cpu", NO_CAPS) is None
 
 
-def test_devices_option():
-    assert tr.devices_to_run("auto") == ["cpu", "cuda"]  # cuda rows are skipped with the reason where CUDA is missing
-    assert tr.devices_to_run("cuda") == ["cuda"]
-    assert tr.devices_to_run("cpu,cuda,cpu") == ["cpu", "cuda"]
-    with pytest.raises(SuiteError, match="valid: auto, cpu, cuda"):
-        tr.devices_to_run("tpu")
-    with pytest.raises(SuiteError):
-        tr.Options(devices="cpu,gpu")
-    assert tr.ROUTE.devices(tr.Options()) == ["cpu", "cuda"]  # without CUDA the cuda rows say why (device_unavailable)
+def test_devices_flag_of_the_route():
+    """--devices is the plan's (every declared device by default; cuda rows say why where CUDA is missing)."""
+    from quantization import kit
+    from quantization.kit.config import plan_from_args
+
+    ap = kit.parser_for(tr.ROUTE)
+    assert {it.device for it in plan_from_args("torch", ap.parse_args([])).items} == {"cpu", "cuda"}
+    assert {it.device for it in plan_from_args("torch", ap.parse_args(["--devices", "cuda"])).items} == {"cuda"}
+    with pytest.raises(SuiteError, match="unknown device 'tpu'"):
+        plan_from_args("torch", ap.parse_args(["--devices", "cpu,tpu"]))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the reason given where CUDA is absent")
 def test_cuda_unavailable_reason_names_cuda():
-    why = tr.ROUTE.device_unavailable("cuda", tr.Options())
+    why = tr.ROUTE.device_unavailable("cuda", None)
     assert why.startswith("CUDA is not available") and torch.__version__ in why
-    assert tr.ROUTE.device_unavailable("cpu", tr.Options()) is None
+    assert tr.ROUTE.device_unavailable("cpu", None) is None
 
 
 class FakeEvent:
@@ -158,7 +163,7 @@ def _route(tmp_path, *args):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     p = subprocess.run([sys.executable, "-m", "quantization.torch_route", "--runs-dir", str(tmp_path), *args],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800, env=env)
-    rows = [json.loads(f.read_text()) for f in sorted(tmp_path.rglob("*.json"))]
+    rows = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("*.json"))]
     return p, rows
 
 
