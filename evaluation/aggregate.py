@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evaluation.combine import best_speedup_passes, combine_passes
 from utils.metrics import unpack_bits
 from utils.stats import block_bootstrap_ppl, mcnemar_exact, speedup_ci
 from utils.atomic import atomic_write_figure, atomic_write_text
@@ -47,6 +48,8 @@ COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "d
            "latency_samples", "throughput", "throughput_unit",
            "speedup_vs_best_fp32", "speedup_best_ci_low", "speedup_best_ci_high", "best_fp32",
            "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_vs",
+           "repeats", "p50_spread_pct", "speedup_pass_min", "speedup_pass_max", "best_speedup_pass_min",
+           "best_speedup_pass_max",
            "efficiency", "compute_precision", "ops_per_item", "peak_mem_mb", "gpu_peak_mem_mb", "ttft_ms", "token_match",
            "size_mb", "calib_samples", "calib_seconds",
            "calib_method", "status", "pending", "reason", "notes",
@@ -114,12 +117,20 @@ def _own_speedup(r: ResultRow, base: ResultRow | None) -> dict:
             "speedup_vs": f"{base.toolchain}/{base.method} (separate runs, unpaired)"}
 
 
-def _best_speedup(r: ResultRow, best: ResultRow) -> dict:
-    """Speedup over the fastest FP32 row of any runtime on the same device and batch, with its interval (paired when
-    the best FP32 row is the one this row was timed against in the same trials, else unpaired)."""
+def _best_speedup(r: ResultRow, best: ResultRow, passes: dict | None = None) -> dict:
+    """Speedup over the fastest FP32 row of any runtime on the same device and batch in the same run, with its
+    interval: over the passes of a repeated run (evaluation.combine: the between-run spread is in the interval);
+    for one pass, paired when the best FP32 row is the one this row was timed against in the same trials, else
+    unpaired."""
     out = {"best_fp32": f"{best.toolchain}/{best.method}"}
     if best is r:
         return {**out, "speedup_vs_best_fp32": 1.0, "speedup_best_ci_low": 1.0, "speedup_best_ci_high": 1.0}
+    if passes and r.key in passes and best.key in passes:
+        c = best_speedup_passes(passes[r.key], passes[best.key])
+        if c is not None:
+            return {**out, "speedup_vs_best_fp32": c["point"], "speedup_best_ci_low": c["low"],
+                    "speedup_best_ci_high": c["high"], "best_speedup_pass_min": min(c["per_pass"]),
+                    "best_speedup_pass_max": max(c["per_pass"])}
     if r.speedup_vs == f"{best.toolchain}/{best.method}" and r.speedup_paired is not None \
             and r.environment.get("run_id") == best.environment.get("run_id"):
         p, lo, hi = _ordered(r.speedup_paired, r.speedup_ci_low, r.speedup_ci_high)
@@ -175,13 +186,36 @@ def _decode_fidelity(rows: list[ResultRow]) -> dict:
     return out
 
 
+def _pass_columns(group: list[ResultRow] | None) -> dict:
+    """Between-run columns of a repeated run's combined row: how many passes were timed, the spread of their p50
+    (max - min over the median, %), the range of their own paired speedups."""
+    out = {"repeats": None, "p50_spread_pct": None, "speedup_pass_min": None, "speedup_pass_max": None}
+    if not group:
+        return out
+    timed = [p for p in group if p.status == "ok" and p.latency_p50_ms is not None]
+    out["repeats"] = len(timed)
+    if timed:
+        p50 = [p.latency_p50_ms for p in timed]
+        med = float(np.median(p50))
+        out["p50_spread_pct"] = 100.0 * (max(p50) - min(p50)) / med if med else None
+        spd = [p.speedup_paired for p in timed if p.speedup_paired is not None]
+        if spd:
+            out["speedup_pass_min"], out["speedup_pass_max"] = min(spd), max(spd)
+    return out
+
+
+def _run(r) -> str | None:
+    return (r.environment or {}).get("run_id")
+
+
 def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataFrame:
+    rows, passes = combine_passes(rows)  # a repeated run's passes -> one row per variant and batch
     by_key = {(r.model, r.weights, r.toolchain, r.method, r.device, r.batch, _phase(r)): r for r in rows}
     decode_fid = _decode_fidelity(rows)
-    fastest_fp32: dict[tuple, ResultRow] = {}
+    fastest_fp32: dict[tuple, ResultRow] = {}  # per run: a speedup over the best FP32 never crosses runs
     for r in rows:
         if r.status == "ok" and r.precision == "fp32" and r.latency_p50_ms and r.eval_limit is None:
-            k = (r.model, r.weights, r.device, r.batch, r.latency_kind)
+            k = (r.model, r.weights, r.device, r.batch, r.latency_kind, _run(r))
             if k not in fastest_fp32 or r.latency_p50_ms < fastest_fp32[k].latency_p50_ms:
                 fastest_fp32[k] = r
     records = []
@@ -202,9 +236,10 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
             rec.update(_significance(r, base))
         if r.status == "ok" and r.latency_p50_ms:
             rec.update(_own_speedup(r, base))
-            best = fastest_fp32.get((r.model, r.weights, r.device, r.batch, r.latency_kind))
+            best = fastest_fp32.get((r.model, r.weights, r.device, r.batch, r.latency_kind, _run(r)))
             if best is not None:
-                rec.update(_best_speedup(r, best))
+                rec.update(_best_speedup(r, best, passes))
+        rec.update(_pass_columns(passes.get(r.key)))
         fid = decode_fid.get(_variant_key(r)) if _phase(r) == "decode" and r.status == "ok" else None
         if fid and rec.get("agreement") is None:
             rec.update(fid)
@@ -218,7 +253,8 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
         rec.update(eval_sha=env.get("eval_sha"), calib_sha=env.get("calib_sha"), cpu=env.get("cpu"), gpu=env.get("gpu"),
                    host=env.get("host"), launcher=env.get("launcher"), threads=env.get("threads"),
                    git_commit=env.get("git_commit"), run_id=env.get("run_id"), timestamp=env.get("timestamp"))
-        att = (attempts or {}).get(r.key)
+        att = (attempts or {}).get(r.key) or next((attempts[p.key] for p in passes.get(r.key, ())
+                                                   if p.key in (attempts or {})), None)
         rec["last_attempt"] = (f"{att.status} {att.environment.get('timestamp', '')} "
                                f"(run {att.environment.get('run_id')}): {att.reason}") if att is not None else None
         records.append(rec)
@@ -280,21 +316,25 @@ def _delta(r) -> str:
 
 @dataclass(frozen=True)
 class Criterion:
-    """What 'accurate enough' means for the verdict (flags of evaluation.aggregate)."""
+    """What 'accurate enough' means for the verdict (flags of evaluation.aggregate): accuracy, and fidelity to FP32."""
 
     max_top1_drop: float = 1.0  # points of top-1
     max_ppl_increase_pct: float = 1.0  # percent of perplexity
     min_agreement: float = 99.0  # % top-1 / next-token agreement with the FP32 baseline
+    min_sqnr_db: float = 30.0  # classifiers: logit SQNR against the FP32 baseline's logits
 
     def describe(self) -> str:
         return (f"accuracy drop not significant or within {self.max_top1_drop:g} pt top-1 / "
-                f"{self.max_ppl_increase_pct:g} % perplexity, and agreement ≥ {self.min_agreement:g} %")
+                f"{self.max_ppl_increase_pct:g} % perplexity, agreement ≥ {self.min_agreement:g} %, and for "
+                f"classifiers logit SQNR ≥ {self.min_sqnr_db:g} dB against FP32")
 
     def accepts(self, r) -> bool:
         if r["status"] != "ok" or pd.isna(r["value"]):
             return False
         if r["precision"] != "fp32":
             if pd.isna(r["agreement"]) or r["agreement"] < self.min_agreement:
+                return False
+            if r["metric"] == "top1" and (pd.isna(r["sqnr_db"]) or r["sqnr_db"] < self.min_sqnr_db):
                 return False
         if pd.isna(r["delta"]):
             return True  # an FP32 baseline itself
@@ -305,15 +345,39 @@ class Criterion:
         return 100.0 * r["delta"] / r["baseline_value"] <= self.max_ppl_increase_pct
 
 
+def _one_run(g: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows of the group's main run (the run with most rows; the newest on a tie) and how many rows of other
+    runs or commits were left out: a verdict never compares rows measured in different runs."""
+    runs = g.groupby("run_id", dropna=False).agg(n=("run_id", "size"), t=("timestamp", "max"))
+    if runs.empty:
+        return g, 0
+    best = runs.sort_values(["n", "t"], ascending=[False, False]).index[0]
+    main = g[g["run_id"] == best] if pd.notna(best) else g[g["run_id"].isna()]
+    commits = main["git_commit"].dropna()
+    if len(commits):
+        main = main[main["git_commit"] == commits.mode().iloc[0]]
+    return main, len(g) - len(main)
+
+
+def _overlap(a, b) -> bool:
+    """Do two speedup intervals overlap (a missing interval overlaps everything: no evidence of a difference)?"""
+    if pd.isna(a["speedup_best_ci_low"]) or pd.isna(b["speedup_best_ci_low"]):
+        return True
+    return a["speedup_best_ci_low"] <= b["speedup_best_ci_high"] and b["speedup_best_ci_low"] <= a["speedup_best_ci_high"]
+
+
 def verdicts(df: pd.DataFrame, crit: Criterion) -> list[dict]:
-    """Per (model, weights, device, batch, latency kind): the fastest ok row meeting the criterion, with its speedup
-    over the best FP32 row and that speedup's interval. Full-evaluation rows only."""
+    """Per (model, weights, device, batch, latency kind), within one run: the rows meeting the criterion, fastest
+    first by their speedup over that run's best FP32 row. A winner only where its speedup interval (which carries the
+    between-run spread of a repeated run) excludes every other accepted row's; otherwise the rows whose intervals
+    overlap the fastest one's are a tie. Full-evaluation rows only."""
     out = []
     ok = df[(df["status"] == "ok") & df["latency_p50_ms"].notna() & df["eval_limit"].isna()]
     full = ok[ok["latency_kind"] != "decode"]
-    for key, g in ok.groupby(["model", "weights", "device", "batch", "latency_kind"], sort=False):
+    for key, g_all in ok.groupby(["model", "weights", "device", "batch", "latency_kind"], sort=False):
+        g, other_runs = _one_run(g_all)
         random = key[1] == "random"
-        if random:  # no accuracy to judge: the fastest row, said to be only that
+        if random:  # no accuracy to judge: every row, said to be only that
             good = g
         elif key[4] == "decode":  # a generation row is judged by its variant's full-sequence row
             judged = {(r["toolchain"], r["method"]) for _, r in full[(full["model"] == key[0]) & (full["weights"] == key[1])
@@ -322,15 +386,22 @@ def verdicts(df: pd.DataFrame, crit: Criterion) -> list[dict]:
             good = g[[(r["toolchain"], r["method"]) in judged for _, r in g.iterrows()]]
         else:
             good = g[[crit.accepts(r) for _, r in g.iterrows()]]
+        good = good[good["speedup_vs_best_fp32"].notna()]
         if good.empty:
             continue
-        best = good.loc[good["latency_p50_ms"].idxmin()]
+        good = good.sort_values("speedup_vs_best_fp32", ascending=False)
+        best = good.iloc[0]
+        tied = [r for _, r in good.iloc[1:].iterrows() if _overlap(best, r)]
         out.append({"model": key[0], "weights": key[1], "device": key[2], "batch": int(key[3]), "kind": key[4],
                     "toolchain": best["toolchain"], "method": best["method"], "precision": best["precision"],
                     "p50_ms": best["latency_p50_ms"], "speedup": best["speedup_vs_best_fp32"],
                     "ci_low": best["speedup_best_ci_low"], "ci_high": best["speedup_best_ci_high"],
                     "best_fp32": best["best_fp32"], "agreement": best["agreement"], "delta": best["delta"],
-                    "metric": best["metric"], "n_rows": len(g), "random": random})
+                    "metric": best["metric"], "n_rows": len(g), "n_meeting": len(good), "random": random,
+                    "repeats": best.get("repeats"), "spread": best.get("p50_spread_pct"),
+                    "tied": [f"{r['toolchain']} {r['method']} ({_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])}×)"
+                             for r in tied],
+                    "other_runs": other_runs, "run_id": best.get("run_id"), "commit": best.get("git_commit")})
     return out
 
 
@@ -342,14 +413,27 @@ def render_verdicts(vs: list[dict], crit: Criterion, model: str | None = None, w
         agree = f", agreement {v['agreement']:.2f} %" if _fmt(v["agreement"], ".2f") else ""
         delta = f", Δ {v['metric']} {_fmt(v['delta'], '+.2f')}" if _fmt(v["delta"], ".2f") else ""
         kind = " · decode (per generated token)" if v.get("kind") == "decode" else ""
-        which = ("fastest of all {n} rows (random weights: no accuracy criterion applies)" if v.get("random")
-                 else "fastest of {n} rows meeting the criterion").format(n=v["n_rows"])
-        lines.append(f"- **{v['model']} · {v['device']} · batch {v['batch']}{kind}**: **{v['toolchain']} "
-                     f"{v['method']}** ({v['precision']}), {v['p50_ms']:.2f} ms p50, "
-                     f"{_ci(v['speedup'], v['ci_low'], v['ci_high'])}× over the best FP32 ({v['best_fp32']}){agree}"
-                     f"{delta}; {which}.")
+        reps = v.get("repeats")
+        runs = (f"{int(reps)} runs, p50 spread {_fmt(v.get('spread'), '.1f')} %" if _fmt(reps, ".0f") and reps > 1
+                else "1 run")
+        which = (f"fastest of all {v['n_meeting']} timed rows (random weights: no accuracy criterion applies)"
+                 if v.get("random") else f"fastest of {v['n_meeting']} of {v['n_rows']} rows meeting the criterion")
+        if v.get("other_runs"):
+            which += f"; {v['other_runs']} row(s) of other runs left out"
+        head = f"- **{v['model']} · {v['device']} · batch {v['batch']}{kind}**: "
+        what = (f"**{v['toolchain']} {v['method']}** ({v['precision']}), {v['p50_ms']:.2f} ms p50, "
+                f"{_ci(v['speedup'], v['ci_low'], v['ci_high'])}× over the best FP32 ({v['best_fp32']}){agree}{delta}")
+        if v.get("tied"):
+            lines.append(f"{head}**tie** (speedup intervals overlap): {what}; tied with {', '.join(v['tied'])}; "
+                         f"{runs}; {which}.")
+        elif v["n_meeting"] > 1:
+            lines.append(f"{head}{what}; its interval excludes every other row's; {runs}; {which}.")
+        else:
+            lines.append(f"{head}{what}; {runs}; the only one of {v['n_rows']} rows meeting the criterion"
+                         + (f"; {v['other_runs']} row(s) of other runs left out" if v.get("other_runs") else "") + ".")
     if lines:
-        lines = [f"Verdict (criterion: {crit.describe()}; † marks a speedup interval containing 1):", ""] + lines + [""]
+        lines = [f"Verdict (criterion: {crit.describe()}; a winner only where its speedup interval, between-run spread "
+                 "included, excludes the others'; † marks a speedup interval containing 1):", ""] + lines + [""]
     return lines
 
 
@@ -364,7 +448,9 @@ LEGEND = (
     "quantization. Latency: p50 over n interleaved trials. `vs best FP32` is the headline speedup: over the fastest "
     "FP32 row of any runtime on the same device and batch, with a 95 % bootstrap interval; `vs own FP32` is over "
     "the row's own FP32 baseline, measured in the same process in interleaved trials (paired interval). † marks an "
-    "interval containing 1.0. Efficiency: useful ops/s over the device's measured matmul ceiling for the row's "
+    "interval containing 1.0. runs: the passes of a repeated run (bench --repeats) timed, with the spread of their p50 "
+    "((max − min) / median); a repeated run's p50 is the median of its passes' and its intervals come from a two-level "
+    "bootstrap (passes, then trials), so they include the between-run spread. Efficiency: useful ops/s over the device's measured matmul ceiling for the row's "
     "compute precision. peak MB: resident high-water of building and running the variant.")
 
 
@@ -406,9 +492,9 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                       "weights; fidelity columns compare each row with its FP32 baseline on the same inputs).", ""]
         lines += render_verdicts(vs, crit, model, weights)
         lines += [f"| toolchain | method | prec | dev | batch | {metric} | Δ | agree % | flips −/+ | SQNR dB | KL | "
-                  "x-SQNR dB | p50 ms (p10–p90) | n | vs best FP32 | vs own FP32 | eff. % | peak MB | size MB | "
-                  "calib n / s | status |",
-                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+                  "x-SQNR dB | p50 ms (p10–p90) | n | runs (p50 spread) | vs best FP32 | vs own FP32 | eff. % | "
+                  "peak MB | size MB | calib n / s | status |",
+                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
         shown: set = set()
         for _, r in g.iterrows():
             if r["status"] != "ok":  # one line per skipped/failed variant, all batches together
@@ -419,7 +505,7 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 batches = ",".join(str(b) for b in g[(g["toolchain"] == r["toolchain"]) & (g["method"] == r["method"])
                                                      & (g["device"] == r["device"])]["batch"])
                 lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {batches} |"
-                             + " |" * 15 + f" {r['status']}: {r['reason']} |")
+                             + " |" * 16 + f" {r['status']}: {r['reason']} |")
                 continue
             lat = NOT_TIMED if _pending(r) else ""
             if pd.notna(r["latency_p50_ms"]):
@@ -438,7 +524,7 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} | "
                 f"{_fmt(r['value'], '.2f')} | {_delta(r)} | {_fmt(r['agreement'], '.2f')} | {flips} | "
                 f"{_fmt(r['sqnr_db'], '.1f')} | {kl} | {_fmt(r['xrt_sqnr_db'], '.1f')} | {lat} | "
-                f"{_fmt(r['latency_samples'], '.0f')} | "
+                f"{_fmt(r['latency_samples'], '.0f')} | {_runs(r)} | "
                 f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
                 f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_fmt(r['efficiency'], '.1f')} | "
                 f"{_peak(r)} | {_fmt(r['size_mb'], '.1f')} | {cal} | {status} |")
@@ -448,6 +534,14 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
         if notes:
             lines += [f"Notes ({model}):", ""] + [f"- **{t} / {m}**: {n}" for t, m, n in notes] + [""]
     return "\n".join(lines)
+
+
+def _runs(r) -> str:
+    """'3 (2.1 %)': the passes of a repeated run that were timed and the spread of their p50; '1' for one run."""
+    n = _fmt(r.get("repeats"), ".0f")
+    if not n:
+        return "1" if pd.notna(r.get("latency_p50_ms")) else ""
+    return f"{n} ({_fmt(r.get('p50_spread_pct'), '.1f')} %)"
 
 
 def _peak(r) -> str:
@@ -514,6 +608,10 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
         if weights == "random":
             out += [f"Accuracy cells are empty: {RANDOM_REASON}.", ""]
         out += render_verdicts(vs, crit, model, weights)
+        reps = g["repeats"].dropna()
+        if len(reps):
+            out += [f"Latency: median p50 of {int(reps.max())} runs of the plan (toolchains' order rotated); every "
+                    "interval includes the between-run spread; each row's spread is in results/summary.md.", ""]
         dec_cols = ["ms/token decode b1", "decode vs best FP32"] if dec_by else []
         out += [f"| toolchain | method | prec | dev | {metric} | Δ | agree % | "
                 + " | ".join(f"p50 ms b{b}" for b in batches) + " | "
@@ -842,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-top1-drop", type=float, default=1.0, help="verdict: top-1 points an accepted row may lose")
     ap.add_argument("--max-ppl-increase-pct", type=float, default=1.0, help="verdict: perplexity increase, percent")
     ap.add_argument("--min-agreement", type=float, default=99.0, help="verdict: minimum agreement with FP32, percent")
+    ap.add_argument("--min-sqnr-db", type=float, default=30.0,
+                    help="verdict: classifiers' minimum logit SQNR against FP32, dB")
     args = ap.parse_args(argv)
     setup_logging()
     if args.publish:
@@ -850,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
         args.runs_dir, args.out = [PUBLISHED_RUNS_DIR], RESULTS_DIR
         args.readme, args.docs = REPO_ROOT / "README.md", sorted((REPO_ROOT / "docs").rglob("*.md"))
     runs = args.runs_dir or [RUNS_DIR]
-    crit = Criterion(args.max_top1_drop, args.max_ppl_increase_pct, args.min_agreement)
+    crit = Criterion(args.max_top1_drop, args.max_ppl_increase_pct, args.min_agreement, args.min_sqnr_db)
     damaged: list = []
     aggregate(runs, report_dir_for(runs[0], args.out), args.readme, crit, args.docs, damaged)
     for path, why in damaged:

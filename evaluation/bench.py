@@ -49,7 +49,7 @@ from evaluation.launch import (Outcome, RunLock, driver_missing, estimates, fixe
 from utils.cli import ArgParser, positive_float, positive_int
 from utils.errors import SuiteError, cli_main
 from utils.paths import PUBLISHED_RUNS_DIR, REPO_ROOT, RESULTS_DIR, RUNS_DIR, report_dir_for
-from utils.plan import Estimates, Plan, Settings, build_plan, describe, new_run_id, routes_seconds
+from utils.plan import Estimates, Plan, Settings, build_plan, describe, new_run_id, passes, routes_seconds
 from utils.registry import DEFAULT_BATCHES, MODELS, ORDER, PREPARE_TOOLCHAIN, TOOLCHAINS, WEIGHTS, default_batches
 
 CLUSTER_ENV = "ray"  # the support environment (utils/registry.py SUPPORT_ENVS) the --cluster driver runs in
@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan (items, where each runs, estimated seconds) and what --budget/--resume leave "
                          "out; create, prepare and write nothing")
+    ap.add_argument("--repeats", type=positive_int, default=1,
+                    help="run the plan N times, each pass its own route processes with the toolchains' order rotated; "
+                         "every row is kept per pass (key suffix __r<pass>) and the table combines them: the median "
+                         "p50, the between-run spread beside the within-run interval, and a speedup interval over both "
+                         "(later passes reuse the first pass's scores and time again)")
     ap.add_argument("--resume", action="store_true",
                     help="skip the items that already have finished ok rows in --runs-dir for the same configuration "
                          "and code commit")
@@ -200,12 +205,13 @@ def settings_of(args) -> Settings:
 class Checked:
     """A validated run: its plan (narrowed by --resume/--budget, with estimates), its folders, what it costs."""
 
-    plan: Plan
+    plan: Plan  # every item of the run (all passes)
     out: Path
     est: Estimates
     fixed_s: float = 0.0
     fixed_lines: list[str] = field(default_factory=list)
     device_missing: str | None = None
+    passes: list[Plan] = field(default_factory=list)  # --repeats: the plan of each pass, in order
 
 
 PROBE = "probe"
@@ -267,8 +273,14 @@ def validate(args, device_missing: str | None = PROBE) -> Checked:
         if any(it.device == "cuda" for it in plan.items) else None
     fixed, lines = fixed_seconds(plan, needed_envs(args, plan.toolchains()), ceilings=args.ceilings,
                                  report=not args.no_report)
-    plan = narrow(plan, resume=args.resume, budget=args.budget, fixed_s=fixed, device_missing=missing, est=est)
-    return Checked(plan=plan, out=out, est=est, fixed_s=fixed, fixed_lines=lines, device_missing=missing)
+    if args.repeats > 1 and args.budget is not None:
+        raise SuiteError("--budget plans one pass; run --repeats without it (or several budgeted runs with --resume)")
+    runs = [narrow(p, resume=args.resume, budget=args.budget, fixed_s=fixed, device_missing=missing, est=est)
+            for p in passes(plan, args.repeats)]
+    whole = plan.subset([it for p in runs for it in p.items])
+    whole.left_out = [lo for p in runs for lo in p.left_out]
+    return Checked(plan=whole, out=out, est=est, fixed_s=fixed, fixed_lines=lines, device_missing=missing,
+                   passes=runs)
 
 
 def needed_envs(args, toolchains) -> list[str]:
@@ -507,9 +519,13 @@ def execute(args, checked: Checked, argv: list[str], who: str = "bench") -> int:
             join_env_builds(builds)  # nothing below is timed while pip runs
             if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
                 measure_ceilings(args, plan.toolchains(), out, builds.ensure, outcome.failures)
-            run_routes(plan, prepared, builds.ensure, outcome, who=who, est=checked.est)
-            if outcome.bad_input:
-                return 2
+            for k, p in enumerate(checked.passes or [plan], 1):
+                p.run_id, p.deadline = run_id, plan.deadline
+                if len(checked.passes) > 1:
+                    say(f"pass {k} of {len(checked.passes)}: {', '.join(p.toolchains() if p.route_order is None else p.route_order)}", who)
+                run_routes(p, prepared, builds.ensure, outcome, who=who, est=checked.est)
+                if outcome.bad_input:
+                    return 2
             return finish(args, plan, out, outcome, builds.ensure, t_start, argv, who)
         finally:
             builds.cancel()  # only what is still under way (Ctrl-C, an early exit): no half-made env is marked ready

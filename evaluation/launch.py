@@ -55,7 +55,7 @@ def status_items(plan: Plan, items, status: str, reason: str, *, run_id: str, la
         rows = status_rows(status=status, reason=reason, model=it.model, weights=it.weights,
                            dataset=_dataset(it.model, it.weights, plan.settings.data), toolchain=it.toolchain,
                            variants=[it.variant], device=it.device, batches=it.batches, metric=METRIC[it.model],
-                           eval_limit=it.eval_limit, environment=env)
+                           eval_limit=it.eval_limit, environment=env, repeat=it.repeat)
         if it.decode:
             rows.append(rows[0].replace(batch=1, latency_kind="decode") if rows else None)
         rows = [r for r in rows if r is not None and (keys is None or r.key in keys)]
@@ -299,7 +299,8 @@ def narrow(plan: Plan, *, resume: bool, budget: float | None, fixed_s: float, de
         from utils.envinfo import git_commit
 
         done, scored = finished_items(plan, plan.runs_dir, git_commit())
-        kept = [replace(it, reuse_scores=it.ident in scored) for it in plan.items if it.ident not in done]
+        kept = [replace(it, scores_from=it.row_key(it.batches[0]) if it.ident in scored else it.scores_from)
+                for it in plan.items if it.ident not in done]
         plan = plan.subset(kept)
         plan.left_out += [{"item": k, "why": f"resume: {why}"} for k, why in done.items()]
     if budget is not None:

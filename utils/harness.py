@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 # decode: host wall time per generated token after the first, in greedy generation with a KV cache (the prompt's
 # prefill and first token are the row's ttft_ms); see quantization.kit.greedy
 LATENCY_KINDS = ("host-wall", "cuda-events", "tensorrt-gpu-compute", "cuda-e2e", "decode")
+SAMPLE_DECIMALS = 6  # ms: samples are kept at 1 ns resolution, as stored in the rows
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -47,7 +48,8 @@ class Latency:
                     first_call_ms: float | None = None) -> "Latency":
         if kind not in LATENCY_KINDS:
             raise ValueError(f"latency kind must be one of {LATENCY_KINDS}")
-        s = tuple(float(x) for x in samples_ms)
+        # stored as they are written into the rows (1 ns resolution), so a row's statistics can be recomputed from it
+        s = tuple(round(float(x), SAMPLE_DECIMALS) for x in samples_ms)
         return cls(
             kind=kind, samples_ms=s, first_call_ms=first_call_ms, items_per_call=int(items_per_call),
             p10_ms=percentile(s, 10), p50_ms=percentile(s, 50), p90_ms=percentile(s, 90),
@@ -68,9 +70,13 @@ class Latency:
             throughput=self.throughput,
         )
 
-    def summary(self) -> dict:
-        return dict(n=len(self.samples_ms), mean_ms=self.mean_ms, stdev_ms=self.stdev_ms, p95_ms=self.p95_ms,
-                    samples_ms=[round(x, 4) for x in self.samples_ms])
+    def summary(self, trials: Sequence[int] | None = None) -> dict:
+        """What a row keeps: every sample (and, from interleaved trials, the trial each one was taken in)."""
+        out = dict(n=len(self.samples_ms), mean_ms=self.mean_ms, stdev_ms=self.stdev_ms, p95_ms=self.p95_ms,
+                   samples_ms=list(self.samples_ms))
+        if trials is not None:
+            out["trials"] = [int(t) for t in trials]
+        return out
 
 
 @dataclass

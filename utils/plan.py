@@ -82,7 +82,10 @@ class Item:
     notes: tuple[str, ...] = ()  # said in every row of the item (e.g. why a twin is timed at one batch)
     baseline: bool = False  # the toolchain's own FP32 baseline (the budget keeps these first)
     skip: str = ""  # the declaration says it has no path on this device: skipped rows with this reason, no build
-    reuse_scores: bool = False  # --resume: scored by an earlier run that stopped before timing it: built and timed only
+    # the row whose scores this item reuses (built and timed only, not scored again): --resume of an item scored by a
+    # run stopped before timing it (its own row), or a later pass of a repeated run (the first pass's row)
+    scores_from: str = ""
+    repeat: int | None = None  # --repeats: the pass of the run (1..N); its rows' keys end in __r<pass>
     est_build_s: float | None = None  # estimates filled by the launcher (for --budget, the kit's deadline)
     est_time_s: float | None = None
 
@@ -92,6 +95,8 @@ class Item:
         parts = [self.model, self.weights, self.toolchain, self.method, self.precision, self.device]
         if self.eval_limit is not None:
             parts.append(f"lim{self.eval_limit}")
+        if self.repeat is not None:
+            parts.append(f"r{self.repeat}")
         return "__".join(_safe(p) for p in parts)
 
     def row_key(self, batch: int, decode: bool = False) -> str:
@@ -101,6 +106,8 @@ class Item:
             parts.append(f"lim{self.eval_limit}")
         if decode:
             parts.append("decode")
+        if self.repeat is not None:
+            parts.append(f"r{self.repeat}")
         return "__".join(_safe(p) for p in parts)
 
     def row_keys(self) -> list[str]:
@@ -137,6 +144,7 @@ class Plan:
     route_args: dict[str, list[str]] = field(default_factory=dict)  # toolchain -> its own flags (route options)
     left_out: list[dict] = field(default_factory=list)  # {"item": ident, "why": ...} (budget, resume)
     methods_named: bool = False
+    route_order: list[str] | None = None  # toolchains in the order their routes run (default: the run order)
 
     # -- selection
     def routes(self) -> list[tuple[str, str]]:
@@ -145,8 +153,8 @@ class Plan:
         for it in self.items:
             if (it.toolchain, it.model) not in out:
                 out.append((it.toolchain, it.model))
-        rank = {t: i for i, t in enumerate(ORDER)}
-        return sorted(out, key=lambda tm: rank[tm[0]])
+        rank = {t: i for i, t in enumerate(self.route_order or ORDER)}
+        return sorted(out, key=lambda tm: rank.get(tm[0], len(rank)))
 
     def items_of(self, toolchain: str, model: str | None = None) -> list[Item]:
         return [it for it in self.items if it.toolchain == toolchain and (model is None or it.model == model)]
@@ -173,7 +181,7 @@ class Plan:
     # -- identity of what an item measures (for --resume)
     def config(self, item: Item) -> dict:
         s = self.settings
-        return {"item": {k: v for k, v in item.to_dict().items() if not k.startswith("est_") and k != "reuse_scores"},
+        return {"item": {k: v for k, v in item.to_dict().items() if not k.startswith("est_") and k != "scores_from"},
                 "weights_path": s.weights_path, "data": s.data, "threads": s.threads, "min_time": s.min_time,
                 "min_iters": s.min_iters, "route_args": self.route_args.get(item.toolchain, [])}
 
@@ -186,7 +194,7 @@ class Plan:
         """What shapes the item's scores (not its timing: batches, --min-time/--min-iters): scored rows of the same key
         are reused by --resume."""
         c = self.config(item)
-        c["item"] = {k: v for k, v in c["item"].items() if k not in ("batches", "decode", "notes", "baseline")}
+        c["item"] = {k: v for k, v in c["item"].items() if k not in ("batches", "decode", "notes", "baseline", "repeat")}
         for k in ("min_time", "min_iters"):
             c.pop(k)
         return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -195,7 +203,7 @@ class Plan:
     def to_dict(self) -> dict:
         return {"version": PLAN_VERSION, "settings": asdict(self.settings), "runs_dir": str(self.runs_dir),
                 "run_id": self.run_id, "deadline": self.deadline, "route_args": self.route_args,
-                "methods_named": self.methods_named, "left_out": self.left_out,
+                "methods_named": self.methods_named, "left_out": self.left_out, "route_order": self.route_order,
                 "items": [it.to_dict() for it in self.items]}
 
     @classmethod
@@ -205,7 +213,8 @@ class Plan:
         return cls(settings=Settings(**d["settings"]), items=[Item.from_dict(x) for x in d["items"]],
                    runs_dir=d["runs_dir"], run_id=d.get("run_id"), deadline=d.get("deadline"),
                    route_args={k: list(v) for k, v in (d.get("route_args") or {}).items()},
-                   left_out=list(d.get("left_out") or []), methods_named=bool(d.get("methods_named")))
+                   left_out=list(d.get("left_out") or []), methods_named=bool(d.get("methods_named")),
+                   route_order=d.get("route_order"))
 
     def save(self, path: Path | str) -> Path:
         from utils.atomic import atomic_write_json
@@ -405,7 +414,8 @@ class Estimates:
             return NO_DEVICE_S, 0.0, "declared without a path here: a skipped row"
         if it.device == "cuda" and device_missing:
             return NO_DEVICE_S, 0.0, "no device: a skipped row"
-        rec = self.records.get(it.ident)
+        rec = self.records.get(it.ident) or self.records.get(replace(it, repeat=None).ident) \
+            or self.records.get(replace(it, repeat=1).ident)  # a pass of a repeated run costs what a run costs
         if rec and rec.get("status") in ("ok", "skipped") and rec.get("seconds"):
             s = rec["seconds"]
             if rec.get("status") == "skipped":
@@ -414,7 +424,8 @@ class Estimates:
             per_batch = [float(v) for v in timed.values()] or [0.0]
             t = sum(float(timed.get(str(b), max(per_batch))) for b in it.batches) + float(s.get("decode", 0.0) or 0.0)
             how = "from its rows" if rec.get("derived") else "measured"
-            return float(s.get("build", 0.0)) + float(s.get("score", 0.0)), t, f"{how} {rec.get('timestamp', '')[:10]}"
+            score = 0.0 if it.scores_from else float(s.get("score", 0.0))  # reused scores: built and timed only
+            return float(s.get("build", 0.0)) + score, t, f"{how} {rec.get('timestamp', '')[:10]}"
         if it.device == "cuda":
             b, t = DEFAULT_GPU_ITEM_S[task_of(it.model)]
         else:
@@ -497,6 +508,26 @@ def finished_items(plan: Plan, runs_dir: Path | str, commit: str) -> tuple[dict[
     return done, scored
 
 
+def passes(plan: Plan, n: int) -> list[Plan]:
+    """--repeats n: the plan once per pass, its items marked with the pass (their rows' keys end in __r<pass>); a
+    later pass reuses the first pass's scores (scoring is deterministic) and times again; the toolchains' order is
+    rotated from pass to pass (the first pass keeps the declarations' `needs` order: it makes the artifacts later
+    toolchains read)."""
+    if n <= 1:
+        return [plan]
+    out = []
+    order = plan.toolchains()
+    for k in range(1, n + 1):
+        rot = order[(k - 1) % len(order):] + order[:(k - 1) % len(order)] if order else order
+        items = [replace(it, repeat=k, scores_from=it.scores_from if k == 1 else
+                         replace(it, repeat=1).row_key(it.batches[0]))
+                 for t in rot for it in plan.items if it.toolchain == t]
+        p = plan.subset(items)
+        p.route_order = rot
+        out.append(p)
+    return out
+
+
 def value_order(items: list[Item]) -> list[Item]:
     """Each toolchain's FP32 baseline first, then the declaration's order (run order, model, device, variant)."""
     idx = {id(it): i for i, it in enumerate(items)}
@@ -537,7 +568,8 @@ def describe(plan: Plan, est: Estimates | None = None, where: dict[str, str] | N
              device_missing: str | None = None) -> list[str]:
     """The plan as lines: one per item (where it runs, batches, decode, estimate), then what was left out."""
     est = est or Estimates({})
-    lines = [f"plan: {len(plan.items)} item(s) in {len(plan.routes())} route process(es); weights "
+    procs = len({(it.toolchain, it.model, it.repeat) for it in plan.items})
+    lines = [f"plan: {len(plan.items)} item(s) in {procs} route process(es); weights "
              f"{plan.settings.weights}; rows -> {plan.runs_dir}"]
     total = 0.0
     for t, m in plan.routes():
@@ -548,7 +580,8 @@ def describe(plan: Plan, est: Estimates | None = None, where: dict[str, str] | N
         for it in its:
             b, tm, src = est.item(it, device_missing)
             total += b + tm
-            extra = (" +decode" if it.decode else "") + (" (FP32 baseline)" if it.baseline else "")
+            extra = (" +decode" if it.decode else "") + (" (FP32 baseline)" if it.baseline else "") + \
+                (f" pass {it.repeat}" if it.repeat else "")
             lines.append(f"    {it.method:<18} {it.precision:<5} {it.device:<5} b{','.join(map(str, it.batches)):<6}"
                          f"{extra:<24} ~{b + tm:5.0f} s  ({src})")
     lines.append(f"routes: ~{total:.0f} s estimated")

@@ -77,6 +77,9 @@ class ResultRow:
     # an ok row written as soon as its variant is scored, before its batch is timed: "timing" (the latency columns
     # come later under the same key; until then the table says "not timed"); "" for a finished row
     pending: str = ""
+    # --repeats N: which pass of the run measured this row (1..N; None for a run of one pass); the table combines a
+    # run's passes into one line with their between-run spread (evaluation.aggregate)
+    repeat: int | None = None
     status: str = "ok"
     reason: str = ""
     notes: str = ""
@@ -110,6 +113,8 @@ class ResultRow:
             parts.append(f"lim{self.eval_limit}")
         if self.latency_kind == "decode":  # the generation row of a variant, beside its full-sequence row
             parts.append("decode")
+        if self.repeat is not None:  # one row per pass of a repeated run
+            parts.append(f"r{self.repeat}")
         return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,13 +227,14 @@ def status_rows(
     metric: str,
     eval_limit: int | None = None,
     environment: dict[str, Any] | None = None,
+    repeat: int | None = None,
 ) -> list[ResultRow]:
     """`skipped`/`failed` rows for every (method, precision) x batch a route could not measure."""
     return [
         ResultRow(
             model=model, weights=weights, dataset=dataset, toolchain=toolchain, method=method,
             precision=precision, device=device, batch=b, metric=metric, status=status,
-            reason=reason, eval_limit=eval_limit, environment=dict(environment or {}),
+            reason=reason, eval_limit=eval_limit, environment=dict(environment or {}), repeat=repeat,
         )
         for method, precision in variants
         for b in batches

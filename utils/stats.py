@@ -22,7 +22,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["binom_two_sided_p", "mcnemar_exact", "bootstrap_ppl_delta", "block_bootstrap_ppl", "speedup_ci",
-           "relative_width", "widest_interval"]
+           "repeated_speedup_ci", "relative_width", "widest_interval"]
 
 
 # ------------------------------------------------------------------------------------------ McNemar
@@ -165,6 +165,47 @@ def speedup_ci(base_samples_ms, samples_ms, *, paired: bool = True, n_boot: int 
     alpha = 1.0 - conf
     lo, hi = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
     return point, float(lo), float(hi)
+
+
+def _boot_ratios(b: np.ndarray, v: np.ndarray, paired: bool, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    if paired:
+        ib = iv = rng.integers(0, b.shape[0], size=(n_boot, b.shape[0]))
+    else:
+        ib = rng.integers(0, b.shape[0], size=(n_boot, b.shape[0]))
+        iv = rng.integers(0, v.shape[0], size=(n_boot, v.shape[0]))
+    return _median_of_trials(b, ib) / _median_of_trials(v, iv)
+
+
+def repeated_speedup_ci(passes, *, paired: bool = True, n_boot: int = 2000, seed: int = 0,
+                        conf: float = 0.95) -> dict:
+    """A speedup measured in several independent runs (passes): within each, median(base) / median(variant) from
+    its own trials; across them, the geometric mean. The interval is a two-level bootstrap: resample the passes
+    (the between-run spread: another run of the same plan lands elsewhere), and within each drawn pass its trials
+    (paired or not, as `speedup_ci`); so it is at least as wide as the runs disagree. With one pass it is that
+    pass's own interval.
+
+    passes: [(base_samples, variant_samples), ...], each as accepted by speedup_ci. Returns {"point", "low", "high",
+    "per_pass": [point of each pass], "spread": max/min of the per-pass points, "passes": n}."""
+    arrs = [(_as_trials(b), _as_trials(v)) for b, v in passes]
+    if not arrs or any(b.size == 0 or v.size == 0 for b, v in arrs):
+        raise ValueError("repeated_speedup_ci needs samples on both sides of every pass")
+    if paired and any(b.shape[0] != v.shape[0] for b, v in arrs):
+        raise ValueError("paired passes need the same trials on both sides")
+    per = np.array([np.nanmedian(b) / np.nanmedian(v) for b, v in arrs])
+    rng = np.random.default_rng(seed)
+    ratios = np.stack([_boot_ratios(b, v, paired, n_boot, rng) for b, v in arrs])  # (passes, n_boot)
+    k = len(arrs)
+    if k == 1:
+        comb = ratios[0]
+    else:
+        pick = rng.integers(0, k, size=(n_boot, k))  # passes drawn with replacement, per bootstrap replicate
+        col = (np.arange(n_boot)[:, None] + np.arange(k)[None, :] * 7919) % n_boot  # a fresh replicate per draw
+        comb = np.exp(np.log(ratios[pick, col]).mean(axis=1))
+    alpha = 1.0 - conf
+    lo, hi = np.quantile(comb, [alpha / 2, 1 - alpha / 2])
+    point = float(np.exp(np.log(per).mean()))
+    return {"point": point, "low": float(min(lo, point)), "high": float(max(hi, point)),
+            "per_pass": [float(x) for x in per], "spread": float(per.max() / per.min()), "passes": k}
 
 
 def relative_width(point: float, low: float, high: float) -> float:

@@ -329,6 +329,17 @@ def _unit(built: Built, li) -> "Timed":
     return Timed(fn, li.items, built.latency_kind, built.sync, built.timer)
 
 
+# how every paired speedup interval is computed (stored in the rows, so each one can be recomputed from its row)
+SPEEDUP_CI = {"paired": True, "n_boot": 2000, "seed": 0, "conf": 0.95}
+
+
+def _paired_record(trials, base: str, method: str) -> dict:
+    """The baseline's side of a paired comparison as a row keeps it: its name, samples and trial indices, and how
+    the interval was computed (utils.stats.speedup_ci over the trials both timed)."""
+    return {"name": base, "samples_ms": list(trials.latency[base].samples_ms), "trials": list(trials.trial_of[base]),
+            "speedup_ci": SPEEDUP_CI}
+
+
 def _time_group(ctx: ModelContext, variants: list, bases: dict, pair_of: dict, batch: int) -> dict:
     """Interleaved trials of the variants and their in-process FP32 baselines at one batch: every unit is timed
     once per trial, so each variant is paired trial by trial with its own baseline (pair_of[method])."""
@@ -357,13 +368,13 @@ def _time_group(ctx: ModelContext, variants: list, bases: dict, pair_of: dict, b
     trials = interleaved(units, baseline=main_base, min_trials=cfg.min_iters, budget_s=cfg.min_time * len(units),
                          widest=widest if pairs and main_base else None)
     out = {"overhead_ms": trials.overhead_ms, "shape": list(li.shape), "unit": li.unit, "latency": trials.latency,
-           "speedup": {}}
+           "speedup": {}, "trials": trials}
     for m in units:
         if m in pairs:  # a variant (possibly itself the baseline of another, e.g. inductor for pt2e)
             b = pairs[m]
             xb, xo = trials.paired(b, m)
             if len(xb) >= 3 and units[m].kind == units[b].kind:
-                out["speedup"][m] = (*(float(x) for x in speedup_ci(xb, xo, paired=True)), b)
+                out["speedup"][m] = (*(float(x) for x in speedup_ci(xb, xo, **SPEEDUP_CI)), b)
         elif m in bases:  # the toolchain's own FP32 baseline
             out["speedup"][m] = (1.0, 1.0, 1.0, m)
     return out
@@ -461,7 +472,7 @@ def _build_and_score(route: Route, ctx: ModelContext, w: RowWriter, it: Item, d:
     measured = _reset_peak()
     built = None
     t0 = time.time()
-    reused = _reused_scores(ctx, it, records.plan) if it.reuse_scores else None
+    reused = _reused_scores(ctx, it, records.plan) if it.scores_from else None
     try:
         built = route.build(ctx, it.method, it.precision, d)
         build_s = time.time() - t0
@@ -514,18 +525,20 @@ SCORE_FIELDS = ("value", "top5", "agreement", "flips_lost", "flips_gained", "sqn
 
 
 def _reused_scores(ctx: ModelContext, it: Item, plan: Plan) -> tuple[dict, dict] | None:
-    """--resume of an item scored by an earlier run of the same configuration and commit that stopped before timing
-    it: its scoring and fidelity fields from that run's row (scoring is deterministic), or None to score again."""
+    """The scoring and fidelity fields of the row `it.scores_from` (scoring is deterministic): --resume of an item
+    scored by an earlier run of the same configuration that stopped before timing it, or a later pass of a repeated
+    run; None (score again) when that row is missing or was scored with other settings."""
     from utils.rows import read_row
 
-    r = read_row(Path(ctx.cfg.runs_dir) / f"{it.row_key(it.batches[0])}.json")
+    r = read_row(Path(ctx.cfg.runs_dir) / f"{it.scores_from}.json")
     if r is None or r.status != "ok" or (r.extra.get("plan_item") or {}).get("score_key") != plan.score_key(it):
         return None
     drop = ("latency", "latency_shape", "harness_overhead_ms", "pending", "plan_item")
     extra = {k: v for k, v in r.extra.items() if k not in drop}
     extra["scores_from_run"] = (r.environment or {}).get("run_id")
-    log.info("%s: scores reused from run %s (stopped before timing it); building and timing only", it.ident,
-             extra["scores_from_run"])
+    extra["scores_from_row"] = it.scores_from
+    log.info("%s: scores reused from run %s (row %s); building and timing only", it.ident, extra["scores_from_run"],
+             it.scores_from)
     return {k: getattr(r, k) for k in SCORE_FIELDS}, extra
 
 
@@ -631,7 +644,11 @@ def _latency_fields(v: _Variant, one: dict, tc, cfg: RouteConfig) -> dict:
         own = spd[3] in tc.methods(v.item.model)
         fields.update(speedup_paired=spd[0], speedup_ci_low=spd[1], speedup_ci_high=spd[2],
                       speedup_vs=f"{cfg.toolchain}/{spd[3]}" + ("" if own else " (in-process FP32)"))
-    fields["extra"] = {**v.extra, "latency": lat.summary(), "latency_shape": one["shape"],
+    tr = one["trials"]
+    latency = lat.summary(tr.trial_of[v.method])
+    if spd is not None and spd[3] != v.method:
+        latency["baseline"] = _paired_record(tr, spd[3], v.method)
+    fields["extra"] = {**v.extra, "latency": latency, "latency_shape": one["shape"],
                        "harness_overhead_ms": round(one["overhead_ms"], 6)}
     return fields
 
@@ -786,7 +803,7 @@ def _time_generation(route: Route, ctx: ModelContext, writer: RowWriter, device:
                 gen_extra.update(token_match_vs=f"{cfg.toolchain}/{base}", first_divergence=first)
                 xb, xo = trials.paired(base, v.method)
                 if len(xb) >= 3:
-                    spd = speedup_ci(xb, xo, paired=True)
+                    spd = speedup_ci(xb, xo, **SPEEDUP_CI)
                     own = base in tc.methods(ctx.model)
                     fields.update(speedup_paired=float(spd[0]), speedup_ci_low=float(spd[1]),
                                   speedup_ci_high=float(spd[2]),
@@ -794,7 +811,10 @@ def _time_generation(route: Route, ctx: ModelContext, writer: RowWriter, device:
             elif base is None or base == v.method:
                 fields.update(speedup_paired=1.0, speedup_ci_low=1.0, speedup_ci_high=1.0,
                               speedup_vs=f"{cfg.toolchain}/{v.method}")
-            extra = {**v.extra, "latency": lat.summary(), "generation": gen_extra,
+            latency = lat.summary(trials.trial_of[v.method])
+            if base in units and base != v.method:
+                latency["baseline"] = _paired_record(trials, base, v.method)
+            extra = {**v.extra, "latency": latency, "generation": gen_extra,
                      "harness_overhead_ms": round(trials.overhead_ms, 6)}
             r = writer.write(writer.row(v.method, v.precision, b, **fields, extra=extra))
             rows.append(r)

@@ -115,6 +115,13 @@ def plan_from_args(toolchain: str, args: argparse.Namespace) -> Plan:
     return plan
 
 
+def _one_repeat(plan: Plan) -> int | None:
+    reps = {it.repeat for it in plan.items}
+    if len(reps) > 1:
+        raise SuiteError(f"a route process runs one pass of a repeated run; its plan holds passes {sorted(reps)}")
+    return reps.pop() if reps else None
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     """What a route process measures with: the plan's settings, per model its calibration size and batches."""
@@ -130,6 +137,7 @@ class RouteConfig:
     min_time: float = 1.0
     min_iters: int = 20
     runs_dir: Path = RUNS_DIR
+    repeat: int | None = None  # --repeats: the pass these rows belong to (every item of a route process shares it)
 
     def __post_init__(self) -> None:
         Settings(weights=self.weights, eval_limit=self.eval_limit, threads=self.threads, min_time=self.min_time,
@@ -143,7 +151,8 @@ class RouteConfig:
         s = plan.settings
         return cls(toolchain=toolchain, weights=s.weights, weights_path=s.weights_path, data=s.data,
                    batches=plan.batches(), calib_samples=plan.calib_samples(), eval_limit=s.eval_limit,
-                   threads=s.threads, min_time=s.min_time, min_iters=s.min_iters, runs_dir=Path(plan.runs_dir))
+                   threads=s.threads, min_time=s.min_time, min_iters=s.min_iters, runs_dir=Path(plan.runs_dir),
+                   repeat=_one_repeat(plan))
 
     def source(self, model: str) -> ModelSource:
         return ModelSource(model, self.weights, self.weights_path, self.data)
@@ -171,7 +180,7 @@ class RowWriter:
         base = dict(model=self.model, weights=self.cfg.weights, dataset=self.dataset, toolchain=self.cfg.toolchain,
                     method=method, precision=precision, device=self.device, batch=batch, metric=METRIC[self.model],
                     ops_per_item=self.manifest.get("ops_per_item"), eval_limit=self.cfg.eval_limit,
-                    environment=self.env)
+                    environment=self.env, repeat=self.cfg.repeat)
         base.update(fields)
         return ResultRow(**base)
 
@@ -195,5 +204,5 @@ class RowWriter:
         rows = status_rows(status=status, reason=reason, model=self.model, weights=self.cfg.weights,
                            dataset=self.dataset, toolchain=self.cfg.toolchain, variants=variants, device=self.device,
                            batches=batches or self.cfg.batches[self.model], metric=METRIC[self.model],
-                           eval_limit=self.cfg.eval_limit, environment=self.env)
+                           eval_limit=self.cfg.eval_limit, environment=self.env, repeat=self.cfg.repeat)
         return [self.write(r) for r in rows]

@@ -285,7 +285,7 @@ def test_resume_times_what_was_scored_and_runs_only_the_rest(cache):
     assert {r.key for r in read_rows(runs) if r.status == "ok"} == set(first)
 
     resumed = narrow(plan, resume=True, budget=None, fixed_s=0.0, device_missing=None, est=Estimates({}))
-    assert [(it.method, it.reuse_scores) for it in resumed.items] == [
+    assert [(it.method, bool(it.scores_from)) for it in resumed.items] == [
         ("fp32", True), ("minmax", True), ("entropy", False), ("percentile", False)]
     resumed.run_id = "resume-run"
     kit.execute(route, resumed, resumed.items, None)

@@ -77,7 +77,7 @@ def test_a_plan_is_data_round_trip_and_its_config_key_is_stable(tmp_path):
     assert plan.config_key(it) == back.config_key(back.items[1])
     import dataclasses
 
-    assert plan.config_key(dataclasses.replace(it, est_build_s=9.0, reuse_scores=True)) == plan.config_key(it)
+    assert plan.config_key(dataclasses.replace(it, est_build_s=9.0, scores_from="x")) == plan.config_key(it)
     assert plan.config_key(dataclasses.replace(it, calib_samples=17)) != plan.config_key(it)
     other = dataclasses.replace(plan, settings=Settings(threads=4))
     assert other.config_key(it) != plan.config_key(it)
