@@ -203,6 +203,10 @@ def run_routes(plan: Plan, prepared: dict, ensure, outcome: Outcome, *, who: str
             rc, peak = run_route(tc.env.name, tc_name, path)
         finally:
             path.unlink(missing_ok=True)  # the item records say what it ran
+            try:
+                path.parent.rmdir()  # only when no other plan file is there
+            except OSError:
+                pass
         if rc == 2:
             outcome.bad_input = True  # bad input (already reported in one line)
             return

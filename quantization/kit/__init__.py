@@ -399,8 +399,16 @@ class ItemRecords:
             "item": item.to_dict(), "status": status, "reason": reason,
             "rows": list(dict.fromkeys(r.key if hasattr(r, "key") else str(r) for r in rows)),
             "run_id": run_id(), "git_commit": self.commit, "config_key": self.plan.config_key(item),
-            "seconds": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in (seconds or {}).items()}})
+            "seconds": _rounded(seconds or {})})
         self.written[item.ident] = status
+
+
+def _rounded(x):
+    if isinstance(x, float):
+        return round(x, 3)
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return x
 
 
 def _fits(plan: Plan, seconds: float | None) -> bool:
