@@ -119,6 +119,9 @@ class Toolchain:
     accuracy_only: tuple[str, ...] = ()
     # device -> {method: why it has no path there}: planned (the table says why) but written skipped without a build
     unsupported: dict[str, dict[str, str]] = field(default_factory=dict)
+    # method -> factor on the default seconds planned for one of its GPU items that no earlier run has measured (a
+    # method that compiles much longer than the others, e.g. max-autotune)
+    estimate_factor: dict[str, float] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -204,6 +207,9 @@ _DECLS = (
                     "CPU code generation); it has no CUDA path"}},
         # Hugging Face's cached decoding: eager (any dtype) and the torchao variants; inductor compiles static shapes
         generates={"gpt2": ("eager", "weight-only", "dynamic", "eager-fp16", "eager-bf16", "fp8")},
+        # max-autotune benchmarks candidate kernels at every new shape (scoring, each batch): not measured here yet,
+        # planned at several times the default compile until a run's item records say better
+        estimate_factor={m: 6.0 for m, _ in _TORCH_MAX},
     ),
     Toolchain(
         name="onnxruntime",
