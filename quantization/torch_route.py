@@ -221,7 +221,8 @@ class Compiled:
     """torch.compile of one variant (inductor, freezing, static shapes), proven to run compiled.
 
     - `torch._dynamo.reset()` first: the compile caches start empty for each variant, so the order of the variants in
-      a process changes nothing (graphs of variants built earlier are compiled again at their next new shape);
+      a process changes nothing (variants built earlier lose their graphs and compile again at their next call: the
+      kit builds and scores each variant, then times them all, so what is dropped is their scoring shape's);
     - its own code object (`_own_code`): its own cache and recompile limit while all variants stay alive to be timed
       in interleaved trials;
     - `fullgraph=True`: a graph break or a recompile-limit hit raises at compile time instead of running eager;
