@@ -58,9 +58,27 @@ COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "d
 ALPHA = 0.05
 
 
+CUDA_CEILING_PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8")
+
+
+def _cuda_ceilings(row: ResultRow) -> dict:
+    """The GPU entry of the row's device ceilings (utils.ceilings.measure_cuda), when it was measured on the GPU the
+    row ran on ({} otherwise: a record of another GPU never rates this one)."""
+    c = (row.environment.get("ceilings") or {}).get("cuda") or {}
+    if not c.get("available"):
+        return {}
+    gpu = row.environment.get("gpu")
+    return c if not gpu or not c.get("gpu") or c["gpu"] == gpu else {}
+
+
 def _ceiling(row: ResultRow) -> float | None:
+    """The matmul ceiling of the row's device in the precision its matmuls run in: the CPU's fp32/int8 (the best
+    library), or on cuda the GPU's own fp32/bf16/fp16/fp8/int8 measured through torch."""
+    prec = row.compute_precision or ""
+    if row.device == "cuda":
+        return _cuda_ceilings(row).get(f"{prec}_ops_per_s") if prec in CUDA_CEILING_PRECISIONS else None
     c = row.environment.get("ceilings") or {}
-    key = {"fp32": "fp32_ops_per_s", "int8": "int8_ops_per_s"}.get(row.compute_precision or "")
+    key = {"fp32": "fp32_ops_per_s", "int8": "int8_ops_per_s"}.get(prec)
     if row.device != "cpu" or key is None:
         return None
     return c.get(key)
@@ -143,6 +161,13 @@ def _best_speedup(r: ResultRow, best: ResultRow, passes: dict | None = None) -> 
 
 
 def _efficiency_note(r: ResultRow, rec: dict) -> str:
+    if r.device == "cuda":
+        c = _cuda_ceilings(r)
+        tf32 = " (cuDNN runs FP32 convolutions in TF32 by default, torch.backends.cudnn.allow_tf32)" \
+            if r.compute_precision == "fp32" and r.metric == "top1" else ""
+        return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling on "
+                f"{c.get('gpu')} ({c.get(f'{r.compute_precision}_method')}): the ceiling is a matmul microbenchmark "
+                f"of a few sizes{tf32}; the FLOP count is torch's FlopCounterMode count of the model (2 x MACs)")
     c = r.environment.get("ceilings") or {}
     lib = c.get("fp32_library" if r.compute_precision == "fp32" else "int8_library") or "the matmul microbenchmark"
     if "DYNAMIC_QUANTIZATION_GROUP_SIZE" in (r.notes or "") and c.get("int8_ops_per_s") and r.compute_precision != "int8":
@@ -470,11 +495,17 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
         if len(hosts) > 1:
             lines.append("Hosts: " + "; ".join(f"{h} ({c}, GPU: {g or 'none'})" for h, c, g in hosts)
                          + " (the host column says which made each row).")
-        if ceil:
+        if ceil.get("libraries") is not None or ceil.get("fp32_ops_per_s") is not None:  # the CPU's (not cuda-only)
             lines.append(f"Device ceilings ({ceil.get('threads')} threads): FP32 matmul "
                          f"{(ceil.get('fp32_ops_per_s') or 0) / 1e9:.1f} GFLOP/s ({ceil.get('fp32_library', 'torch.mm')}),"
                          f" INT8 matmul {(ceil.get('int8_ops_per_s') or 0) / 1e9:.1f} GOP/s "
                          f"({ceil.get('int8_library', 'torch._int_mm')}).")
+        gpu = ceil.get("cuda") or {}
+        if gpu.get("available"):  # the GPU's own (utils.ceilings.measure_cuda)
+            rates = ", ".join(f"{p.upper()} {gpu[f'{p}_ops_per_s'] / 1e12:.0f}" for p in CUDA_CEILING_PRECISIONS
+                              if gpu.get(f"{p}_ops_per_s"))
+            lines.append(f"GPU ceilings ({gpu.get('gpu')}, compute capability {gpu.get('capability')}, through torch "
+                         f"{gpu.get('torch')}): matmul TOP/s {rates}.")
         over = [r.extra.get("harness_overhead_ms") for r in rows if r.status == "ok" and r.extra.get("harness_overhead_ms")]
         b1 = [r.latency_p50_ms for r in rows if r.status == "ok" and r.batch == 1 and r.latency_p50_ms]
         if over and b1:

@@ -421,16 +421,18 @@ def join_env_builds(builds: envs.Builds) -> None:
         + f" (waited {time.time() - t0:.0f} s after preparation)")
 
 
-def measure_ceilings(args, toolchains, out: Path, ensure, failures: list[str]) -> None:
-    """The device's matmul ceilings: first in the model-preparing environment (a fresh record), then merged with
-    the rates of every other selected toolchain that declares `measures_ceilings` (e.g. an ORT kernel beats torch's
-    BLAS). Runs only after every environment creation finished: nothing else loads the machine. A failed
+def measure_ceilings(args, toolchains, out: Path, ensure, failures: list[str], devices=("cpu",)) -> None:
+    """The device's matmul ceilings: first in the model-preparing environment (a fresh record: the CPU's, and the
+    GPU's through torch when `devices` has cuda), then merged with the CPU rates of every other selected toolchain
+    that declares `measures_ceilings` (e.g. an ORT kernel beats torch's BLAS). A run on cuda only measures the GPU
+    alone. Runs only after every environment creation finished: nothing else loads the machine. A failed
     measurement is said in the closing line (the efficiency column stays empty where it has no ceiling)."""
     device_json = str(out / "device.json")
+    devices = [d for d in ("cpu", "cuda") if d in devices] or ["cpu"]
     for tc_name in dict.fromkeys([PREPARE_TOOLCHAIN, *toolchains]):
         tc = TOOLCHAINS[tc_name]
         first = tc.prepares_models
-        if not first and not tc.measures_ceilings:
+        if not first and (not tc.measures_ceilings or "cpu" not in devices):
             continue
         try:
             ensure(tc.env.name)
@@ -439,7 +441,8 @@ def measure_ceilings(args, toolchains, out: Path, ensure, failures: list[str]) -
             continue
         say(f"device ceilings through {tc_name}'s libraries")
         rc = envs.run_in_env(tc.env.name, ["-m", "utils.ceilings", "--threads", str(args.threads), "--out",
-                                           device_json] + ([] if first else ["--merge"])).returncode
+                                           device_json, "--devices", ",".join(devices) if first else "cpu"]
+                             + ([] if first else ["--merge"])).returncode
         if rc != 0:
             failures.append(f"ceilings through {tc_name}'s libraries exited {rc}" +
                             ("" if first else f" (the {PREPARE_TOOLCHAIN} environment's ceilings are kept)"))
@@ -518,7 +521,8 @@ def execute(args, checked: Checked, argv: list[str], who: str = "bench") -> int:
                 return 2  # bad input: the one-line error is already printed
             join_env_builds(builds)  # nothing below is timed while pip runs
             if args.ceilings and prepared and all(v == "ok" for v in prepared.values()):
-                measure_ceilings(args, plan.toolchains(), out, builds.ensure, outcome.failures)
+                measure_ceilings(args, plan.toolchains(), out, builds.ensure, outcome.failures,
+                                 devices={it.device for it in plan.items})
             for k, p in enumerate(checked.passes or [plan], 1):
                 p.run_id, p.deadline = run_id, plan.deadline
                 if len(checked.passes) > 1:

@@ -95,8 +95,8 @@ def bench_argv(args, weights: str, budget: float, runs_dir: Path, models: str | 
     batches = args.batches
     out = ["--models", models or args.models, "--toolchains", ",".join(_toolchains(args)), "--devices", "cuda",
            "--weights", weights, "--eval-limit", str(args.eval_limit), "--min-time", str(args.min_time),
-           "--min-iters", str(args.min_iters), "--batches", batches, "--runs-dir", str(runs_dir), "--no-ceilings",
-           "--budget", f"{budget:.0f}"]
+           "--min-iters", str(args.min_iters), "--batches", batches, "--runs-dir", str(runs_dir),
+           "--budget", f"{budget:.0f}"]  # ceilings: the GPU's alone (a cuda-only plan), for the efficiency column
     if args.methods:
         out += ["--methods", args.methods]
     if args.out is not None:

@@ -262,6 +262,7 @@ PREPARE_DEFAULT_S = {("resnet50", "embedded"): 220.0, ("gpt2", "embedded"): 100.
 PREPARED_S = 8.0  # a prepared model: its manifest and hashes verified
 ENV_DEFAULT_S = 90.0  # an environment not created yet (pip installs from the registry)
 CEILINGS_S = 45.0
+CUDA_CEILINGS_S = 15.0  # a cuda-only run: the GPU's ceilings alone (torch import + ~10 s of matmuls)
 REPORT_S = 20.0
 
 
@@ -289,9 +290,11 @@ def fixed_seconds(plan: Plan, env_names: list[str], *, ceilings: bool, report: b
     env_s = ENV_DEFAULT_S * len(todo) / 2  # two at once, in the background while the models are prepared
     if todo:
         lines.append(f"  environments to create: {', '.join(todo)} (~{env_s:.0f} s, beside the preparation)")
-    total = max(prep, env_s) + (CEILINGS_S if ceilings else 0.0) + (REPORT_S if report else 0.0)
+    ceil_s = (CEILINGS_S if any(it.device == "cpu" for it in plan.items) or not plan.items else CUDA_CEILINGS_S) \
+        if ceilings else 0.0
+    total = max(prep, env_s) + ceil_s + (REPORT_S if report else 0.0)
     lines.insert(0, f"fixed: ~{total:.0f} s (preparation {prep:.0f} s, environments {env_s:.0f} s"
-                    f"{', ceilings %.0f s' % CEILINGS_S if ceilings else ''}{', report %.0f s' % REPORT_S if report else ''})")
+                    f"{', ceilings %.0f s' % ceil_s if ceilings else ''}{', report %.0f s' % REPORT_S if report else ''})")
     return total, lines
 
 

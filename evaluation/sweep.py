@@ -31,8 +31,9 @@ SWEEPS_DIR = LOCAL_DIR / "sweeps"  # a user's sweeps; --publish: results/sweeps 
 # (pt2e compiles two graphs with torch.compile per run)
 CALIB_DEFAULT_EXCLUDE = {"torch": ("pt2e",)}
 # methods that use no calibration data (weights only, or activation ranges computed at run time)
-NO_CALIBRATION = {("torch", "weight-only"), ("torch", "dynamic"),
-                  *(("torch", m) for m in ("eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16"))}  # casts
+NO_CALIBRATION = {("torch", "weight-only"), ("torch", "dynamic"), ("torch", "fp8"),  # fp8: dynamic scales
+                  *(("torch", m) for m in ("eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16",
+                                           "inductor-cl-fp16", "inductor-max-fp16"))}  # casts
 DEFAULT_CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 # batch sweep: bounded for a 2-core CPU (ResNet50 FP32 eager is ~90 ms per 224x224 image there: batch 64
 # is ~6 s per call, each row makes first + 1 warm-up (calls over 1 s) + >=2 timed calls). 128 and 256 are opt-in.

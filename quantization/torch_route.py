@@ -12,7 +12,12 @@ pt2e is compared with FP32 under the same compiler). GPT-2: `eager` FP32, `weigh
 (weight transposed) that torchao can quantize. The LM head (tied to the embedding) stays FP32.
 
 Both models also have `eager-fp16`/`eager-bf16` (the module cast to that dtype) and `inductor-fp16`/
-`inductor-bf16` (the same, through torch.compile); GPT-2 has `inductor` (FP32 compiled) too. Devices
+`inductor-bf16` (the same, through torch.compile); GPT-2 has `inductor` (FP32 compiled) too. The GPU fast paths
+(opt-in on the CPU): `inductor-cl[-fp16]` (ResNet50, channels-last + cudnn.benchmark; cuda only), `inductor-max[-fp16]`
+(torch.compile mode="max-autotune": autotuned kernels, CUDA graphs on cuda) and GPT-2 `fp8` (torchao float8 dynamic
+activations and weights; cuda with compute capability >= 8.9). Every compiled variant is a `Compiled`: its own
+TorchDynamo cache, fullgraph, and each first call of a shape checked, so a row that fell back to eager fails
+(`CompileFallback`) instead of being printed as compiled. Devices
 (`--devices`, default auto: cpu and cuda; cuda rows skipped with the reason without CUDA): on cuda the inputs are
 resident on the GPU and each timed call is bracketed by CUDA events (latency_kind "cuda-events");
 fx and pt2e are CPU-only (x86 backend); a half-precision variant runs on the CPU only where oneDNN
@@ -22,8 +27,11 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import logging
+import re
 import time
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -117,16 +125,25 @@ def device_timed(model, device: str, dtype=None, channels_last: bool = False, ca
     model on it and leaves the output where it is (no copy back)."""
     import torch
 
+    fast = _fast(model)  # a compiled model: its first timed call checked (`Compiled.proven`), the rest straight
+
     def timed(x: np.ndarray):
         xt = _to_device(torch.from_numpy(x), device, dtype, channels_last)
 
         def once():
             with torch.inference_mode():
-                return call(model, xt) if call is not None else model(xt)
+                return call(fast, xt) if call is not None else fast(xt)
 
-        return once
+        return _proven(model, once)
 
     return timed
+
+
+def host_timed(predict_of, model):
+    """Built.timed on the CPU for a compiled model: the same work as timing `predict` (the input converted from NumPy
+    and the logits back inside the timed call), through the unchecked callable after a checked first call."""
+    fast = predict_of(_fast(model))
+    return lambda x: _proven(model, lambda: fast(x))
 
 
 SCORE_BATCH = 120  # classification scoring batch; padded so compiled models see one shape
@@ -149,12 +166,197 @@ def resnet_fx(model, calib: np.ndarray):
         return convert_fx(prepared)
 
 
-def _compile(model):
-    import torch
-    import torch._inductor.config as ind
+# ------------------------------------------------------------------------------ compiled variants, proven compiled
 
-    ind.freezing = True
-    return torch.compile(model, dynamic=False)
+class CompileFallback(RuntimeError):
+    """A compiled variant did not run as one compiled graph (TorchDynamo fell back to eager, hit its recompile limit
+    or broke the graph): its rows fail with this reason instead of reporting eager time as a compiled row."""
+
+
+_COMPILED_IDS = itertools.count()
+
+
+def _own_code(model, label: str):
+    """A function calling `model` whose code object belongs to this variant alone.
+
+    TorchDynamo keeps compiled graphs, and counts recompilations against `config.recompile_limit` (8), per code
+    object, and every nn.Module handed to torch.compile enters through one shared frame: the compiled variants of a
+    process, and each input shape they see, fill one cache, and past the limit the later ones run eager without an
+    error (seen on an H200: an inductor-bf16 row that took the eager time). With its own code object each variant
+    has its own cache and its own limit, whatever else the process compiled before or compiles after it."""
+    def call(*args, **kwargs):
+        return model(*args, **kwargs)
+
+    name = f"compiled_{re.sub(r'[^0-9A-Za-z_]', '_', label)}_{next(_COMPILED_IDS)}"
+    code = call.__code__.replace(co_name=name)
+    return types.FunctionType(code, call.__globals__, name, call.__defaults__, call.__closure__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cache_entries(code) -> int | None:
+    """Compiled graphs TorchDynamo holds for `code` (None where this torch does not expose them)."""
+    try:
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    except ImportError:
+        return None
+    return len(_debug_get_cache_entry_list(code))
+
+
+def dynamo_counts() -> dict:
+    """Process-wide TorchDynamo counters the compile proof compares before and after a call: graph breaks, recompile
+    limit hits (each a fallback to eager), graphs compiled."""
+    from torch._dynamo.utils import counters
+
+    unimpl = counters["unimplemented"]
+    return {"graph_breaks": sum(counters["graph_break"].values()),
+            "limit_hits": sum(v for k, v in unimpl.items() if "recompile limit" in k.lower()),
+            "unique_graphs": counters["stats"].get("unique_graphs", 0)}
+
+
+class Compiled:
+    """torch.compile of one variant (inductor, freezing, static shapes), proven to run compiled.
+
+    - `torch._dynamo.reset()` first: the compile caches start empty for each variant, so the order of the variants in
+      a process changes nothing (variants built earlier lose their graphs and compile again at their next call: the
+      kit builds and scores each variant, then times them all, so what is dropped is their scoring shape's);
+    - its own code object (`_own_code`): its own cache and recompile limit while all variants stay alive to be timed
+      in interleaved trials;
+    - `fullgraph=True`: a graph break or a recompile-limit hit raises at compile time instead of running eager;
+    - every checked call (each scoring call, the first call of each timed callable: `proven`) compares TorchDynamo's
+      counters and this variant's compiled graphs before and after it, records them in `stats` (the rows'
+      extra["compile"]) and raises CompileFallback when the call ran eager or broke the graph.
+
+    `mode`: torch.compile's mode (None: default; "max-autotune": Triton/template autotuning and, on cuda, CUDA graphs);
+    `cudnn_benchmark`: torch.backends.cudnn.benchmark on around each call (`with_cudnn_benchmark`).
+    """
+
+    def __init__(self, model, label: str, mode: str | None = None, device: str = "cpu", cudnn_benchmark: bool = False):
+        import torch
+        import torch._inductor.config as ind
+
+        torch._dynamo.reset()
+        ind.freezing = True
+        self.model, self.label, self.mode, self.device = model, label, mode, device
+        self.fn = _own_code(model, label)
+        self.run = torch.compile(self.fn, fullgraph=True, dynamic=False, **({"mode": mode} if mode else {}))
+        self.cudnn_benchmark = cudnn_benchmark
+        if cudnn_benchmark:
+            self.run = with_cudnn_benchmark(self.run)
+        # CUDA graphs (max-autotune / reduce-overhead on cuda) replay into static outputs: each call starts a new step
+        self.cudagraph_steps = device == "cuda" and mode in CUDA_GRAPH_MODES
+        self.stats = {"frames": 0, "recompiles": 0, "graph_breaks": 0, "fallbacks": 0, "checked_calls": 0,
+                      "mode": mode or "default", "fullgraph": True, "code": self.fn.__code__.co_name}
+
+    def step(self) -> None:
+        """Before each call of a CUDA-graph variant: torch.compiler.cudagraph_mark_step_begin (inference loop)."""
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
+
+    def __call__(self, *args, **kwargs):
+        """A checked call (scoring): compiled, or CompileFallback."""
+        return self.checked(self.call, *args, **kwargs)
+
+    def call(self, *args, **kwargs):
+        """An unchecked call (the timed path after its first, checked call)."""
+        if self.cudagraph_steps:
+            self.step()
+        return self.run(*args, **kwargs)
+
+    def checked(self, fn, *args, **kwargs):
+        import torch
+
+        exc_types = tuple(t for t in (getattr(torch._dynamo.exc, "Unsupported", None),
+                                      getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", None)) if t)
+        st = self.stats
+        n0, c0 = _cache_entries(self.fn.__code__), dynamo_counts()
+        try:
+            out = fn(*args, **kwargs)
+        except exc_types as exc:  # fullgraph=True: what would have been a graph break or a silent fallback
+            st["fallbacks"] += 1
+            limit = "recompile" in f"{type(exc).__name__} {exc}".lower()
+            if not limit:
+                st["graph_breaks"] += 1
+            what = "hit its recompile limit" if limit else "could not capture it as one graph (a graph break)"
+            raise CompileFallback(f"{self.label}: TorchDynamo {what} (fullgraph=True): {_first_line(exc)}") from exc
+        except RuntimeError as exc:
+            if "no compiled frames" not in str(exc):  # torch's own words when dynamo ran nothing (e.g. disabled)
+                raise
+            st["fallbacks"] += 1
+            raise CompileFallback(f"{self.label}: torch.compile ran it eager: {_first_line(exc)}") from exc
+        n1, c1 = _cache_entries(self.fn.__code__), dynamo_counts()
+        st["checked_calls"] += 1
+        new = (n1 - n0) if n0 is not None and n1 is not None else c1["unique_graphs"] - c0["unique_graphs"]
+        st["frames"] += max(0, new)
+        st["recompiles"] = max(0, st["frames"] - 1)
+        breaks, hits = c1["graph_breaks"] - c0["graph_breaks"], c1["limit_hits"] - c0["limit_hits"]
+        st["graph_breaks"] += breaks
+        if hits:
+            st["fallbacks"] += hits
+            raise CompileFallback(f"{self.label}: TorchDynamo hit its recompile limit "
+                                  f"({torch._dynamo.config.recompile_limit}) and ran the call eager")
+        if breaks:
+            raise CompileFallback(f"{self.label}: the graph broke {breaks} time(s) in one call (part of it ran eager)")
+        if n1 == 0 or (n1 is None and st["frames"] == 0):
+            st["fallbacks"] += 1
+            raise CompileFallback(f"{self.label}: torch.compile ran it eager (TorchDynamo holds no compiled graph for "
+                                  "it after the call)")
+        return out
+
+    def proven(self, once: Callable[[], object]) -> Callable[[], object]:
+        """A timed zero-argument callable whose first call is checked (it compiles the new shape: first_call_ms) and
+        whose later calls run straight."""
+        done = [False]
+
+        def call():
+            if done[0]:
+                return once()
+            done[0] = True
+            return self.checked(once)
+
+        return call
+
+
+CUDA_GRAPH_MODES = ("max-autotune", "reduce-overhead")
+
+
+def with_cudnn_benchmark(fn):
+    """fn with torch.backends.cudnn.benchmark on around each call and restored after: the flag is process-wide, and
+    the variants timed beside this one keep the default (off)."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+
+    def call(*args, **kwargs):
+        prev = cudnn.benchmark
+        cudnn.benchmark = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            cudnn.benchmark = prev
+
+    return call
+
+
+def _fast(model):
+    """The unchecked callable of a model (a Compiled's plain call; any other model itself)."""
+    return model.call if isinstance(model, Compiled) else model
+
+
+def _proven(model, once):
+    return model.proven(once) if isinstance(model, Compiled) else once
+
+
+def compile_extra(*compiled: Compiled) -> dict:
+    """extra["compile"] of a row: the proof of its (first) compiled callable; with a second one (pt2e times a graph
+    of its own), both."""
+    if len(compiled) == 1:
+        return {"compile": compiled[0].stats}
+    return {"compile": compiled[0].stats, "compile_timed": compiled[1].stats}
 
 
 def _pt2e_prepared(model, example):
@@ -250,8 +452,27 @@ CPU_CHANNELS_LAST = ("eager",)
 CHANNELS_LAST_NOTE = "channels_last memory format (weights and input, converted in the timed call)"
 
 
+# the GPU fast paths of PyTorch's performance guide for inference, as variants on cuda (each one change from the
+# inductor row): channels-last weights and input (cuDNN's NHWC tensor-core kernels) with cudnn.benchmark (each
+# convolution's algorithm picked by timing them at a shape's first call), and torch.compile's max-autotune mode
+# (autotuned kernels and, on cuda, CUDA graphs: one graph launch instead of a kernel launch per op)
+COMPILE_MODES = {"inductor": None, "inductor-cl": None, "inductor-max": "max-autotune"}
+CUDA_CHANNELS_LAST_NOTE = "channels_last memory format (weights and input; the input converted once, outside the timed call)"
+CUDNN_BENCHMARK_NOTE = ("cudnn.benchmark on around each of its calls (cuDNN times the convolution algorithms at a "
+                        "shape's first call and keeps the fastest); the other rows keep the default (off)")
+
+
+def compile_note(base: str, device: str) -> str:
+    mode = COMPILE_MODES[base]
+    what = f"mode={mode}: autotuned kernels" + ("; CUDA graphs" if device == "cuda" and mode in CUDA_GRAPH_MODES
+                                                 else "") if mode else "default mode"
+    return (f"torch.compile (inductor, {what}, freezing, static shapes, fullgraph; every compiled call checked: "
+            "extra.compile); compile time in first_call_ms")
+
+
 def _build_image(method: str):
-    """eager / inductor, FP32 or cast to fp16/bf16, on cpu or cuda."""
+    """eager / inductor (default, channels-last + cudnn.benchmark, max-autotune), FP32 or cast to fp16/bf16, on cpu
+    or cuda."""
     base, prec = split_method(method)
 
     def build(ctx: ModelContext, device: str) -> Built:
@@ -261,18 +482,24 @@ def _build_image(method: str):
         model = _resnet(ctx).to(device=device, dtype=dtype)
         size = state_size_mb(model.state_dict())  # in the variant's dtype
         notes = _device_notes(device, prec)
-        cl = device == "cpu" and base in CPU_CHANNELS_LAST
+        cl = (device == "cpu" and base in CPU_CHANNELS_LAST) or base == "inductor-cl"
         if cl:
             model = model.to(memory_format=torch.channels_last)
-            notes.insert(0, CHANNELS_LAST_NOTE)
-        if base == "inductor":
-            model = _compile(model)
-            notes.insert(0, "torch.compile (inductor, freezing); compile time in first_call_ms")
-        extra = dict(score_batch=SCORE_BATCH, score_pad=True, notes=notes, **timing_plug(device))
+            notes.insert(0, CHANNELS_LAST_NOTE if device == "cpu" else CUDA_CHANNELS_LAST_NOTE)
+        extra = {}
+        if base != "eager":
+            model = Compiled(model, method, COMPILE_MODES[base], device, cudnn_benchmark=base == "inductor-cl")
+            notes.insert(0, compile_note(base, device))
+            if base == "inductor-cl":
+                notes.insert(2, CUDNN_BENCHMARK_NOTE)
+            extra.update(compile_extra(model))
+        kw = dict(score_batch=SCORE_BATCH, score_pad=True, notes=notes, extra=extra, **timing_plug(device))
         if device != "cpu":
-            extra["timed"] = device_timed(model, device, dtype)
+            kw["timed"] = device_timed(model, device, dtype, channels_last=cl)
+        elif isinstance(model, Compiled):
+            kw["timed"] = host_timed(lambda m: torch_predict(m, device, dtype, channels_last=cl), model)
         return Built(torch_predict(model, device, dtype, channels_last=cl), size_mb=size, compute_precision=prec,
-                     handle=model, **extra)
+                     handle=model, **kw)
 
     return build
 
@@ -310,11 +537,13 @@ def build_pt2e(ctx: ModelContext, device: str = "cpu") -> Built:
     q, q_timed = resnet_pt2e(_resnet(ctx), ctx.task.calib_array(ctx.data),
                              latency_resolution=int(ctx.manifest.get("latency_resolution", 224)))
     calib_s, size = time.time() - t0, graph_tensor_mb(q)
-    timed = torch_predict(_compile(q_timed))
-    return Built(torch_predict(_compile(q)), size_mb=size, compute_precision="int8",
+    scored, timed = Compiled(q, "pt2e"), Compiled(q_timed, "pt2e-timed")
+    return Built(torch_predict(scored), size_mb=size, compute_precision="int8",
                  calibration=_calibration(ctx, calib_s), score_batch=SCORE_BATCH, score_pad=True,
-                 timed=lambda x: (lambda: timed(x)), extra={"n_qparams": len(qparams(q))},
-                 notes=["torchao pt2e X86InductorQuantizer + torch.compile (inductor, freezing); compare with "
+                 timed=host_timed(torch_predict, timed),
+                 extra={"n_qparams": len(qparams(q)), "compile": timed.stats, "compile_scoring": scored.stats},
+                 notes=["torchao pt2e X86InductorQuantizer + torch.compile (inductor, freezing, fullgraph; every "
+                        "compiled call checked: extra.compile); compare with "
                         "the inductor FP32 row; the 224x224 graph carries the same calibrated qparams",
                         "its efficiency is the oneDNN INT8 convolution kernels' own rate (residual adds fused as "
                         "post-ops; almost all of the time is qconv: results/profile_torch_pt2e_resnet50_b32.csv)"])
@@ -348,16 +577,28 @@ def _block_linear(module, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear) and ".h." in f".{fqn}"
 
 
+TORCHAO_CONFIGS = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig",
+                   "fp8": "Float8DynamicActivationFloat8WeightConfig"}
+
+
+def torchao_config(method: str):
+    """The torchao config of a method, with set_inductor_config=False: by default torchao sets process-wide inductor
+    options (coordinate-descent tuning, ...) when it quantizes, which every variant compiled later in the process
+    would then inherit; these models run eager."""
+    import torchao.quantization as tq
+
+    return getattr(tq, TORCHAO_CONFIGS[method])(set_inductor_config=False)
+
+
 def gpt2_quantized(hf_dir: str, method: str, device: str = "cpu"):
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+    from torchao.quantization import quantize_
 
     from models.embedded import load_gpt2
 
     model = load_gpt2(hf_dir)
     n = conv1d_to_linear(model)
     model = model.to(device)
-    config = Int8WeightOnlyConfig() if method == "weight-only" else Int8DynamicActivationInt8WeightConfig()
-    quantize_(model, config, filter_fn=_block_linear)
+    quantize_(model, torchao_config(method), filter_fn=_block_linear)
     return model.eval(), n
 
 
@@ -391,7 +632,7 @@ def lm_generate(model, device: str = "cpu"):
 
 def _lm_timing(model, device: str) -> dict:
     if device == "cpu":
-        return {}
+        return {"timed": host_timed(lambda m: lm_logits(m, "cpu"), model)} if isinstance(model, Compiled) else {}
     return dict(timed=device_timed(model, device, call=_lm_call), **timing_plug(device))
 
 
@@ -405,13 +646,15 @@ def _build_lm(method: str):
         model = load_gpt2(ctx.manifest["hf_dir"]).to(device=device, dtype=_dtype(prec))
         size = state_size_mb(model.state_dict())  # in the variant's dtype
         notes = ["HF GPT2LMHeadModel (sdpa attention)"] + _device_notes(device, prec)
-        if base == "inductor":
-            model = _compile(model)
-            notes.insert(1, "torch.compile (inductor, freezing, static shapes); compile time in first_call_ms")
+        extra = {}
+        if base != "eager":
+            model = Compiled(model, method, COMPILE_MODES[base], device)
+            notes.insert(1, compile_note(base, device))
+            extra.update(compile_extra(model))
         # inductor compiles for static shapes: a growing KV cache would recompile per token, so no decode rows
         gen = lm_generate(model, device) if base == "eager" else None
         return Built(lm_logits(model, device), size_mb=size, compute_precision=prec, notes=notes, handle=model,
-                     generate=gen, **_lm_timing(model, device))
+                     generate=gen, extra=extra, **_lm_timing(model, device))
 
     return build
 
@@ -421,12 +664,14 @@ def _build_torchao_lm(method: str):
         t0 = time.time()
         model, n = gpt2_quantized(ctx.manifest["hf_dir"], method, device)
         prep_s = time.time() - t0
-        dynamic = method == "dynamic"
-        notes = (f"torchao {'Int8DynamicActivationInt8WeightConfig' if dynamic else 'Int8WeightOnlyConfig'}"
-                 f" on {n} Conv1D->Linear block layers; LM head FP32; no calibration (weights: per-channel"
-                 f"{'; activations: per-token dynamic' if dynamic else ''})")
+        scheme = {"weight-only": "weights: per-channel INT8", "dynamic": "weights: per-channel INT8; activations: "
+                  "per-token dynamic INT8", "fp8": "weights and activations float8_e4m3fn, per-tensor scales, "
+                  "activations scaled dynamically; FP8 matmuls (torch._scaled_mm)"}[method]
+        notes = (f"torchao {TORCHAO_CONFIGS[method]} on {n} Conv1D->Linear block layers; LM head FP32; no "
+                 f"calibration ({scheme}); run eager")
         return Built(lm_logits(model, device), size_mb=state_size_mb(model.state_dict()),
-                     compute_precision="int8" if dynamic else "fp32", calibration=Calibration(0, prep_s, None),
+                     compute_precision={"dynamic": "int8", "fp8": "fp8"}.get(method, "fp32"),
+                     calibration=Calibration(0, prep_s, None),
                      notes=[notes] + _device_notes(device, "fp32"), handle=model, generate=lm_generate(model, device),
                      **_lm_timing(model, device))
     return build
@@ -435,22 +680,34 @@ def _build_torchao_lm(method: str):
 # ------------------------------------------------------------------------------ the route
 
 _HALF_METHODS = ("eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16")
+_GPU_IMAGE = ("inductor-cl", "inductor-cl-fp16", "inductor-max", "inductor-max-fp16")
+_GPU_LM = ("inductor-max", "inductor-max-fp16")
 
 # (task kind, method) -> builder(ctx, device): adding a method is one builder and one declared variant, no if/elif
 BUILDERS: dict[tuple[str, str], Callable[[ModelContext, str], Built]] = {
     ("image-classification", "fx"): build_fx,
     ("image-classification", "pt2e"): build_pt2e,
-    **{("image-classification", m): _build_image(m) for m in ("eager", "inductor", *_HALF_METHODS)},
-    **{("language-model", m): _build_lm(m) for m in ("eager", "inductor", *_HALF_METHODS)},
-    ("language-model", "weight-only"): _build_torchao_lm("weight-only"),
-    ("language-model", "dynamic"): _build_torchao_lm("dynamic"),
+    **{("image-classification", m): _build_image(m) for m in ("eager", "inductor", *_HALF_METHODS, *_GPU_IMAGE)},
+    **{("language-model", m): _build_lm(m) for m in ("eager", "inductor", *_HALF_METHODS, *_GPU_LM)},
+    **{("language-model", m): _build_torchao_lm(m) for m in TORCHAO_CONFIGS},
 }
+
+
+FP8_CAPABILITY = (8, 9)  # torch._scaled_mm's FP8 tensor cores: Ada (8.9) and Hopper (9.0) and later
+
 
 def device_plan(method: str, device: str, caps: dict) -> str | None:
     """Why `method` cannot run on `device` here (a skipped row), or None. `caps`: what this machine offers,
-    {"cpu_fp16", "cpu_bf16", "cuda_bf16"} -> bool (from `capabilities()`)."""
+    {"cpu_fp16", "cpu_bf16", "cuda_bf16", "cuda_fp8"} -> bool, "cuda_capability" -> (major, minor) or None,
+    "cuda_name" (from `capabilities()`)."""
     if method in TOOLCHAINS[TOOLCHAIN].unsupported.get(device, {}):  # declared (the plan skips it without a build)
         return TOOLCHAINS[TOOLCHAIN].unsupported[device][method]
+    if method == "fp8" and device == "cuda" and not caps.get("cuda_fp8"):
+        cc = caps.get("cuda_capability")
+        have = f"compute capability {cc[0]}.{cc[1]}" if cc else "an unknown compute capability"
+        return (f"fp8 on cuda: this GPU ({caps.get('cuda_name') or 'unnamed'}) has {have}; FP8 matmuls "
+                f"(torch._scaled_mm, torchao float8) need >= {FP8_CAPABILITY[0]}.{FP8_CAPABILITY[1]} "
+                "(Ada, Hopper: L4/L40, H100/H200, and later)")
     _, prec = split_method(method)
     if device == "cpu" and prec in HALF and not caps.get(f"cpu_{prec}"):
         return (f"{prec} on the CPU: oneDNN reports no native {prec.upper()} support on this CPU "
@@ -468,9 +725,11 @@ def capabilities() -> dict:
     mk = torch.ops.mkldnn
     caps = {"cpu_fp16": bool(getattr(mk, "_is_mkldnn_fp16_supported", lambda: False)()),
             "cpu_bf16": bool(getattr(mk, "_is_mkldnn_bf16_supported", lambda: False)()),
-            "cuda_bf16": False}
+            "cuda_bf16": False, "cuda_fp8": False, "cuda_capability": None, "cuda_name": None}
     if torch.cuda.is_available():
-        caps["cuda_bf16"] = bool(torch.cuda.is_bf16_supported())
+        cc = tuple(torch.cuda.get_device_capability(0))
+        caps.update(cuda_bf16=bool(torch.cuda.is_bf16_supported()), cuda_capability=cc,
+                    cuda_fp8=cc >= FP8_CAPABILITY, cuda_name=torch.cuda.get_device_name(0))
     return caps
 
 
@@ -479,13 +738,19 @@ def torch_settings(device: str, built: Built) -> dict:
     import torch
     import torch._inductor.config as ind
 
+    handle = built.handle
     out = {"threads": torch.get_num_threads(), "inductor_freezing": bool(ind.freezing),
-           "channels_last": CHANNELS_LAST_NOTE in built.notes}
+           "channels_last": CHANNELS_LAST_NOTE in built.notes or CUDA_CHANNELS_LAST_NOTE in built.notes,
+           "compile_mode": handle.stats["mode"] if isinstance(handle, Compiled) else None}
     if device == "cpu":
         out.update(mkldnn=bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
                    quantized_engine=torch.backends.quantized.engine)
     else:
-        out.update(cudnn=bool(torch.backends.cudnn.enabled), cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
+        out.update(cudnn=bool(torch.backends.cudnn.enabled),
+                   cudnn_benchmark=bool(torch.backends.cudnn.benchmark) or (isinstance(handle, Compiled)
+                                                                            and handle.cudnn_benchmark),
+                   cuda_graphs=isinstance(handle, Compiled) and handle.cudagraph_steps,
+                   matmul_tf32=bool(torch.backends.cuda.matmul.allow_tf32), cudnn_tf32=bool(torch.backends.cudnn.allow_tf32))
     return out
 
 

@@ -320,12 +320,18 @@ def merge(*records: dict) -> dict:
     """Combine measure() records of one machine taken in different environments (e.g. the torch env
     and the onnxruntime env): per-library details are united (a library measured in several records
     keeps its best), and each precision's ceiling is again the max over all libraries."""
-    recs = [r for r in records if r]
-    if not recs:
+    given = [r for r in records if r]
+    if not given:
         raise ValueError("merge needs at least one record")
+    gpu = merge_cuda(*(r.get("cuda") for r in given))
+    recs = [r for r in given if r.get("libraries") is not None]  # CPU records (a cuda-only one has none)
+    if not recs:
+        return {"cuda": gpu} if gpu else {}
     if len({(r.get("cpu"), r.get("threads")) for r in recs}) > 1:
         raise ValueError("merge: records of different CPUs or thread counts")
-    out = {k: v for k, v in recs[-1].items() if k != "libraries"}
+    out = {k: v for k, v in recs[-1].items() if k not in ("libraries", "cuda")}
+    if gpu:
+        out["cuda"] = gpu
     libs: dict = {}
     for r in recs:
         for name, lib in r.get("libraries", {}).items():
@@ -358,6 +364,199 @@ def summary(rec: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------ the GPU's own ceilings
+# The efficiency column of a cuda row needs the GPU's matmul rate in the precision the row computes in, measured
+# through torch on that GPU, like the CPU ceilings above: square matmuls of a few sizes, each warmed up, then
+# `bursts` bursts of back-to-back calls (>= min_burst_s each) timed by a pair of CUDA events around the burst
+# (the GPU's time, not the host's), the best burst kept; a precision's ceiling is its best size. torch is imported
+# inside the functions only (utils/ imports no toolchain library at import time).
+
+CUDA_SIZES = (2048, 4096, 8192)
+CUDA_PRECISIONS = ("bf16", "fp16", "fp8", "int8", "fp32")  # measured in this order (fp32 is the slowest)
+CUDA_FP8_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and later
+CUDA_METHOD = {"bf16": "torch.mm bfloat16", "fp16": "torch.mm float16",
+               "fp8": "torch._scaled_mm float8_e4m3fn x float8_e4m3fn -> bfloat16 (per-tensor scales)",
+               "int8": "torch._int_mm int8 x int8 -> int32", "fp32": "torch.mm float32"}
+
+
+def cuda_device_info() -> dict:
+    """The GPU the ceilings are measured on (device 0); Unavailable when torch has no CUDA device here."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise Unavailable("torch not importable") from exc
+    if not torch.cuda.is_available():
+        raise Unavailable(f"CUDA is not available (torch {torch.__version__}, CUDA {torch.version.cuda})")
+    cc = tuple(int(x) for x in torch.cuda.get_device_capability(0))
+    return {"gpu": torch.cuda.get_device_name(0), "capability": f"{cc[0]}.{cc[1]}", "cc": cc,
+            "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
+            "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+
+
+def cuda_matmul(prec: str, n: int, device: str = "cuda", cc: tuple | None = None) -> Callable[[], object]:
+    """A zero-argument n x n x n matmul in `prec` on `device` (operands made once); Unavailable where this torch or
+    GPU has no such kernel (fp8 below compute capability 8.9, a missing op). Runs on any torch device (the CPU in
+    tests, where its kernels exist)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise Unavailable("torch not importable") from exc
+    g = torch.Generator(device=device).manual_seed(0)
+    if prec in ("fp32", "bf16", "fp16"):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+        a = torch.randn(n, n, generator=g, device=device).to(dtype)
+        b = torch.randn(n, n, generator=g, device=device).to(dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        fn = lambda: torch.mm(a, b, out=out)  # noqa: E731
+    elif prec == "int8":
+        if not hasattr(torch, "_int_mm"):
+            raise Unavailable("torch._int_mm missing")
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=g, device=device)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=g, device=device)
+        fn = lambda: torch._int_mm(a, b)  # noqa: E731
+    elif prec == "fp8":
+        if cc is not None and tuple(cc) < CUDA_FP8_CAPABILITY:
+            raise Unavailable(f"fp8: compute capability {cc[0]}.{cc[1]} < {CUDA_FP8_CAPABILITY[0]}."
+                              f"{CUDA_FP8_CAPABILITY[1]} (no FP8 tensor cores)")
+        if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
+            raise Unavailable("fp8: this torch has no float8_e4m3fn / torch._scaled_mm")
+        a = torch.randn(n, n, generator=g, device=device).to(torch.float8_e4m3fn)
+        b = torch.randn(n, n, generator=g, device=device).to(torch.float8_e4m3fn).t()  # column-major, as required
+        one = torch.ones((), device=device, dtype=torch.float32)
+        fn = lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
+    else:
+        raise ValueError(f"unknown precision {prec!r}")
+    try:
+        fn()
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        raise Unavailable(f"{CUDA_METHOD[prec]}: {exc.__class__.__name__}: {str(exc).strip()[:120]}") from exc
+    return fn
+
+
+def cuda_event_seconds(fn: Callable[[], object], calls: int) -> float:
+    """Seconds the GPU spent on `calls` back-to-back calls of fn: a pair of CUDA events around them, the end event
+    synchronised before reading."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000.0
+
+
+def measure_cuda(budget_s: float = 10.0, *, sizes: Iterable[int] = CUDA_SIZES, bursts: int = 5,
+                 min_burst_s: float = 0.02, precisions: Iterable[str] = CUDA_PRECISIONS, info: dict | None = None,
+                 factory: Callable[[str, int], Callable[[], object]] | None = None,
+                 timer: Callable[[Callable[[], object], int], float] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> dict:
+    """The GPU's matmul ceilings per precision within ~budget_s (a JSON-able dict, `device.json`'s "cuda" entry).
+
+    For each precision (bf16, fp16, fp8, int8, fp32) the sizes in ascending order: operands made, one warm-up call,
+    one timed call (the calls per burst: enough for min_burst_s), then `bursts` timed bursts; its rate is the best
+    burst (2 n^3 ops a call). A larger size is taken only while its predicted time fits what the budget leaves
+    (the rest is listed as skipped); a precision this GPU or torch lacks is `available: False` with the reason.
+    Keys: available, reason, gpu, capability, torch, cuda_runtime, matmul_tf32, `<prec>_ops_per_s` and
+    `<prec>_method` (None / "unavailable" where not measured), precisions ({prec: {method, available, reason,
+    ops_per_s, best_n, sizes: {n: {ops_per_s, median_ops_per_s, rates, calls_per_burst}}, skipped}}), sizes, bursts,
+    min_burst_s, budget_s, elapsed_s, measured_at. info/factory/timer/clock: the GPU's description, a
+    (precision, n) -> callable maker and a (fn, calls) -> seconds clock (default: cuda_device_info, cuda_matmul on
+    "cuda", CUDA events); tests pass fakes or the CPU."""
+    t0 = clock()
+    sizes, bursts = sorted({int(n) for n in sizes}), max(1, int(bursts))
+    out = {"available": False, "reason": None, "sizes": sizes, "bursts": bursts, "min_burst_s": min_burst_s,
+           "budget_s": budget_s, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    real = factory is None
+    if info is None:
+        try:
+            info = cuda_device_info()
+        except Unavailable as exc:
+            out["reason"] = str(exc)
+            return out
+    out.update({k: v for k, v in info.items() if k != "cc"}, available=True)
+    factory = factory or (lambda prec, n: cuda_matmul(prec, n, "cuda", info.get("cc")))
+    timer = timer or cuda_event_seconds
+    recs: dict[str, dict] = {}
+    for prec in precisions:
+        rec = recs[prec] = {"method": CUDA_METHOD.get(prec, prec), "available": None, "reason": None,
+                            "ops_per_s": None, "best_n": None, "sizes": {}, "skipped": {}}
+        rate = None
+        for n in sizes:
+            ops = 2.0 * n ** 3
+            left = budget_s - (clock() - t0)
+            if rate:
+                call_s = ops / rate
+                need = 1.2 * (2 * call_s + bursts * max(min_burst_s, call_s))
+                if need > left:
+                    rec["skipped"][str(n)] = f"budget: needs ~{need:.2f} s, {max(left, 0):.2f} s left"
+                    continue
+            elif left <= 0:
+                rec["skipped"][str(n)] = "budget: none left"
+                continue
+            try:
+                fn = factory(prec, n)
+                timer(fn, 1)  # warm-up: library handles, heuristics, clocks up
+                one = max(timer(fn, 1), 1e-9)
+                calls = max(1, math.ceil(min_burst_s / one))
+                rates = [calls * ops / max(timer(fn, calls), 1e-12) for _ in range(bursts)]
+            except Unavailable as exc:
+                if rec["available"]:  # a smaller size ran: this one failed (e.g. out of memory)
+                    rec["skipped"][str(n)] = f"failed: {exc}"
+                    continue
+                rec.update(available=False, reason=str(exc))
+                break
+            except (RuntimeError, MemoryError, ValueError, TypeError) as exc:
+                rec["skipped"][str(n)] = f"failed: {exc.__class__.__name__}: {str(exc)[:120]}"
+                continue
+            finally:
+                fn = None
+                if real:
+                    _release_cuda()
+            rec["available"] = True
+            srt = sorted(rates)
+            rate = srt[-1]
+            rec["sizes"][str(n)] = {"ops_per_s": rate, "median_ops_per_s": srt[len(srt) // 2], "rates": rates,
+                                    "calls_per_burst": calls}
+            if rec["ops_per_s"] is None or rate > rec["ops_per_s"]:
+                rec["ops_per_s"], rec["best_n"] = rate, n
+        out[f"{prec}_ops_per_s"] = rec["ops_per_s"]
+        out[f"{prec}_method"] = rec["method"] if rec["ops_per_s"] else "unavailable"
+    out["precisions"] = recs
+    out["elapsed_s"] = clock() - t0
+    return out
+
+
+def _release_cuda() -> None:
+    import torch
+
+    torch.cuda.empty_cache()
+
+
+def merge_cuda(*records: dict | None) -> dict | None:
+    """The GPU entry of merged device records: the newest one that measured something, else the newest one."""
+    recs = [r for r in records if r]
+    if not recs:
+        return None
+    return next((r for r in reversed(recs) if r.get("available")), recs[-1])
+
+
+def cuda_summary(rec: dict) -> str:
+    """One line per precision (best TOP/s per size) or why it was not measured."""
+    if not rec.get("available"):
+        return f"cuda: not measured ({rec.get('reason')})"
+    lines = [f"cuda: {rec.get('gpu')} (compute capability {rec.get('capability')}, torch {rec.get('torch')})"]
+    for prec, r in rec.get("precisions", {}).items():
+        if r["available"] is False:
+            lines.append(f"  {prec:5s} unavailable: {r['reason']}")
+            continue
+        per = ", ".join(f"{n}: {d['ops_per_s'] / 1e12:.1f}" for n, d in r["sizes"].items())
+        skip = f"; skipped {', '.join(r['skipped'])}" if r["skipped"] else ""
+        lines.append(f"  {prec:5s} TOP/s by n {{{per}}}{skip}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import argparse
     import json
@@ -369,13 +568,28 @@ if __name__ == "__main__":
     ap.add_argument("--budget", type=float, default=20.0)
     ap.add_argument("--out", type=Path, help="write the record here (atomic JSON)")
     ap.add_argument("--merge", action="store_true", help="merge with the record already at --out (another env's)")
+    ap.add_argument("--devices", default="auto",
+                    help="cpu, cuda or cpu,cuda: whose ceilings to measure (auto: the CPU, and the GPU when torch "
+                         "sees one; named cuda without one records why)")
+    ap.add_argument("--cuda-budget", type=float, default=10.0, help="seconds for the GPU's ceilings")
     args = ap.parse_args()
-    r = measure(args.threads, args.budget)
+    devs = {d.strip() for d in args.devices.split(",") if d.strip()}
+    bad = devs - {"auto", "cpu", "cuda"}
+    if bad or not devs:
+        ap.error(f"--devices: unknown {', '.join(sorted(bad)) or 'empty list'}; valid: cpu, cuda, auto")
+    r = measure(args.threads, args.budget) if devs & {"auto", "cpu"} else {}
+    if devs & {"auto", "cuda"}:
+        gpu = measure_cuda(args.cuda_budget)
+        if gpu["available"] or "cuda" in devs:
+            r["cuda"] = gpu
     if args.out and args.merge and args.out.exists():
         r = merge(json.loads(args.out.read_text()), r)
     if args.out:
         from utils.atomic import atomic_write_json
 
         atomic_write_json(args.out, r)
-    print(summary(r))
-    print(json.dumps({k: v for k, v in r.items() if k != "libraries"}, indent=1))
+    if r.get("libraries") is not None:
+        print(summary(r))
+    if r.get("cuda"):
+        print(cuda_summary(r["cuda"]))
+    print(json.dumps({k: v for k, v in r.items() if k not in ("libraries", "cuda")}, indent=1))

@@ -428,6 +428,8 @@ class Estimates:
             return float(s.get("build", 0.0)) + score, t, f"{how} {rec.get('timestamp', '')[:10]}"
         if it.device == "cuda":
             b, t = DEFAULT_GPU_ITEM_S[task_of(it.model)]
+            f = TOOLCHAINS[it.toolchain].estimate_factor.get(it.method, 1.0) if it.toolchain in TOOLCHAINS else 1.0
+            b, t = b * f, t * f
         else:
             b, t = DEFAULT_ITEM_S[(task_of(it.model), it.weights)]
         return b, t * len(it.batches) / 2 + (t / 2 if it.decode else 0.0), "default"

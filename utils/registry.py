@@ -119,6 +119,9 @@ class Toolchain:
     accuracy_only: tuple[str, ...] = ()
     # device -> {method: why it has no path there}: planned (the table says why) but written skipped without a build
     unsupported: dict[str, dict[str, str]] = field(default_factory=dict)
+    # method -> factor on the default seconds planned for one of its GPU items that no earlier run has measured (a
+    # method that compiles much longer than the others, e.g. max-autotune)
+    estimate_factor: dict[str, float] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -152,6 +155,19 @@ class Toolchain:
 
 _ONNX_MODELS = ("resnet50", "gpt2")
 _TORCH_HALF = (("eager-fp16", "fp16"), ("eager-bf16", "bf16"), ("inductor-fp16", "fp16"), ("inductor-bf16", "bf16"))
+# the GPU fast paths PyTorch and torchao document, each one change from its baseline (docs/routes/torch.md, docs/gpu.md):
+# channels-last + cudnn.benchmark (ResNet50), torch.compile mode="max-autotune" (Triton autotuning + CUDA graphs), and
+# torchao FP8 (dynamic activations and weights, compute capability >= 8.9) on GPT-2's block linears
+_TORCH_CL = (("inductor-cl", "fp32"), ("inductor-cl-fp16", "fp16"))
+_TORCH_MAX = (("inductor-max", "fp32"), ("inductor-max-fp16", "fp16"))
+_TORCH_GPU = {"resnet50": _TORCH_CL + _TORCH_MAX, "gpt2": _TORCH_MAX + (("fp8", "fp8"),)}
+_TORCH_CUDA_ONLY = {
+    "inductor-cl": "channels-last + cudnn.benchmark is cuDNN's convolution fast path (NHWC tensor-core kernels, "
+                   "algorithms picked by timing); on the CPU channels-last was measured for the eager and inductor "
+                   "rows (docs/routes/torch.md, Fast-path settings) and there is no cuDNN",
+    "fp8": "torchao's Float8DynamicActivationFloat8WeightConfig runs FP8 matmuls (torch._scaled_mm) on NVIDIA GPUs of "
+           "compute capability >= 8.9 (Ada, Hopper); it has no CPU path",
+}
 _BASE = ("numpy", "scikit-learn")
 _BASE_IMPORTS = ("numpy", "sklearn", "tqdm")
 
@@ -165,27 +181,35 @@ _DECLS = (
         # there: see opt_in)
         variants={
             "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"),
-                         *_TORCH_HALF),
+                         *_TORCH_HALF, *_TORCH_GPU["resnet50"]),
             "gpt2": (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"), ("inductor", "fp32"),
-                     *_TORCH_HALF),
+                     *_TORCH_HALF, *_TORCH_GPU["gpt2"]),
         },
         packages=_BASE + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx", "datasets"),
         devices=("cpu", "cuda"),
         device_flag=True,
         baseline=("torch", "eager"),
-        method_baselines={"pt2e": "inductor", "inductor-fp16": "inductor", "inductor-bf16": "inductor"},
+        method_baselines={"pt2e": "inductor", "inductor-fp16": "inductor", "inductor-bf16": "inductor",
+                          **{m: "inductor" for m, _ in _TORCH_CL + _TORCH_MAX}},
         marker="o",
         prepares_models=True,
         measures_ceilings=True,
         # the half-precision casts on the CPU run only when named in --methods: slow (compiled or emulated there) and
-        # rarely what a CPU deployment runs; on cuda they run by default
-        opt_in={"cpu": tuple(m for m, _ in _TORCH_HALF)},
-        unsupported={"cuda": {
+        # rarely what a CPU deployment runs; on cuda they run by default. The GPU fast paths likewise: the CPU default
+        # plan is unchanged by them (inductor-max runs on the CPU when named; the others are declared cuda-only below)
+        opt_in={"cpu": tuple(m for m, _ in _TORCH_HALF) + tuple(dict.fromkeys(m for vs in _TORCH_GPU.values()
+                                                                                 for m, _ in vs))},
+        unsupported={"cpu": {"inductor-cl": _TORCH_CUDA_ONLY["inductor-cl"],
+                             "inductor-cl-fp16": _TORCH_CUDA_ONLY["inductor-cl"], "fp8": _TORCH_CUDA_ONLY["fp8"]},
+                     "cuda": {
             "fx": "fx runs the x86 CPU backend (FX INT8 with fbgemm/oneDNN quantized kernels); it has no CUDA path",
             "pt2e": "pt2e uses X86InductorQuantizer, which targets the x86 CPU backend (oneDNN INT8 through inductor's "
                     "CPU code generation); it has no CUDA path"}},
         # Hugging Face's cached decoding: eager (any dtype) and the torchao variants; inductor compiles static shapes
-        generates={"gpt2": ("eager", "weight-only", "dynamic", "eager-fp16", "eager-bf16")},
+        generates={"gpt2": ("eager", "weight-only", "dynamic", "eager-fp16", "eager-bf16", "fp8")},
+        # max-autotune benchmarks candidate kernels at every new shape (scoring, each batch): not measured here yet,
+        # planned at several times the default compile until a run's item records say better
+        estimate_factor={m: 6.0 for m, _ in _TORCH_MAX},
     ),
     Toolchain(
         name="onnxruntime",

@@ -187,3 +187,49 @@ def test_run_folders_from_several_machines_merge_by_key_and_timestamp(tmp_path):
     assert set(table["launcher"]) == {"ray"} and set(table["device"]) == {"cpu", "cuda"}
     assert table[table["method"] == "fx"]["last_attempt"].str.contains("SIGKILL").all()
     assert "Hosts: " in (tmp_path / "out" / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------------------ efficiency on cuda rows
+
+GPU_CEIL = {"available": True, "gpu": "NVIDIA H200", "capability": "9.0", "torch": "2.11.0+cu130",
+            "fp32_ops_per_s": 50e12, "bf16_ops_per_s": 700e12, "fp16_ops_per_s": 720e12, "fp8_ops_per_s": 1400e12,
+            "int8_ops_per_s": 1300e12, "bf16_method": "torch.mm bfloat16", "fp32_method": "torch.mm float32"}
+
+
+def _cuda_row(method, compute, p50, gpu="NVIDIA H200", ceil=GPU_CEIL, batch=32):
+    return ResultRow(model="resnet50", weights="random", dataset="digits", toolchain="torch", method=method,
+                     precision=compute, device="cuda", batch=batch, metric="top1", value=None,
+                     latency_kind="cuda-events", latency_p10_ms=p50 * 0.95, latency_p50_ms=p50,
+                     latency_p90_ms=p50 * 1.05, latency_p99_ms=p50 * 1.1, throughput=batch / (p50 / 1000),
+                     throughput_unit="images/s", ops_per_item=8e9, compute_precision=compute,
+                     environment={"ceilings": {**CEIL, "cuda": ceil}, "gpu": gpu, "eval_sha": "abc"},
+                     latency_samples=21, extra={"latency": {"samples_ms": [p50] * 21}})
+
+
+def test_cuda_rows_take_the_gpus_own_ceiling_of_their_precision():
+    from evaluation.aggregate import _ceiling
+
+    for compute in ("fp32", "bf16", "fp16", "fp8", "int8"):
+        assert _ceiling(_cuda_row("x", compute, 1.0)) == GPU_CEIL[f"{compute}_ops_per_s"]
+    assert _ceiling(_cuda_row("x", "int4", 1.0)) is None  # no int4 matmul measured
+    assert _ceiling(_cuda_row("x", "bf16", 1.0, gpu="NVIDIA A100")) is None  # another GPU's record never rates it
+    assert _ceiling(_cuda_row("x", "bf16", 1.0, ceil={"available": False, "reason": "no GPU"})) is None
+    # a CPU row still takes the CPU's
+    assert _ceiling(_row("torch", "fx", "int8", 50.0, 94.5, [True])) == CEIL["int8_ops_per_s"]
+    df = build_table([_cuda_row("inductor-bf16", "bf16", 2.0), _cuda_row("inductor", "fp32", 20.0)]).set_index("method")
+    # 8 GFLOP x 16,000 images/s over 700 TFLOP/s
+    assert df.loc["inductor-bf16", "efficiency"] == pytest.approx(100 * 8e9 * 16000 / 700e12)
+    assert df.loc["inductor", "efficiency"] == pytest.approx(100 * 8e9 * 1600 / 50e12)
+
+
+def test_a_cuda_row_above_its_ceiling_says_why_and_the_table_names_the_gpu_ceilings():
+    from evaluation.aggregate import render_markdown
+
+    rows = [_cuda_row("inductor", "fp32", 2.0)]  # 8 GFLOP x 16,000/s = 128 TFLOP/s over a 50 TFLOP/s FP32 GEMM
+    df = build_table(rows)
+    r = df.iloc[0]
+    assert r["efficiency"] == pytest.approx(256.0)
+    assert "above the measured fp32 ceiling on NVIDIA H200 (torch.mm float32)" in r["notes"] and "TF32" in r["notes"]
+    md = render_markdown(df, rows)
+    assert ("GPU ceilings (NVIDIA H200, compute capability 9.0, through torch 2.11.0+cu130): matmul TOP/s FP32 50, "
+            "BF16 700, FP16 720, FP8 1400, INT8 1300.") in md

@@ -75,3 +75,108 @@ def test_merge_takes_the_best_of_each_env():
     other = dict(ort_env, threads=4)
     with pytest.raises(ValueError):
         merge(torch_env, other)
+
+
+# ------------------------------------------------------------------------------ the GPU's ceilings (fake GPU)
+
+from utils.ceilings import CUDA_PRECISIONS, measure_cuda, merge_cuda  # noqa: E402
+
+H200 = {"gpu": "Fake H200", "capability": "9.0", "cc": (9, 0), "torch": "2.11.0+cu130", "cuda_runtime": "13.0",
+        "matmul_tf32": False}
+PEAK = {"bf16": 800e12, "fp16": 790e12, "fp8": 1500e12, "int8": 1400e12, "fp32": 55e12}
+
+
+class FakeGPU:
+    """Matmuls at PEAK[prec] x an efficiency that grows with n; bursts disturbed by a repeating slow-down pattern.
+    The clock advances by the seconds the fake timer reports (a simulated device: nothing sleeps)."""
+
+    SLOW = (1.3, 1.0, 1.1, 1.25, 1.05)
+
+    def __init__(self, missing=(), fail_at=None):
+        self.now, self.timed, self.missing, self.fail_at = 0.0, [], set(missing), fail_at
+
+    def eff(self, n):
+        return {256: 0.5, 512: 0.8, 1024: 0.95}[n]
+
+    def factory(self, prec, n):
+        if prec in self.missing:
+            raise Unavailable(f"{prec}: not on this GPU")
+        if self.fail_at == (prec, n):
+            raise RuntimeError("CUDA out of memory")
+        return (prec, n)
+
+    def timer(self, fn, calls):
+        prec, n = fn
+        slow = self.SLOW[len(self.timed) % len(self.SLOW)]
+        s = calls * 2.0 * n ** 3 / (PEAK[prec] * self.eff(n)) * slow
+        self.timed.append((prec, n, calls))
+        self.now += s
+        return s
+
+    def clock(self):
+        return self.now
+
+
+def test_cuda_ceilings_best_burst_best_size_and_every_precision():
+    gpu = FakeGPU()
+    r = measure_cuda(10.0, sizes=(256, 512, 1024), bursts=5, min_burst_s=1e-4, info=H200, factory=gpu.factory,
+                     timer=gpu.timer, clock=gpu.clock)
+    json.dumps(r)
+    assert r["available"] and r["gpu"] == "Fake H200" and r["capability"] == "9.0" and "cc" not in r
+    for prec in CUDA_PRECISIONS:
+        rec = r["precisions"][prec]
+        assert rec["available"] and rec["best_n"] == 1024 and set(rec["sizes"]) == {"256", "512", "1024"}
+        # the best burst is the undisturbed one: the true rate at that size; the ceiling is the best size's
+        assert r[f"{prec}_ops_per_s"] == pytest.approx(PEAK[prec] * 0.95)
+        for n, d in rec["sizes"].items():
+            assert len(d["rates"]) == 5 and d["ops_per_s"] == max(d["rates"])
+            assert d["ops_per_s"] == pytest.approx(PEAK[prec] * gpu.eff(int(n)))
+            one_call = 2.0 * int(n) ** 3 / (PEAK[prec] * gpu.eff(int(n)))
+            # enough calls per burst for min_burst_s, by the (possibly slowed) timed call
+            assert d["calls_per_burst"] * one_call * max(FakeGPU.SLOW) >= 1e-4 * 0.999
+    assert r["bf16_method"] == "torch.mm bfloat16" and "_scaled_mm" in r["fp8_method"] and "_int_mm" in r["int8_method"]
+    # each (precision, size): a warm-up call, a timed call, then the bursts
+    first = [t for t in gpu.timed if t[:2] == ("bf16", 256)]
+    assert [c for _, _, c in first[:2]] == [1, 1] and len(first) == 7
+
+
+def test_cuda_ceilings_say_what_is_missing_and_what_failed():
+    gpu = FakeGPU(missing=("fp8",), fail_at=("int8", 1024))
+    r = measure_cuda(10.0, sizes=(256, 512, 1024), info=H200, factory=gpu.factory, timer=gpu.timer, clock=gpu.clock)
+    fp8 = r["precisions"]["fp8"]
+    assert fp8["available"] is False and fp8["reason"] == "fp8: not on this GPU" and not fp8["sizes"]
+    assert r["fp8_ops_per_s"] is None and r["fp8_method"] == "unavailable"
+    int8 = r["precisions"]["int8"]  # smaller sizes measured, the largest failed: said, the best of the rest kept
+    assert int8["available"] and int8["best_n"] == 512 and "out of memory" in int8["skipped"]["1024"]
+    assert r["int8_ops_per_s"] == pytest.approx(PEAK["int8"] * 0.8)
+
+
+def test_cuda_ceilings_keep_to_the_budget():
+    gpu = FakeGPU()
+    # bf16 at n=256 takes ~0.15 ms of simulated time for all its calls; a budget of 5 ms cannot take every size of
+    # every precision: the ones predicted not to fit are skipped with the reason, nothing runs past the budget much
+    r = measure_cuda(0.005, sizes=(256, 512, 1024), bursts=5, min_burst_s=1e-4, info=H200, factory=gpu.factory,
+                     timer=gpu.timer, clock=gpu.clock)
+    skipped = {(p, n): why for p, rec in r["precisions"].items() for n, why in rec["skipped"].items()}
+    assert skipped and all(why.startswith("budget:") for why in skipped.values())
+    assert r["elapsed_s"] <= 0.005 * 1.5
+    assert r["bf16_ops_per_s"] is not None  # the first precision got its small sizes
+
+
+def test_cuda_ceilings_without_a_gpu_say_why():
+    r = measure_cuda(1.0)  # this machine: no torch in this env, or torch without a GPU
+    assert r["available"] is False and ("torch not importable" in r["reason"] or "CUDA is not available" in r["reason"])
+    assert "precisions" not in r
+
+
+def test_merge_keeps_the_gpu_entry():
+    cpu = {"cpu": "x", "threads": 2, "sizes": [64], "elapsed_s": 1.0, "measured_at": "a",
+           "libraries": {"torch.mm": {"precision": "fp32", "ops_per_s": 1e9, "best_n": 64}}}
+    gpu = {"available": True, "gpu": "Fake H200", "bf16_ops_per_s": 7e14}
+    ort = {**cpu, "measured_at": "b", "libraries": {"onnxruntime.MatMul": {"precision": "fp32", "ops_per_s": 2e9,
+                                                                             "best_n": 64}}}
+    m = merge({**cpu, "cuda": gpu}, ort)  # the ORT env measures no GPU: the torch env's entry stays
+    assert m["cuda"] == gpu and m["fp32_library"] == "onnxruntime.MatMul"
+    assert merge({"cuda": gpu}) == {"cuda": gpu}  # a cuda-only record (bench --devices cuda)
+    none = {"available": False, "reason": "CUDA is not available"}
+    assert merge_cuda(gpu, none) == gpu and merge_cuda(none) == none and merge_cuda(None) is None

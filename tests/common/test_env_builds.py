@@ -111,6 +111,7 @@ def test_bench_overlaps_env_creation_with_preparation_and_times_nothing_before_i
     assert len(prep) == 1 and "--ceilings" not in prep[0]
     ceil = [a for a in log.argv if a[1] == "utils.ceilings"]
     assert len(ceil) == 2 and "--merge" not in ceil[0] and "--merge" in ceil[1]  # torch's fresh, then onnxruntime's
+    assert [a[a.index("--devices") + 1] for a in ceil] == ["cpu", "cpu"]  # a cpu run: no GPU ceilings
     timed = [i for i, e in enumerate(ev) if e[:2] == ("run", "utils.ceilings") or e[0] == "route"]
     assert len([e for e in ev if e[0] == "route"]) == 3 and timed and min(timed) > last_env
     assert any(e[:2] == ("run", "utils.ceilings") for e in ev)
@@ -119,6 +120,21 @@ def test_bench_overlaps_env_creation_with_preparation_and_times_nothing_before_i
     # the background ones niced, the model-preparing one (which everything waits for) not
     assert {e[1:] for e in ev if e[0] == "nice"} == {(n, envs.BACKGROUND_NICE) for n in built} | {("torch", 0)}
     assert "environments created:" in err
+
+
+def test_a_cuda_run_measures_the_gpu_ceilings_alone(monkeypatch, tmp_path):
+    """--devices cuda: one utils.ceilings run, in the torch environment, for the GPU only (no CPU matmuls, no other
+    environment's CPU libraries); a cpu,cuda run measures both there and merges the CPU libraries of the others."""
+    log = _bench_world(monkeypatch, tmp_path)
+    assert bench.main(["--toolchains", "torch,onnxruntime", "--models", "resnet50", "--batches", "1",
+                       "--runs-dir", str(tmp_path / "runs"), "--devices", "cuda"]) == 0
+    ceil = [a for a in log.argv if a[1] == "utils.ceilings"]
+    assert len(ceil) == 1 and ceil[0][ceil[0].index("--devices") + 1] == "cuda" and "--merge" not in ceil[0]
+    log.argv.clear()
+    assert bench.main(["--toolchains", "torch,onnxruntime", "--models", "resnet50", "--batches", "1",
+                       "--runs-dir", str(tmp_path / "runs2"), "--devices", "cpu,cuda"]) == 0
+    ceil = [a for a in log.argv if a[1] == "utils.ceilings"]
+    assert [a[a.index("--devices") + 1] for a in ceil] == ["cpu,cuda", "cpu"] and "--merge" in ceil[1]
 
 
 def test_a_background_env_that_fails_gives_its_toolchain_the_same_skipped_rows(monkeypatch, tmp_path, capsys):

@@ -28,7 +28,7 @@ def test_gpu_toolchains_are_those_declaring_cuda():
 def test_the_check_is_a_bench_plan_on_cuda_with_random_weights_and_a_short_budget(tmp_path):
     bargs, checked = _checked(tmp_path, "--toolchains", "torch,tensorrt", "--budget", "100000")
     plan = checked.plan
-    assert bargs.weights == "random" and not bargs.ceilings and bargs.budget == 100000
+    assert bargs.weights == "random" and bargs.ceilings and bargs.budget == 100000  # the GPU's ceilings: efficiency
     assert {it.device for it in plan.items} == {"cuda"} and {it.toolchain for it in plan.items} == {"torch", "tensorrt"}
     assert {it.eval_limit for it in plan.items} == {64} and plan.settings.min_time == 0.2
     batches = {(it.model, it.batches) for it in plan.items if not it.skip and it.toolchain == "torch"}
@@ -137,3 +137,17 @@ def test_not_a_gpu_toolchain_is_one_line_exit_2(tmp_path, capsys):
     rc = gpucheck.main(["--toolchains", "nosuch", "--runs-dir", str(tmp_path / "runs"), "--dry-run"])
     assert rc == 2 and "not a GPU toolchain" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_the_check_counts_the_gpu_ceilings_only(tmp_path):
+    """A cuda-only plan measures the GPU's ceilings alone (the bench passes --devices cuda to utils.ceilings): the
+    fixed cost it plans for is that, not the CPU's 45 s."""
+    from evaluation import launch
+
+    bargs, checked = _checked(tmp_path, "--toolchains", "torch", "--budget", "100000")
+    total, lines = launch.fixed_seconds(checked.plan, [], ceilings=True, report=False)
+    assert f"ceilings {launch.CUDA_CEILINGS_S:.0f} s" in lines[0]
+    cpu_plan = bench.validate(bench.build_parser().parse_args(["--toolchains", "torch", "--devices", "cpu",
+                                                               "--runs-dir", str(tmp_path / "r2")]),
+                              device_missing=None).plan
+    assert f"ceilings {launch.CEILINGS_S:.0f} s" in launch.fixed_seconds(cpu_plan, [], ceilings=True, report=False)[1][0]

@@ -10,11 +10,12 @@ from utils.paths import REPO_ROOT
 from utils.rows import read_rows
 
 HALF = ("eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16")
+GPU = ("inductor-cl", "inductor-cl-fp16", "inductor-max", "inductor-max-fp16", "fp8")  # the GPU fast paths
 
 
 def test_the_torch_cpu_half_casts_are_declared_opt_in():
     tc = registry.TOOLCHAINS["torch"]
-    assert set(tc.opt_in["cpu"]) == set(HALF) and not tc.opt_in.get("cuda")
+    assert set(tc.opt_in["cpu"]) == set(HALF) | set(GPU) and not tc.opt_in.get("cuda")
     for model in ("resnet50", "gpt2"):
         assert set(HALF) <= set(tc.methods(model))  # still declared variants (--methods takes them)
         assert not set(HALF) & set(tc.default_methods(model, "cpu"))
@@ -67,4 +68,4 @@ def test_help_says_how_to_get_them():
     p = subprocess.run([sys.executable, "-m", "evaluation.bench", "--help"], cwd=REPO_ROOT, capture_output=True,
                        text=True, timeout=120)
     text = "".join(p.stdout.split())  # argparse wraps at spaces and hyphens
-    assert p.returncode == 0 and "opt-in" in text and "torchoncpu:eager-fp16,eager-bf16,inductor-fp16,inductor-bf16" in text
+    assert p.returncode == 0 and "opt-in" in text and "torchoncpu:eager-fp16,eager-bf16,inductor-fp16,inductor-bf16,inductor-cl" in text

@@ -161,3 +161,18 @@ def test_item_records_are_read_defensively(tmp_path):
     (tmp_path / "items" / "broken.json").write_text("{")
     assert list(read_item_records(tmp_path)) == [it.ident]
     assert Item.from_dict(it.to_dict()) == it
+
+
+def test_a_gpu_item_of_a_slow_compiling_method_is_planned_longer(tmp_path):
+    """max-autotune autotunes at every new shape: with no earlier record its GPU items are planned at the declared
+    factor times the default (estimate_factor); every other item keeps the default."""
+    from utils.plan import DEFAULT_GPU_ITEM_S, Estimates
+    from utils.registry import TOOLCHAINS
+
+    plan = build_plan(models="resnet50", toolchains="torch", devices="cuda", runs_dir=tmp_path)
+    est = Estimates({})
+    items = {it.method: it for it in plan.items}
+    b, t = DEFAULT_GPU_ITEM_S["image-classification"]
+    f = TOOLCHAINS["torch"].estimate_factor["inductor-max"]
+    assert f > 1 and est.item(items["inductor-max"])[:2] == (b * f, t * f * len(items["inductor-max"].batches) / 2)
+    assert est.item(items["inductor-cl"])[:2] == (b, t * len(items["inductor-cl"].batches) / 2)

@@ -35,3 +35,83 @@ def test_measure_small_sizes_real_kernels(restore_threads):
     if libs["onnxruntime.MatMulInteger"]["available"] is False:
         assert "onnxruntime" in libs["onnxruntime.MatMulInteger"]["reason"]
     assert torch.get_num_threads() == 1
+
+
+# ------------------------------------------------------------------------------ the GPU's ceilings: real torch kernels
+
+from utils import ceilings as ce  # noqa: E402
+
+
+def _wall_seconds(fn, calls):
+    import time
+
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return time.perf_counter() - t
+
+
+def test_cuda_ceiling_kernels_run_for_real_on_the_cpu(restore_threads):
+    """measure_cuda's own loop and cuda_matmul's operands and ops with the real torch, on the CPU device (no GPU
+    here): every precision is measured or says why (FP8 where this torch's CPU build has no _scaled_mm kernel)."""
+    torch.set_num_threads(1)
+    info = {"gpu": "cpu stand-in", "capability": "9.0", "cc": (9, 0), "torch": torch.__version__}
+    r = ce.measure_cuda(5.0, sizes=(64, 128), bursts=3, min_burst_s=0.002, info=info,
+                        factory=lambda p, n: ce.cuda_matmul(p, n, "cpu", (9, 0)), timer=_wall_seconds)
+    json.dumps(r)
+    for prec in ("bf16", "fp16", "fp32", "int8"):
+        rec = r["precisions"][prec]
+        assert rec["available"], (prec, rec)
+        assert 1e6 < r[f"{prec}_ops_per_s"] < 1e14 and rec["best_n"] in (64, 128)
+    fp8 = r["precisions"]["fp8"]
+    assert fp8["available"] or "_scaled_mm" in fp8["reason"], fp8
+
+
+def test_cuda_matmul_computes_the_product():
+    """The operands are what the rate is counted for: an n x n x n product in that dtype."""
+    fn = ce.cuda_matmul("bf16", 32, "cpu")
+    out = fn()
+    assert out.shape == (32, 32) and out.dtype == torch.bfloat16
+    i8 = ce.cuda_matmul("int8", 32, "cpu")()
+    assert i8.shape == (32, 32) and i8.dtype == torch.int32
+
+
+def test_fp8_ceiling_needs_compute_capability_8_9():
+    with pytest.raises(ce.Unavailable, match=r"compute capability 8\.0 < 8\.9"):
+        ce.cuda_matmul("fp8", 64, "cpu", (8, 0))
+
+
+class FakeEvent:
+    log: list = []
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.name = f"ev{sum(1 for x in self.log if x[0] == 'new')}"
+        self.log.append(("new", self.name))
+
+    def record(self):
+        self.log.append(("record", self.name))
+
+    def synchronize(self):
+        self.log.append(("sync", self.name))
+
+    def elapsed_time(self, other):
+        return 12.5  # ms
+
+
+def test_cuda_event_seconds_brackets_the_burst(monkeypatch):
+    FakeEvent.log = []
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    s = ce.cuda_event_seconds(lambda: FakeEvent.log.append(("call",)), 3)
+    assert s == 0.0125
+    assert FakeEvent.log == [("new", "ev0"), ("new", "ev1"), ("record", "ev0"), ("call",), ("call",), ("call",),
+                             ("record", "ev1"), ("sync", "ev1")]
+
+
+@pytest.mark.requires_cuda
+def test_cuda_ceilings_on_the_gpu():
+    r = ce.measure_cuda(10.0)
+    assert r["available"] and r["gpu"]
+    assert r["bf16_ops_per_s"] > r["fp32_ops_per_s"] > 1e12
+    if tuple(int(x) for x in r["capability"].split(".")) >= (8, 9):
+        assert r["fp8_ops_per_s"] and r["fp8_ops_per_s"] > r["bf16_ops_per_s"]

@@ -17,6 +17,7 @@ from utils.paths import REPO_ROOT
 from utils.registry import TOOLCHAINS
 
 NO_CAPS = {"cpu_fp16": False, "cpu_bf16": False, "cuda_bf16": False}
+GPU_FAST_PATHS = {"inductor-cl", "inductor-cl-fp16", "inductor-max", "inductor-max-fp16", "fp8"}
 
 
 def test_declaration_has_cuda_and_the_half_variants():
@@ -33,9 +34,9 @@ def test_declaration_has_cuda_and_the_half_variants():
     assert tc.variants["resnet50"][:4] == (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"))
     assert tc.variants["gpt2"][:3] == (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"))
     assert tc.baseline_for("inductor-bf16") == ("torch", "inductor") and tc.baseline_for("eager-fp16") == ("torch", "eager")
-    # the half casts are opt-in on the CPU (only when --methods names them), default on cuda
+    # the half casts and the GPU fast paths are opt-in on the CPU (only when --methods names them), default on cuda
     half = {"eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16"}
-    assert set(tc.opt_in["cpu"]) == half and not tc.opt_in.get("cuda")
+    assert set(tc.opt_in["cpu"]) == half | GPU_FAST_PATHS and not tc.opt_in.get("cuda")
 
 
 def test_the_route_runs_the_cpu_half_casts_only_when_named():
@@ -43,7 +44,8 @@ def test_the_route_runs_the_cpu_half_casts_only_when_named():
     from quantization.kit.config import plan_from_args
 
     ap = kit.parser_for(tr.ROUTE)
-    assert "opt-inmethods(cpu:eager-fp16,eager-bf16,inductor-fp16,inductor-bf16)" in "".join(ap.format_help().split())
+    assert ("opt-inmethods(cpu:eager-fp16,eager-bf16,inductor-fp16,inductor-bf16,inductor-cl,inductor-cl-fp16,"
+            "inductor-max,inductor-max-fp16,fp8)") in "".join(ap.format_help().split())
     plan = plan_from_args("torch", ap.parse_args(["--model", "resnet50,gpt2"]))
 
     def methods(p, model, device):
@@ -185,19 +187,193 @@ def test_cuda_rows_run_for_real(tmp_path):
     p, rows = _route(tmp_path, "--model", "resnet50,gpt2", "--devices", "cuda", "--batches", "1",
                      "--eval-limit", "64", "--min-time", "0.2")
     assert p.returncode == 0, p.stderr[-3000:]
-    by = {(r["model"], r["method"]): r for r in rows}
+    decode = [r for r in rows if r.get("latency_kind") == "decode"]  # the KV-cache rows: checked apart
+    bad = [(r["method"], r["reason"]) for r in decode if r["status"] != "ok"
+           and not (r["method"] == "fp8" and r["status"] == "skipped")]
+    assert not bad, bad
+    by = {(r["model"], r["method"]): r for r in rows if r.get("latency_kind") != "decode"}
     for (model, method), r in by.items():
         assert r["device"] == "cuda"
         if method in ("fx", "pt2e"):
             assert r["status"] == "skipped" and "x86 CPU backend" in r["reason"]
             continue
+        if method == "fp8" and not tr.capabilities()["cuda_fp8"]:
+            assert r["status"] == "skipped" and ">= 8.9" in r["reason"]
+            continue
         assert r["status"] == "ok", (model, method, r["reason"])
         assert r["latency_kind"] == "cuda-events" and r["latency_p50_ms"] > 0
         assert r["environment"]["gpu"]
+        if method.startswith("inductor"):  # compiled, proven: graphs of its own, no fallback
+            c = r["extra"]["compile"]
+            assert c["frames"] >= 1 and c["fallbacks"] == 0 and c["graph_breaks"] == 0, (model, method, c)
     fp32 = by[("resnet50", "eager")]["value"]
-    for m in ("inductor", "eager-fp16", "inductor-fp16", "eager-bf16", "inductor-bf16"):
+    for m in ("inductor", "eager-fp16", "inductor-fp16", "eager-bf16", "inductor-bf16", "inductor-cl",
+              "inductor-cl-fp16", "inductor-max", "inductor-max-fp16"):
         assert abs(by[("resnet50", m)]["value"] - fp32) <= 3.2, m  # 64 images: at most 2 flipped
+    assert by[("resnet50", "inductor-cl")]["extra"]["torch_settings"]["cudnn_benchmark"] is True
+    assert by[("resnet50", "inductor-max")]["extra"]["torch_settings"]["cuda_graphs"] is True
     ppl = by[("gpt2", "eager")]["value"]
-    for m in ("inductor", "eager-fp16", "inductor-fp16", "weight-only", "dynamic"):
+    for m in ("inductor", "eager-fp16", "inductor-fp16", "weight-only", "dynamic", "inductor-max", "inductor-max-fp16"):
         assert abs(by[("gpt2", m)]["value"] / ppl - 1) < 0.02, m
     assert abs(by[("gpt2", "eager-bf16")]["value"] / ppl - 1) < 0.05
+    if by[("gpt2", "fp8")]["status"] == "ok":
+        assert abs(by[("gpt2", "fp8")]["value"] / ppl - 1) < 0.05
+
+
+# ------------------------------------------------------------------------------ the GPU fast paths (planning, skipping)
+
+H100 = {**NO_CAPS, "cuda_bf16": True, "cuda_fp8": True, "cuda_capability": (9, 0), "cuda_name": "NVIDIA H100"}
+A100 = {**NO_CAPS, "cuda_bf16": True, "cuda_fp8": False, "cuda_capability": (8, 0), "cuda_name": "NVIDIA A100"}
+
+
+def test_gpu_fast_paths_are_declared_planned_on_cuda_and_leave_the_cpu_plan_alone(tmp_path):
+    from utils.plan import build_plan
+
+    tc = TOOLCHAINS["torch"]
+    assert dict(tc.variants["resnet50"])["inductor-cl"] == "fp32" and dict(tc.variants["resnet50"])["inductor-cl-fp16"] == "fp16"
+    assert dict(tc.variants["gpt2"])["fp8"] == "fp8" and "inductor-cl" not in dict(tc.variants["gpt2"])
+    for m in ("inductor-cl", "inductor-cl-fp16", "inductor-max", "inductor-max-fp16"):
+        assert tc.baseline_for(m) == ("torch", "inductor")  # one change from the inductor row each
+    assert tc.baseline_for("fp8") == ("torch", "eager") and "fp8" in tc.generates["gpt2"]
+    plan = build_plan(models="resnet50,gpt2", toolchains="torch", runs_dir=tmp_path)
+
+    def methods(model, device):
+        return [it.method for it in plan.items if it.model == model and it.device == device]
+
+    # the CPU default plan is what it was; on cuda every fast path is planned, none skipped by declaration
+    assert methods("resnet50", "cpu") == ["eager", "fx", "inductor", "pt2e"]
+    assert methods("gpt2", "cpu") == ["eager", "weight-only", "dynamic", "inductor"]
+    assert {"inductor-cl", "inductor-cl-fp16", "inductor-max", "inductor-max-fp16"} <= set(methods("resnet50", "cuda"))
+    assert {"inductor-max", "inductor-max-fp16", "fp8"} <= set(methods("gpt2", "cuda"))
+    assert not [it for it in plan.items if it.device == "cuda" and it.method in GPU_FAST_PATHS and it.skip]
+    fp8 = next(it for it in plan.items if it.method == "fp8" and it.device == "cuda")
+    assert fp8.decode and fp8.precision == "fp8"
+    # named on the CPU: the cuDNN and FP8 paths are written skipped with the declared reason, without a build;
+    # max-autotune is a real CPU path (inductor's CPU autotuning) and runs
+    named = build_plan(models="resnet50,gpt2", toolchains="torch", devices="cpu", runs_dir=tmp_path,
+                       methods="inductor-cl,inductor-cl-fp16,inductor-max,fp8")
+    skip = {(it.model, it.method): it.skip for it in named.items}
+    assert "cuDNN" in skip[("resnet50", "inductor-cl")] and skip[("resnet50", "inductor-cl-fp16")]
+    assert "compute capability >= 8.9" in skip[("gpt2", "fp8")] and "no CPU path" in skip[("gpt2", "fp8")]
+    assert skip[("resnet50", "inductor-max")] == "" and skip[("gpt2", "inductor-max")] == ""
+
+
+def test_gpu_fast_path_device_plan():
+    assert "cuDNN" in tr.device_plan("inductor-cl", "cpu", NO_CAPS)
+    assert tr.device_plan("inductor-cl", "cuda", NO_CAPS) is None
+    assert tr.device_plan("inductor-max", "cpu", NO_CAPS) is None and tr.device_plan("inductor-max", "cuda", NO_CAPS) is None
+    assert "no native FP16" in tr.device_plan("inductor-max-fp16", "cpu", NO_CAPS)  # the half rule holds for them
+    assert tr.device_plan("inductor-cl-fp16", "cuda", NO_CAPS) is None
+    # fp8 on cuda: compute capability >= 8.9 (Ada, Hopper)
+    why = tr.device_plan("fp8", "cuda", A100)
+    assert why.startswith("fp8 on cuda: this GPU (NVIDIA A100) has compute capability 8.0") and ">= 8.9" in why
+    assert tr.device_plan("fp8", "cuda", H100) is None
+    for m in ("inductor-cl", "inductor-cl-fp16", "inductor-max", "inductor-max-fp16"):
+        assert ("image-classification", m) in tr.BUILDERS
+    for m in ("inductor-max", "inductor-max-fp16", "fp8"):
+        assert ("language-model", m) in tr.BUILDERS
+
+
+@pytest.mark.parametrize("cc,name,fp8", [((8, 0), "NVIDIA A100", False), ((8, 9), "NVIDIA L4", True),
+                                         ((9, 0), "NVIDIA H200", True)])
+def test_capabilities_reads_the_gpu(monkeypatch, cc, name, fp8):
+    """capabilities() from torch.cuda's answers (faked: no GPU here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: cc)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    caps = tr.capabilities()
+    assert caps["cuda_fp8"] is fp8 and caps["cuda_capability"] == cc and caps["cuda_name"] == name
+    assert (tr.device_plan("fp8", "cuda", caps) is None) is fp8
+
+
+def test_fp8_on_a_gpu_without_fp8_is_skipped_with_the_reason():
+    """The route's build on cuda checks the GPU before anything is loaded: SkipVariant naming its capability."""
+    ctx = SimpleNamespace(state={"caps": A100})
+    with pytest.raises(tr.SkipVariant, match=r"compute capability 8\.0; FP8 matmuls .* need >= 8\.9"):
+        tr.ROUTE.build(ctx, "fp8", "fp8", "cuda")
+
+
+def test_torchao_float8_has_no_cpu_path():
+    """What the declared CPU reason says, with the real torchao: its float8 config refuses to quantize without an
+    FP8-capable GPU. Its config is made without torchao's process-wide inductor settings."""
+    from torchao.quantization import quantize_
+
+    cfg = tr.torchao_config("fp8")
+    assert type(cfg).__name__ == "Float8DynamicActivationFloat8WeightConfig" and cfg.set_inductor_config is False
+    assert all(tr.torchao_config(m).set_inductor_config is False for m in ("weight-only", "dynamic"))
+    with pytest.raises(AssertionError, match="8.9"):
+        quantize_(torch.nn.Sequential(torch.nn.Linear(32, 32)), cfg)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
+
+
+def _cuda_stubs(monkeypatch, calls):
+    """No GPU: the module and tensor moves are stubbed (they record what was asked); the model runs on the CPU."""
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
+
+    def to_device(t, device, dtype=None, channels_last=False):
+        calls.append(("to_device", device, channels_last))
+        return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+    monkeypatch.setattr(tr, "_to_device", to_device)
+
+
+def test_channels_last_cudnn_benchmark_variant_on_cuda(monkeypatch, fake_events):
+    """inductor-cl on cuda (faked device): compiled and proven, input converted to channels-last once outside the
+    timed call, cudnn.benchmark on around its calls only, the settings recorded, timed with CUDA events."""
+    calls = []
+    monkeypatch.setattr(tr, "_resnet", lambda ctx: _tiny())
+    _cuda_stubs(monkeypatch, calls)
+    seen = []
+    real = tr.with_cudnn_benchmark
+
+    def spy(fn):
+        wrapped = real(fn)
+
+        def call(*a, **k):
+            out = wrapped(*a, **k)
+            seen.append(torch.backends.cudnn.benchmark)  # restored after the call
+            return out
+        return call
+
+    monkeypatch.setattr(tr, "with_cudnn_benchmark", spy)
+    built = tr.BUILDERS[("image-classification", "inductor-cl")](SimpleNamespace(), "cuda")
+    assert isinstance(built.handle, tr.Compiled) and built.handle.cudnn_benchmark and built.latency_kind == "cuda-events"
+    assert tr.CUDA_CHANNELS_LAST_NOTE in built.notes and tr.CUDNN_BENCHMARK_NOTE in built.notes
+    assert "default mode" in built.notes[0] and "CUDA graphs" not in built.notes[0]
+    s = tr.torch_settings("cuda", built)
+    assert s["channels_last"] and s["cudnn_benchmark"] and s["compile_mode"] == "default" and not s["cuda_graphs"]
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    once = built.timed(x)  # the input converted here, untimed
+    assert calls == [("to_device", "cuda", True)]
+    lat = measure(once, items_per_call=2, kind=built.latency_kind, timer=built.timer, min_time_s=0.0, min_iters=3,
+                  warmup=1)
+    assert lat.samples_ms == (2.5, 2.5, 2.5) and calls == [("to_device", "cuda", True)]
+    assert built.extra["compile"]["frames"] == 1 and built.extra["compile"]["checked_calls"] == 1
+    assert seen and not torch.backends.cudnn.benchmark  # each call went through the wrapper; the flag is off again
+
+
+def test_max_autotune_variant_on_cuda_marks_each_cudagraph_step(monkeypatch, fake_events):
+    """inductor-max on cuda (faked device, real max-autotune compile on the CPU): mode recorded, CUDA graphs said,
+    and every timed call begins a new CUDA-graph step (torch.compiler.cudagraph_mark_step_begin)."""
+    calls, steps = [], []
+    monkeypatch.setattr(tr, "_resnet", lambda ctx: _tiny())
+    _cuda_stubs(monkeypatch, calls)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    built = tr.BUILDERS[("image-classification", "inductor-max")](SimpleNamespace(), "cuda")
+    assert built.handle.mode == "max-autotune" and built.handle.cudagraph_steps
+    assert "mode=max-autotune" in built.notes[0] and "CUDA graphs" in built.notes[0]
+    assert tr.torch_settings("cuda", built)["cuda_graphs"] is True
+    once = built.timed(np.zeros((1, 3, 16, 16), np.float32))
+    for _ in range(4):
+        once()
+    assert len(steps) == 4 and built.extra["compile"]["mode"] == "max-autotune"
+    assert built.extra["compile"]["frames"] == 1 and built.extra["compile"]["fallbacks"] == 0
+    # on the CPU the same mode has no CUDA graphs: no step marks, and the note says so
+    cpu = tr.BUILDERS[("image-classification", "inductor-max")](SimpleNamespace(), "cpu")
+    assert not cpu.handle.cudagraph_steps and "CUDA graphs" not in cpu.notes[0]
