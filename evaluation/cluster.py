@@ -234,6 +234,7 @@ class Job:
     nodes: list[str] = field(default_factory=list)
     finished: bool = False
     artifacts: object = None  # ObjectRef of the artifacts this route made, for the routes that need them
+    submitted: float = 0.0  # when the current attempt was submitted (what a lost attempt cost)
 
     @property
     def name(self) -> str:
@@ -353,8 +354,10 @@ def run_routes(args, plan: Plan, prepared: dict, failures: list[str]) -> None:
         left = unfinished(plan, job.items, run_id)
         if status and left:
             if status == "failed":
-                mark_unfinished(plan, left, reason, run_id=run_id, launcher="ray", env_extra=extra(job))
-                failures.append(f"{job.name}: {reason} ({len(left)} item(s) unfinished -> failed rows)")
+                marked = mark_unfinished(plan, left, reason, run_id=run_id, launcher="ray", env_extra=extra(job))
+                if not marked:  # every row was in; only the item records were missing
+                    return
+                failures.append(f"{job.name}: {reason} ({len(marked)} item(s) unfinished -> failed rows)")
             else:
                 status_items(plan, left, status, reason, run_id=run_id, launcher="ray", env_extra=extra(job))
             say(f"{job.name}: {status}: {reason}")
@@ -388,6 +391,7 @@ def run_routes(args, plan: Plan, prepared: dict, failures: list[str]) -> None:
                     if by_name.get(f"{d}/{job.model}") and by_name[f"{d}/{job.model}"].artifacts is not None]
         res_ref, art_ref = remote.options(**opts).remote(spec, packs[job.model], *dep_refs)
         job.artifacts = art_ref
+        job.submitted = time.time()
         say(f"{job.name}: submitted (attempt {job.attempt}, needs {need_text(gpu)}, {len(left)} item(s): "
             f"{', '.join(dict.fromkeys(it.method for it in left))})")
         return res_ref
@@ -437,7 +441,8 @@ def handle(job: Job, ref, args, plan: Plan, finish, failures: list[str]) -> bool
         res = ray.get(ref)
     except ray.exceptions.RayError as exc:  # the node or the worker died, the task was cancelled, ...
         job.artifacts = None
-        why = f"task lost on the cluster ({failure_reason(exc)})"
+        # its rows were on the lost node (they come back with the task's result): the retry runs every item again
+        why = f"task lost on the cluster {time.time() - job.submitted:.0f} s after it was submitted ({failure_reason(exc)})"
         return _retry_or_fail(job, args, why, finish)
     job.hosts.append(res["host"])
     job.nodes.append(res["node_id"])
