@@ -983,10 +983,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs_dir or [RUNS_DIR]
     crit = Criterion(args.max_top1_drop, args.max_ppl_increase_pct, args.min_agreement, args.min_sqnr_db)
     damaged: list = []
-    aggregate(runs, report_dir_for(runs[0], args.out), args.readme, crit, args.docs, damaged)
-    for path, why in damaged:
-        print(f"error: damaged row file {path} ({why}): moved to {Path(path).parent / 'damaged'}, left out of the "
-              "tables", file=sys.stderr)
+    try:
+        aggregate(runs, report_dir_for(runs[0], args.out), args.readme, crit, args.docs, damaged)
+    finally:  # also when no readable row is left (that error follows these lines)
+        for path, why in damaged:
+            where = "could not be read" if Path(path).exists() else f"moved to {Path(path).parent / 'damaged'}"
+            print(f"error: damaged row file {path} ({why}): {where}, left out of the tables", file=sys.stderr)
     return 1 if damaged else 0
 
 

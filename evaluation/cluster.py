@@ -15,9 +15,10 @@ Driver (this process, the `ray` environment; docs/scale-out.md):
      no alive node offers gets `skipped` rows and is never submitted;
   5. a route that needs another toolchain of the run (declaration `needs`) waits for it and receives the artifacts
      it made (the `<model folder>/<toolchain>/` files of that node), through the object store;
-  6. rows come back as JSON and are written here, atomically, by utils.rows.write_row; a route whose process died or
-     whose node/worker died is tried again (--retries, on another suitable node where there is one), then its
-     unfinished variants get `failed` rows with the reason;
+  6. rows come back as JSON and are written here, atomically, by utils.rows.write_row: each finished item as soon as
+     its record exists (through a RowSink actor on the head node), all of them again with the task's result; a route
+     whose process died or whose node/worker died is tried again with its unfinished items (--retries, on another
+     suitable node where there is one), then those get `failed` rows with the reason;
   7. Ctrl-C cancels every task (ray.cancel, force: the worker and its route process die) and writes nothing more;
   8. the tables, as the bench makes them.
 
@@ -143,10 +144,49 @@ def _node_ceilings(spec: dict, run_tmp: Path) -> Path:
     return dev
 
 
-def route_task(spec: dict, model_pack: dict, *dep_packs):
+class Streamer:
+    """Sends each item the route finishes (its record and rows) to the driver's sink actor as soon as its record is
+    written, so that a node lost later in the route keeps them. Without a sink, or once the sink cannot be reached,
+    it sends nothing (the task's result still carries every row)."""
+
+    def __init__(self, sink, name: str, folder: Path, cluster: dict):
+        self.sink, self.name, self.folder, self.cluster = sink, name, folder, cluster
+        self.sent: set[str] = set()
+
+    def poll(self) -> int:
+        if self.sink is None:
+            return 0
+        rows, records = [], []
+        for p in sorted((self.folder / "items").glob("*.json")):
+            if p.name in self.sent:
+                continue
+            try:
+                rec = json.loads(p.read_text())
+                item_rows = [json.loads((self.folder / f"{k}.json").read_text()) for k in rec.get("rows") or []]
+            except (OSError, ValueError):
+                continue  # written atomically: a row listed but gone is a bug elsewhere; the result carries it
+            self.sent.add(p.name)
+            records.append(rec)
+            rows += item_rows
+        if not records:
+            return 0
+        for r in rows:
+            r.setdefault("environment", {})["cluster"] = dict(self.cluster)
+        import ray
+
+        try:
+            ray.get(self.sink.put.remote(self.name, rows, records), timeout=60)
+        except Exception:  # noqa: BLE001 - the driver's sink is gone: the result still carries every row
+            self.sink = None
+            return 0
+        return len(records)
+
+
+def route_task(spec: dict, model_pack: dict, sink, *dep_packs):
     """One route on this node. Returns (result, artifacts): result = {"rows": [...], "rc", "peak_mb", "host",
     "node_id", "attempt", "task_start", "task_end"} (or "env_error"); artifacts = this toolchain's files of the model
-    folder when a later route of the run needs them, else None."""
+    folder when a later route of the run needs them, else None. While the route runs, each finished item goes to the
+    driver's `sink` (RowSink actor, or None) at once: a lost node then costs only the items it had not finished."""
     t_start = time.time()
     import ray
 
@@ -184,11 +224,14 @@ def route_task(spec: dict, model_pack: dict, *dep_packs):
         route_start = time.time()
         proc = envs.popen_in_env(env_name, argv, extra_env=extra, preexec_fn=_die_with_parent)
         mon = PeakRss(proc.pid)
+        stream = Streamer(sink, f"{toolchain}/{model}", Path(tmp),
+                          {**info, "route_start": route_start, "resources": spec["resources"]})
         try:
             while proc.poll() is None:
                 if crash and _timed_row(Path(tmp)):
                     os.kill(proc.pid, signal.SIGKILL)  # the test hook: a route killed mid-run
                     crash = False
+                stream.poll()
                 time.sleep(0.2)
             rc = proc.returncode
         except KeyboardInterrupt:  # a polite ray.cancel: stop the route as Ctrl-C stops the local bench
@@ -234,10 +277,46 @@ class Job:
     nodes: list[str] = field(default_factory=list)
     finished: bool = False
     artifacts: object = None  # ObjectRef of the artifacts this route made, for the routes that need them
+    submitted: float = 0.0  # when the current attempt was submitted (what a lost attempt cost)
 
     @property
     def name(self) -> str:
         return f"{self.toolchain}/{self.model}"
+
+
+class RowSink:
+    """An actor on the head node (where the driver is, or its Ray Client server): tasks put the items they finish,
+    the driver takes them every couple of seconds and writes their rows and records."""
+
+    def __init__(self):
+        self.queue: list = []
+
+    def put(self, name: str, rows: list, records: list) -> bool:
+        self.queue.append((name, rows, records))
+        return True
+
+    def take(self) -> list:
+        out, self.queue = self.queue, []
+        return out
+
+
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's own resource of the head node
+
+
+def start_sink():
+    """The run's RowSink on the head node, or None (then rows come back only with each task's result)."""
+    import ray
+
+    try:
+        opts = dict(num_cpus=0, max_restarts=0)
+        if ray.cluster_resources().get(HEAD_RESOURCE):
+            opts["resources"] = {HEAD_RESOURCE: 0.001}
+        sink = ray.remote(RowSink).options(**opts).remote()
+        ray.get(sink.take.remote(), timeout=120)
+        return sink
+    except Exception as exc:  # noqa: BLE001
+        say(f"no row sink ({failure_reason(exc)}): rows come back with each task's result only")
+        return None
 
 
 def connect(address: str, runtime_env: dict) -> str:
@@ -338,6 +417,25 @@ def run_routes(args, plan: Plan, prepared: dict, failures: list[str]) -> None:
 
     remote = ray.remote(route_task)
     run_id = plan.run_id
+    sink = start_sink()
+
+    def drain() -> None:
+        """Write the items the tasks finished since the last call (before any result or loss is handled, so a
+        retry leaves them out)."""
+        nonlocal sink
+        if sink is None:
+            return
+        try:
+            batch = ray.get(sink.take.remote(), timeout=120)
+        except Exception as exc:  # noqa: BLE001
+            say(f"row sink lost ({failure_reason(exc)}): rows come back with each task's result only")
+            sink = None
+            return
+        for name, rows, records in batch:
+            for d in rows:
+                write_row(ResultRow.from_dict(d), plan.runs_dir)
+            for rec in records:
+                write_item_record(plan.runs_dir, rec)
     in_run = set(plan.toolchains())
     jobs = [Job(t, m, plan.items_of(t, m), [d for d in TOOLCHAINS[t].needs if d in in_run and d != PREPARE_TOOLCHAIN])
             for t, m in plan.routes()]
@@ -353,8 +451,10 @@ def run_routes(args, plan: Plan, prepared: dict, failures: list[str]) -> None:
         left = unfinished(plan, job.items, run_id)
         if status and left:
             if status == "failed":
-                mark_unfinished(plan, left, reason, run_id=run_id, launcher="ray", env_extra=extra(job))
-                failures.append(f"{job.name}: {reason} ({len(left)} item(s) unfinished -> failed rows)")
+                marked = mark_unfinished(plan, left, reason, run_id=run_id, launcher="ray", env_extra=extra(job))
+                if not marked:  # every row was in; only the item records were missing
+                    return
+                failures.append(f"{job.name}: {reason} ({len(marked)} item(s) unfinished -> failed rows)")
             else:
                 status_items(plan, left, status, reason, run_id=run_id, launcher="ray", env_extra=extra(job))
             say(f"{job.name}: {status}: {reason}")
@@ -386,8 +486,9 @@ def run_routes(args, plan: Plan, prepared: dict, failures: list[str]) -> None:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=fresh[0]["NodeID"], soft=True)
         dep_refs = [by_name[f"{d}/{job.model}"].artifacts for d in job.deps
                     if by_name.get(f"{d}/{job.model}") and by_name[f"{d}/{job.model}"].artifacts is not None]
-        res_ref, art_ref = remote.options(**opts).remote(spec, packs[job.model], *dep_refs)
+        res_ref, art_ref = remote.options(**opts).remote(spec, packs[job.model], sink, *dep_refs)
         job.artifacts = art_ref
+        job.submitted = time.time()
         say(f"{job.name}: submitted (attempt {job.attempt}, needs {need_text(gpu)}, {len(left)} item(s): "
             f"{', '.join(dict.fromkeys(it.method for it in left))})")
         return res_ref
@@ -412,6 +513,7 @@ def run_routes(args, plan: Plan, prepared: dict, failures: list[str]) -> None:
             if not inflight:
                 continue
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
+            drain()
             for ref in ready:
                 job = inflight.pop(ref)
                 again = handle(job, ref, args, plan, finish, failures)
@@ -437,7 +539,8 @@ def handle(job: Job, ref, args, plan: Plan, finish, failures: list[str]) -> bool
         res = ray.get(ref)
     except ray.exceptions.RayError as exc:  # the node or the worker died, the task was cancelled, ...
         job.artifacts = None
-        why = f"task lost on the cluster ({failure_reason(exc)})"
+        # the items it finished reached the driver through the sink (drained before this); the retry runs the rest
+        why = f"task lost on the cluster {time.time() - job.submitted:.0f} s after it was submitted ({failure_reason(exc)})"
         return _retry_or_fail(job, args, why, finish)
     job.hosts.append(res["host"])
     job.nodes.append(res["node_id"])

@@ -24,6 +24,9 @@ from utils.registry import Part, all_envs
 
 # environment name -> its requirement parts, read from the one declaration (utils/registry.py)
 ENVS: dict[str, tuple[Part, ...]] = {name: decl.parts for name, decl in all_envs().items()}
+# environment name -> modules copied into its site-packages with a start-up .pth line (EnvDecl.site_hooks)
+SITE_HOOKS: dict[str, tuple[str, ...]] = {name: decl.site_hooks for name, decl in all_envs().items()}
+HOOK_PREFIX = "_ptq_suite_"
 CONSTRAINTS = "constraints.txt"
 STAMP = "suite-env.json"
 
@@ -215,6 +218,7 @@ def ensure_env(name: str, *, quiet: bool = False, nice: int = 0) -> dict:
     if name in OVERRIDES:  # an existing interpreter: nothing to create (its modules were checked up front)
         return {"existing_python": str(OVERRIDES[name]), "optional_failed": {}}
     if is_ready(name):
+        install_site_hooks(name)  # an environment made before its hooks were declared (or changed) gets them now
         return read_stamp(name)
     d = env_dir(name)
     log = venvs_dir() / f"{name}.log"
@@ -258,9 +262,51 @@ def ensure_env(name: str, *, quiet: bool = False, nice: int = 0) -> dict:
 
     if _CANCELLED.is_set():
         raise EnvError(INTERRUPTED)
+    install_site_hooks(name)
     atomic_write_json(d / STAMP, stamp)  # last: an environment is ready only once every step finished
     _log(f"environment '{name}' ready in {time.time() - t0:.0f} s")
     return stamp
+
+
+def site_packages(name: str) -> Path | None:
+    """The site-packages folder of a suite environment (None when it has none yet)."""
+    found = sorted(env_dir(name).glob("lib/python*/site-packages"))
+    return found[0] if found else None
+
+
+def hook_files(module: str) -> dict[str, str]:
+    """file name -> text of what a site hook puts into site-packages: the module itself (copied from the
+    repository under a name of the suite's) and a .pth line that runs its install() at interpreter start."""
+    mod = HOOK_PREFIX + module.rsplit(".", 1)[-1]
+    src = (REPO_ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+    header = f"# copied from {module} by the PTQ suite (evaluation/envs.py); rewritten when it changes\n"
+    return {f"{mod}.py": header + src, f"{mod}.pth": f"import {mod}; {mod}.install()\n"}
+
+
+def install_site_hooks(name: str) -> list[str]:
+    """Put environment `name`'s declared site hooks into its site-packages where they are missing or differ (a file
+    read and compared: cheap on every use). Returns the files written. A folder that cannot be written is said in
+    one line and left as it is (the suite's own code imports through utils/torchvision_compat.py all the same)."""
+    hooks = SITE_HOOKS.get(name) or ()
+    site = site_packages(name) if hooks and name not in OVERRIDES else None
+    written: list[str] = []
+    if site is None:
+        return written
+    from utils.atomic import atomic_write_text
+
+    for module in hooks:
+        for fname, text in hook_files(module).items():
+            path = site / fname
+            try:
+                if path.is_file() and path.read_text(encoding="utf-8") == text:
+                    continue
+                atomic_write_text(path, text)
+                written.append(fname)
+            except OSError as exc:
+                _log(f"environment '{name}': could not install {fname} into {site}: {exc}")
+    if written:
+        _log(f"environment '{name}': start-up hook(s) installed: {', '.join(written)}")
+    return written
 
 
 class Builds:

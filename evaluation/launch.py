@@ -78,16 +78,26 @@ def mark_unfinished(plan: Plan, items, reason: str, *, run_id: str, launcher: st
                     env_extra: dict | None = None) -> list[Item]:
     """`failed` rows for the planned items a stopped route did not finish: only at the row keys that have no
     finished row from this run (a batch timed before the stop keeps its row; a scored row still pending its timing
-    stays, with this failure beside it as its latest attempt). Returns the items marked."""
-    left = unfinished(plan, items, run_id)
-    for it in left:
+    stays, with this failure beside it as its latest attempt). An item whose every row is finished by this run (the
+    route stopped before it wrote the item's record) is recorded ok, not failed. Returns the items marked failed."""
+    from utils.envinfo import git_commit
+
+    marked = []
+    for it in unfinished(plan, items, run_id):
         todo = set()
         for k in it.row_keys():
             r = read_row(Path(plan.runs_dir) / f"{k}.json")
             if r is None or not r.complete or (r.environment or {}).get("run_id") != run_id:
                 todo.add(k)
+        if not todo:
+            write_item_record(plan.runs_dir, {"item": it.to_dict(), "status": "ok", "rows": it.row_keys(),
+                                              "reason": "every row finished before the route stopped (recorded by "
+                                                        "the launcher)", "run_id": run_id, "git_commit": git_commit(),
+                                              "config_key": plan.config_key(it), "seconds": {}})
+            continue
         status_items(plan, [it], "failed", reason, run_id=run_id, launcher=launcher, env_extra=env_extra, keys=todo)
-    return left
+        marked.append(it)
+    return marked
 
 
 def left_out_items(plan: Plan, items, why: str, *, run_id: str) -> None:

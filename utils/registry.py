@@ -74,6 +74,10 @@ class EnvDecl:
     # top-level modules its required parts provide: checked in an existing interpreter (--python NAME=PATH,
     # --use-current-python) before anything runs; optional parts (TensorRT, nvtripy) are not listed
     imports: tuple[str, ...] = ()
+    # self-contained modules (stdlib at import) that evaluation/envs.py copies into the environment's site-packages
+    # with a .pth line calling their install() when any interpreter of it starts (also into an environment that
+    # exists already): e.g. utils.torchvision_hook, so that `import torchvision` works without the suite's code
+    site_hooks: tuple[str, ...] = ()
 
 
 # environments that are not a toolchain: the shared layer's tests and the report (pandas, matplotlib, scipy), and
@@ -176,7 +180,8 @@ _DECLS = (
         name="torch",
         route="quantization.torch_route:ROUTE",
         env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch",
-                    imports=_BASE_IMPORTS + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx")),
+                    imports=_BASE_IMPORTS + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx"),
+                    site_hooks=("utils.torchvision_hook",)),
         # fx/pt2e: x86 CPU backend only; *-fp16/*-bf16: cuda, and the CPU where oneDNN has that dtype natively (opt-in
         # there: see opt_in)
         variants={

@@ -168,7 +168,8 @@ log = logging.getLogger("utils.rows")
 
 def read_rows(runs_dir: Path | str = RUNS_DIR, damaged: list | None = None) -> list[ResultRow]:
     """Every row of a runs folder. A file that cannot be read as a row (truncated by a full disk, a copy cut short)
-    is moved aside to `damaged/` and named in one warning; `damaged` (when given) collects (file, why)."""
+    is moved aside to `damaged/`; `damaged` (when given) collects (file, why) for the caller to report, else each is
+    named in one warning."""
     rows = []
     for path in sorted(Path(runs_dir).glob("*.json")):
         try:
@@ -177,13 +178,15 @@ def read_rows(runs_dir: Path | str = RUNS_DIR, damaged: list | None = None) -> l
         except (ValueError, TypeError, KeyError) as exc:
             why = f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:160]}"
             dest = quarantine(path)
-            log.warning("damaged row file %s (%s): moved to %s, left out of the table", path, why, dest)
             if damaged is not None:
                 damaged.append((str(path), why))
+            else:
+                log.warning("damaged row file %s (%s): moved to %s, left out of the table", path, why, dest)
         except OSError as exc:
-            log.warning("cannot read row file %s: %s", path, exc)
             if damaged is not None:
                 damaged.append((str(path), f"{exc.__class__.__name__}: {exc}"))
+            else:
+                log.warning("cannot read row file %s: %s", path, exc)
     return rows
 
 

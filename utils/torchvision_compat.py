@@ -1,20 +1,20 @@
-"""Import torchvision 0.28.0 next to CPU torch 2.13.0.
+"""Import torchvision 0.28.0 next to CPU torch 2.13.0, in any interpreter.
 
 PyPI only has torchvision's CUDA build; with CPU torch its `_C` extension fails to load
 silently and `import torchvision` then raises "operator torchvision::nms does not exist".
-Defining the two missing op schemas and importing again makes it work; the C ops such as nms
-stay unavailable, which classification does not need. Where the extension loads (a CUDA
-machine) the first import succeeds and nothing is defined.
+The suite's torch environment gets a start-up hook for that (utils/torchvision_hook.py,
+installed by evaluation/envs.py), so a plain `import torchvision` works there; this function
+does the same for an interpreter without the hook (an existing one passed with --python):
+define the two missing op schemas and import again. The C ops such as nms stay unavailable,
+which classification does not need. Where the extension loads (a CUDA machine) the first
+import succeeds and nothing is defined.
 """
 from __future__ import annotations
 
 import sys
 
-_lib = None
-
 
 def import_torchvision():
-    global _lib
     try:
         import torchvision
     except RuntimeError as exc:
@@ -22,10 +22,10 @@ def import_torchvision():
             raise
         import torch
 
+        from utils.torchvision_hook import define_missing_ops
+
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
-        _lib = torch.library.Library("torchvision", "DEF")
-        _lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+        define_missing_ops(torch)
         import torchvision
     return torchvision

@@ -40,6 +40,7 @@ def overrides(monkeypatch, tmp_path):
     """A clean override map, and a venv folder where nothing may be created."""
     monkeypatch.setattr(envs, "OVERRIDES", {})
     monkeypatch.setattr(envs, "VENVS_DIR", tmp_path / "venvs")
+    monkeypatch.delenv("SUITE_VENVS_DIR", raising=False)  # it would win over VENVS_DIR (envs.venvs_dir)
     return envs.OVERRIDES
 
 
