@@ -35,3 +35,16 @@ def test_measure_small_sizes_real_kernels(restore_threads):
     if libs["onnxruntime.MatMulInteger"]["available"] is False:
         assert "onnxruntime" in libs["onnxruntime.MatMulInteger"]["reason"]
     assert torch.get_num_threads() == 1
+
+
+def test_memory_bandwidth_torch_triad_writes_the_triad(restore_threads):
+    """torch.triad really computes a = b + 3c over the shared arrays (it streams what it claims) at a plausible rate."""
+    from utils import ceilings
+
+    fn = ceilings._mem_torch_triad(1000, 1)
+    fn()
+    a, b, c = ceilings._MEM_ARRAYS[1000]
+    assert (a == b + 3.0 * c).all() and float(a[0]) == 7.0
+    ceilings._MEM_ARRAYS.clear()
+    r = ceilings.measure_memory(1, 0.2, array_mb=16.0, passes=3, kernels=("torch.triad",))
+    assert r["mem_library"] == "torch.triad" and 1e9 < r["mem_bytes_per_s"] < 2e12
