@@ -13,7 +13,8 @@ Every number comes from the JSON rows; nothing is parsed from printed output. De
 weights, device, batch, latency kind); `speedup_vs_best_fp32` with the fastest FP32 row of the
 same model, weights, device and batch whatever the toolchain; `efficiency` is the row's useful
 operations per second over the device ceiling (matmul microbenchmark of the same run) for the
-precision its matmuls run in.
+precision its matmuls run in; `roofline_pct` is the row's rate over the lower of two bounds, the compute ceiling and
+the memory bandwidth over its estimated bytes per call (`bytes_per_call`, utils/traffic.py), `bound` which one applies.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from utils.paths import PUBLISHED_RUNS_DIR, REPO_ROOT, RESULTS_DIR, RUNS_DIR, re
 from utils.registry import ORDER, TOOLCHAINS
 from utils.rows import ResultRow, read_attempts, read_rows
 from utils.specs import RANDOM_REASON
+from utils import traffic
 
 log = logging.getLogger("evaluation.aggregate")
 
@@ -47,7 +49,7 @@ COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "d
            "latency_samples", "throughput", "throughput_unit",
            "speedup_vs_best_fp32", "speedup_best_ci_low", "speedup_best_ci_high", "best_fp32",
            "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_vs",
-           "efficiency", "compute_precision", "ops_per_item", "peak_mem_mb", "gpu_peak_mem_mb", "ttft_ms", "token_match",
+           "efficiency", "bytes_per_call", "bound", "roofline_pct", "compute_precision", "ops_per_item", "peak_mem_mb", "gpu_peak_mem_mb", "ttft_ms", "token_match",
            "size_mb", "calib_samples", "calib_seconds",
            "calib_method", "status", "pending", "reason", "notes",
            "eval_sha", "calib_sha", "eval_limit", "cpu", "gpu", "host", "launcher", "threads", "git_commit", "run_id", "timestamp",
@@ -149,6 +151,38 @@ def _efficiency_note(r: ResultRow, rec: dict) -> str:
             "FlopCounterMode count of the model (2 x MACs)")
 
 
+ROOFLINE_NOTE_ABOVE = 110.0
+
+
+def roofline(r: ResultRow, compute_ceiling: float | None = None) -> dict:
+    """The row against the lower of its two bounds: the compute ceiling of its precision (`compute_ceiling`, ops/s)
+    and the memory bandwidth of the same device record (`mem_bytes_per_s`, utils.ceilings.measure_memory) over its
+    estimated bytes per call (utils.traffic). Per call: compute time = ops per item x items per call / ceiling,
+    memory time = bytes per call / bandwidth; the larger is the least time the call can take and names the bound;
+    roofline_pct = 100 x that least time / the call's measured time (items per call / throughput). Returns
+    {bytes_per_call} alone when a ceiling or the throughput is missing, {} when the bytes cannot be estimated."""
+    t = traffic.for_row(r)
+    if not t:
+        return {}
+    out = {"bytes_per_call": float(t["bytes_per_call"])}
+    bw = (r.environment.get("ceilings") or {}).get("mem_bytes_per_s") if r.device == "cpu" else None
+    if not (bw and compute_ceiling and r.ops_per_item and r.throughput and t.get("items_per_call")):
+        return out
+    items = float(t["items_per_call"])
+    compute_s = r.ops_per_item * items / compute_ceiling
+    memory_s = t["bytes_per_call"] / bw
+    call_s = items / r.throughput
+    out.update(bound="memory" if memory_s > compute_s else "compute",
+               roofline_pct=100.0 * max(compute_s, memory_s) / call_s)
+    if out["bound"] == "memory" and out["roofline_pct"] > ROOFLINE_NOTE_ABOVE:
+        mem = (r.environment.get("ceilings") or {}).get("memory") or {}
+        llc = f"; the last-level cache holds {mem['llc_mb']:.0f} MB" if mem.get("llc_mb") else ""
+        out["note"] = (f"roofline {out['roofline_pct']:.0f}% is above its {out['bound']} bound: the estimate counts "
+                       f"{t['bytes_per_call'] / 1e6:.0f} MB per call from main memory (weights whole, every activation "
+                       f"written and read once){llc}, so part of it is served from cache")
+    return out
+
+
 def _phase(r) -> str:
     """'decode' for a generation row (KV-cache decoding), '' for a full-sequence row: the two never stand in for
     each other as baselines."""
@@ -214,6 +248,11 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
             rec["efficiency"] = 100.0 * r.ops_per_item * r.throughput / ceil
             if rec["efficiency"] > EFFICIENCY_NOTE_ABOVE:
                 rec["notes"] = (rec.get("notes") or "") + ("; " if rec.get("notes") else "") + _efficiency_note(r, rec)
+        if r.status == "ok":
+            roof = roofline(r, ceil)
+            rec.update({k: roof.get(k) for k in ("bytes_per_call", "bound", "roofline_pct")})
+            if roof.get("note"):
+                rec["notes"] = (rec.get("notes") or "") + ("; " if rec.get("notes") else "") + roof["note"]
         env = r.environment
         rec.update(eval_sha=env.get("eval_sha"), calib_sha=env.get("calib_sha"), cpu=env.get("cpu"), gpu=env.get("gpu"),
                    host=env.get("host"), launcher=env.get("launcher"), threads=env.get("threads"),
@@ -365,7 +404,10 @@ LEGEND = (
     "FP32 row of any runtime on the same device and batch, with a 95 % bootstrap interval; `vs own FP32` is over "
     "the row's own FP32 baseline, measured in the same process in interleaved trials (paired interval). † marks an "
     "interval containing 1.0. Efficiency: useful ops/s over the device's measured matmul ceiling for the row's "
-    "compute precision. peak MB: resident high-water of building and running the variant.")
+    "compute precision. Roofline: the same rate over the lower of two bounds, that ceiling and the measured memory "
+    "bandwidth over the row's estimated bytes per call (weights as stored, activations, KV cache; utils/traffic.py), "
+    "with the bound that applies: a memory-bound row (token generation) reads low on eff. % and is judged by "
+    "roofline %. peak MB: resident high-water of building and running the variant.")
 
 
 def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = Criterion()) -> str:
@@ -388,7 +430,11 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
             lines.append(f"Device ceilings ({ceil.get('threads')} threads): FP32 matmul "
                          f"{(ceil.get('fp32_ops_per_s') or 0) / 1e9:.1f} GFLOP/s ({ceil.get('fp32_library', 'torch.mm')}),"
                          f" INT8 matmul {(ceil.get('int8_ops_per_s') or 0) / 1e9:.1f} GOP/s "
-                         f"({ceil.get('int8_library', 'torch._int_mm')}).")
+                         f"({ceil.get('int8_library', 'torch._int_mm')})"
+                         + (f", memory {ceil['mem_bytes_per_s'] / 1e9:.1f} GB/s ({ceil.get('mem_library')}, arrays of "
+                            f"{(ceil.get('memory') or {}).get('array_mb')} MB, last-level cache "
+                            f"{(ceil.get('memory') or {}).get('llc_mb')} MB)" if ceil.get("mem_bytes_per_s") else "")
+                         + ".")
         over = [r.extra.get("harness_overhead_ms") for r in rows if r.status == "ok" and r.extra.get("harness_overhead_ms")]
         b1 = [r.latency_p50_ms for r in rows if r.status == "ok" and r.batch == 1 and r.latency_p50_ms]
         if over and b1:
@@ -406,9 +452,9 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                       "weights; fidelity columns compare each row with its FP32 baseline on the same inputs).", ""]
         lines += render_verdicts(vs, crit, model, weights)
         lines += [f"| toolchain | method | prec | dev | batch | {metric} | Δ | agree % | flips −/+ | SQNR dB | KL | "
-                  "x-SQNR dB | p50 ms (p10–p90) | n | vs best FP32 | vs own FP32 | eff. % | peak MB | size MB | "
-                  "calib n / s | status |",
-                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+                  "x-SQNR dB | p50 ms (p10–p90) | n | vs best FP32 | vs own FP32 | eff. % | roofline % (bound) | "
+                  "peak MB | size MB | calib n / s | status |",
+                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
         shown: set = set()
         for _, r in g.iterrows():
             if r["status"] != "ok":  # one line per skipped/failed variant, all batches together
@@ -419,7 +465,7 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 batches = ",".join(str(b) for b in g[(g["toolchain"] == r["toolchain"]) & (g["method"] == r["method"])
                                                      & (g["device"] == r["device"])]["batch"])
                 lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {batches} |"
-                             + " |" * 15 + f" {r['status']}: {r['reason']} |")
+                             + " |" * 16 + f" {r['status']}: {r['reason']} |")
                 continue
             lat = NOT_TIMED if _pending(r) else ""
             if pd.notna(r["latency_p50_ms"]):
@@ -441,13 +487,19 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 f"{_fmt(r['latency_samples'], '.0f')} | "
                 f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
                 f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_fmt(r['efficiency'], '.1f')} | "
-                f"{_peak(r)} | {_fmt(r['size_mb'], '.1f')} | {cal} | {status} |")
+                f"{_roof(r)} | {_peak(r)} | {_fmt(r['size_mb'], '.1f')} | {cal} | {status} |")
         lines.append("")
         lines += _render_decode(g_all[g_all["latency_kind"] == "decode"])
         notes = list(dict.fromkeys((r["toolchain"], r["method"], r["notes"]) for _, r in g.iterrows() if r["notes"]))
         if notes:
             lines += [f"Notes ({model}):", ""] + [f"- **{t} / {m}**: {n}" for t, m, n in notes] + [""]
     return "\n".join(lines)
+
+
+def _roof(r) -> str:
+    """'41.3 (memory)': the row's rate over the lower of its compute and memory bounds, and which bound that is."""
+    pct = _fmt(r.get("roofline_pct"), ".1f")
+    return f"{pct} ({r['bound']})" if pct else ""
 
 
 def _peak(r) -> str:
@@ -471,19 +523,20 @@ def _render_decode(d: pd.DataFrame) -> list[str]:
                   "in-process FP32 baseline's on the same prompt (after a first difference the continuations part).",
                   ""]
     lines += ["| toolchain | method | prec | dev | batch | ms/token p50 (p10–p90) | n | tokens/s | TTFT ms | "
-              "token match % | vs best FP32 | vs own FP32 | peak MB | status |",
-              "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+              "token match % | vs best FP32 | vs own FP32 | eff. % | roofline % (bound) | peak MB | status |",
+              "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for _, r in d.iterrows():
         if r["status"] != "ok":
             lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} |"
-                         + " |" * 8 + f" {r['status']}: {r['reason']} |")
+                         + " |" * 10 + f" {r['status']}: {r['reason']} |")
             continue
         lat = f"{r['latency_p50_ms']:.2f} ({r['latency_p10_ms']:.2f}–{r['latency_p90_ms']:.2f})"
         lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} | {lat} | "
                      f"{_fmt(r['latency_samples'], '.0f')} | {_fmt(r['throughput'], '.1f')} | "
                      f"{_fmt(r['ttft_ms'], '.1f')} | {_fmt(r['token_match'], '.1f')} | "
                      f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
-                     f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_peak(r)} | {r['status']} |")
+                     f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_fmt(r['efficiency'], '.1f')} | "
+                     f"{_roof(r)} | {_peak(r)} | {r['status']} |")
     return lines + [""]
 
 

@@ -64,3 +64,25 @@ def test_route_rows_have_latency_and_fidelity_but_no_accuracy(random_resnet, tmp
     assert 0 <= fx.flips_lost <= 64 and 0 <= fx.flips_gained <= 64  # counted, with the accuracy cells empty
     assert fx.size_mb < 30  # INT8 weights
     assert fx.speedup_ci_low <= fx.speedup_paired <= fx.speedup_ci_high
+
+
+def test_resnet50_activation_count_matches_torchvision():
+    """utils.traffic counts ResNet50's layer outputs by arithmetic; torchvision's own network, hooked, agrees: every
+    convolution, the max pool, each bottleneck's residual add, the pooled features and the logits."""
+    import torch
+    from torchvision.models import resnet50
+    from torchvision.models.resnet import Bottleneck
+
+    from utils.traffic import resnet50_activations
+
+    net = resnet50(num_classes=1000).eval()
+    counted = []
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d, Bottleneck, torch.nn.AdaptiveAvgPool2d,
+                          torch.nn.Linear)):
+            m.register_forward_hook(lambda mod, inp, out: counted.append(out.numel()))
+    with torch.inference_mode():
+        for h, w in ((224, 224), (64, 96)):
+            counted.clear()
+            net(torch.zeros(1, 3, h, w))
+            assert sum(counted) == resnet50_activations(h, w, 1000), (h, w)
