@@ -187,3 +187,28 @@ def test_run_folders_from_several_machines_merge_by_key_and_timestamp(tmp_path):
     assert set(table["launcher"]) == {"ray"} and set(table["device"]) == {"cpu", "cuda"}
     assert table[table["method"] == "fx"]["last_attempt"].str.contains("SIGKILL").all()
     assert "Hosts: " in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_weight_only_rows_efficiency_note_says_what_the_on_off_timing_showed():
+    """An OpenVINO weight-only row above the FP32 ceiling: written before the on/off measurement (compute precision
+    from kernel names) its note names the measurement and the INT8 reading; measured active, it is an int8 row read
+    against the INT8 ceiling with no note; measured inactive yet above, its note quotes the measured ratio."""
+    base = [True] * 190 + [False] * 10
+    old = _row("openvino", "int8-wo", "int8", 400.0, 95.0, base, compute="fp32",
+               notes="plugin default kept: DYNAMIC_QUANTIZATION_GROUP_SIZE=32; kernel names ... 0 integer / 49 float")
+    dq = {"active": True, "off_over_on_min": 1.8, "off_over_on_median": 1.7, "threshold": 1.2, "group_size": 32}
+    new = _row("openvino", "int4-wo", "int4", 400.0, 95.0, base, compute="int8")
+    new = new.replace(extra={**new.extra, "dynamic_quantization": dq})
+    odd = _row("openvino", "int8", "int8", 400.0, 95.0, base, compute="fp32")  # a made-up inactive measurement
+    odd = odd.replace(extra={**odd.extra, "dynamic_quantization": {**dq, "active": False, "off_over_on_min": 1.05}})
+    df = build_table([old, new, odd]).set_index("method")
+    eff_fp32 = 100 * 4e9 * 80 / 100e9  # 32 images in 400 ms over the 100 GFLOP/s FP32 ceiling
+    assert df.loc["int8-wo", "efficiency"] == pytest.approx(eff_fp32)
+    note = df.loc["int8-wo", "notes"]
+    assert "predates the on/off measurement" in note and "DYNAMIC_QUANTIZATION_GROUP_SIZE" in note
+    assert f"against the INT8 ceiling (INT8 GEMM) it is {100 * 4e9 * 80 / 400e9:.0f}%" in note
+    assert "runs integer matmul kernels although" not in note  # the old, unmeasured claim is gone
+    assert df.loc["int4-wo", "efficiency"] == pytest.approx(100 * 4e9 * 80 / 400e9)
+    assert df.loc["int4-wo", "efficiency"] < 110 and not df.loc["int4-wo", "notes"]
+    assert "did not call the plugin's dynamic quantization active" in df.loc["int8", "notes"]
+    assert "took 1.05x the time, below 1.2x" in df.loc["int8", "notes"]
