@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("openvino")
@@ -46,8 +47,13 @@ def test_cli_end_to_end_rows_calibration_and_cache(tmp_path, h):
         assert q["extra"]["nncf"]["samples_fed"] == 16 and q["extra"]["runtime_precisions"]["int_compute"] > 0
         assert "NNCF quantize: preset performance" in q["notes"]
         for m in methods:
-            for b in (1, 2):
-                assert by[(model, m, b)]["latency_p50_ms"] > 0
+            for b in (1, 2):  # every row timed: its p50 and throughput are those of its own samples
+                r = by[(model, m, b)]
+                samples = r["extra"]["latency"]["samples_ms"]
+                assert r["latency_samples"] == len(samples) >= 2 and min(samples) > 0
+                assert r["latency_p50_ms"] == pytest.approx(float(np.percentile(samples, 50)), abs=2e-4)
+                items = b * (64 if model == "gpt2" else 1)  # tokens (seq_len 64) or images per call
+                assert r["throughput"] == pytest.approx(items / (r["latency_p50_ms"] / 1000.0))
     assert "model_type transformer" in by[("gpt2", "int8", 1)]["notes"]
     assert "model_type default" in by[("resnet50", "int8", 1)]["notes"]
     # INT8 against FP32 on the same 64 digits: the accuracy difference is exactly the per-sample flips, and the
