@@ -802,12 +802,32 @@ def _spec(args: str) -> dict:
     return dict(kv.split("=", 1) for kv in args.split() if "=" in kv)
 
 
+PROVENANCE = "<!-- from {}; do not edit by hand -->"
+
+
+def doc_source(out_dir: Path) -> str:
+    """The summary a run's generated doc blocks come from, as their provenance line names it: relative to the
+    repository when it lies inside it (results/summary.csv for the committed reference), else absolute."""
+    path = Path(out_dir).resolve() / "summary.csv"
+    try:
+        return str(path.relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def block_source(name: str, spec: dict, source: str) -> str:
+    """What a generated block is rendered from: a `csv` block its own file, every other block the summary."""
+    return spec["file"] if name == "csv" else source
+
+
 def rewrite_doc_blocks(text: str, df: pd.DataFrame, source: str) -> str:
-    """Rewrite every `<!-- generated:NAME k=v ... -->` ... `<!-- /generated -->` block from the table."""
+    """Rewrite every `<!-- generated:NAME k=v ... -->` ... `<!-- /generated -->` block from the table; each block's
+    first line names its source (PROVENANCE)."""
     def sub(m):
-        body = render_block(m.group("name"), _spec(m.group("args")), df)
-        return (f"<!-- generated:{m.group('name')}{m.group('args')}-->\n<!-- from {source}; do not edit by hand -->\n"
-                f"{body}<!-- /generated -->")
+        spec = _spec(m.group("args"))
+        body = render_block(m.group("name"), spec, df)
+        return (f"<!-- generated:{m.group('name')}{m.group('args')}-->\n"
+                f"{PROVENANCE.format(block_source(m.group('name'), spec, source))}\n{body}<!-- /generated -->")
     return DOC_BLOCK.sub(sub, text)
 
 
@@ -881,7 +901,7 @@ def aggregate(runs_dir, out_dir: Path, readme: Path | None = None, crit: Criteri
     if readme is not None:  # the README's own generated blocks (e.g. the run log), like the docs'
         docs = [readme, *(docs or [])]
     if docs:
-        for p in update_docs(docs, df, str(out_dir / "summary.csv")):
+        for p in update_docs(docs, df, doc_source(out_dir)):
             log.info("generated blocks rewritten in %s", p)
     log.info("%d rows -> %s, %s, %s", len(df), out_dir / "summary.csv", out_dir / "summary.md",
              out_dir / "accuracy_vs_latency.png")
