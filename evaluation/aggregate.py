@@ -144,7 +144,7 @@ def _efficiency_note(r: ResultRow, rec: dict) -> str:
         if dq:  # measured, yet not called active: say what was measured
             return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}) "
                     f"although the on/off timing did not call the plugin's dynamic quantization active (the same IR "
-                    f"with DYNAMIC_QUANTIZATION_GROUP_SIZE=0 took {dq.get('off_over_on_min')}x the time, below "
+                    f"with DYNAMIC_QUANTIZATION_GROUP_SIZE=0 took {dq.get('off_over_on_min')}x the {dq.get('clock', 'wall')} time, below "
                     f"{dq.get('threshold')}x); {against}")
         return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}), which "
                 f"no {r.compute_precision} kernel reaches: this row predates the on/off measurement and took its "
