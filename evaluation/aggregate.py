@@ -13,7 +13,8 @@ Every number comes from the JSON rows; nothing is parsed from printed output. De
 weights, device, batch, latency kind); `speedup_vs_best_fp32` with the fastest FP32 row of the
 same model, weights, device and batch whatever the toolchain; `efficiency` is the row's useful
 operations per second over the device ceiling (matmul microbenchmark of the same run) for the
-precision its matmuls run in.
+precision its matmuls run in; `roofline_pct` is the row's rate over the lower of two bounds, the compute ceiling and
+the memory bandwidth over its estimated bytes per call (`bytes_per_call`, utils/traffic.py), `bound` which one applies.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from utils.paths import PUBLISHED_RUNS_DIR, REPO_ROOT, RESULTS_DIR, RUNS_DIR, re
 from utils.registry import ORDER, TOOLCHAINS
 from utils.rows import ResultRow, read_attempts, read_rows
 from utils.specs import RANDOM_REASON
+from utils import traffic
 
 log = logging.getLogger("evaluation.aggregate")
 
@@ -50,7 +52,8 @@ COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "d
            "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_vs",
            "repeats", "p50_spread_pct", "speedup_pass_min", "speedup_pass_max", "best_speedup_pass_min",
            "best_speedup_pass_max",
-           "efficiency", "compute_precision", "ops_per_item", "peak_mem_mb", "gpu_peak_mem_mb", "ttft_ms", "token_match",
+           "efficiency", "bytes_per_call", "bound", "roofline_pct", "compute_precision", "ops_per_item", "peak_mem_mb",
+           "gpu_peak_mem_mb", "ttft_ms", "token_match",
            "size_mb", "calib_samples", "calib_seconds",
            "calib_method", "status", "pending", "reason", "notes",
            "eval_sha", "calib_sha", "eval_limit", "cpu", "gpu", "host", "launcher", "threads", "git_commit", "run_id", "timestamp",
@@ -170,12 +173,23 @@ def _efficiency_note(r: ResultRow, rec: dict) -> str:
                 f"of a few sizes{tf32}; the FLOP count is torch's FlopCounterMode count of the model (2 x MACs)")
     c = r.environment.get("ceilings") or {}
     lib = c.get("fp32_library" if r.compute_precision == "fp32" else "int8_library") or "the matmul microbenchmark"
-    if "DYNAMIC_QUANTIZATION_GROUP_SIZE" in (r.notes or "") and c.get("int8_ops_per_s") and r.compute_precision != "int8":
+    dq = (r.extra or {}).get("dynamic_quantization") or {}
+    if (dq or "DYNAMIC_QUANTIZATION_GROUP_SIZE" in (r.notes or "")) and c.get("int8_ops_per_s") \
+            and r.compute_precision != "int8":
         int8 = 100.0 * r.ops_per_item * r.throughput / c["int8_ops_per_s"]
-        return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}): "
-                "with compressed weights the runtime quantizes activations on the fly (DYNAMIC_QUANTIZATION_GROUP_SIZE) "
-                f"and runs integer matmul kernels although they report {r.compute_precision}; against the INT8 "
-                f"ceiling ({c.get('int8_library') or 'INT8 GEMM'}) it is {int8:.0f}%")
+        against = f"against the INT8 ceiling ({c.get('int8_library') or 'INT8 GEMM'}) it is {int8:.0f}%"
+        if dq:  # measured, yet not called active: say what was measured
+            return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}) "
+                    f"although the on/off timing did not call the plugin's dynamic quantization active (the same IR "
+                    f"with DYNAMIC_QUANTIZATION_GROUP_SIZE=0 took {dq.get('off_over_on_min')}x the {dq.get('clock', 'wall')} time, below "
+                    f"{dq.get('threshold')}x); {against}")
+        return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}), which "
+                f"no {r.compute_precision} kernel reaches: this row predates the on/off measurement and took its "
+                "compute precision from the runtime model's kernel names, which read f32 for weight-compressed "
+                "matmuls whether or not the plugin's dynamic quantization (DYNAMIC_QUANTIZATION_GROUP_SIZE) quantizes "
+                "their activations to int8 on the fly; timed with the setting at 0 the same IR runs far slower while "
+                "FP32 and static INT8 IRs do not change (python -m quantization.openvino_route.dq, "
+                f"docs/routes/openvino.md), so its matmuls ran integer; {against}")
     if r.metric != "top1":
         return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}); the "
                 "FLOP count is torch's FlopCounterMode count of the model (2 x MACs)")
@@ -183,6 +197,38 @@ def _efficiency_note(r: ResultRow, rec: dict) -> str:
             "ceiling is a GEMM microbenchmark, and this runtime's convolution kernels (direct/NCHWc convolutions "
             "with fused bias/activation) reach a higher rate than that GEMM on this CPU; the FLOP count is torch's "
             "FlopCounterMode count of the model (2 x MACs)")
+
+
+ROOFLINE_NOTE_ABOVE = 110.0
+
+
+def roofline(r: ResultRow, compute_ceiling: float | None = None) -> dict:
+    """The row against the lower of its two bounds: the compute ceiling of its precision (`compute_ceiling`, ops/s)
+    and the memory bandwidth of the same device record (`mem_bytes_per_s`, utils.ceilings.measure_memory) over its
+    estimated bytes per call (utils.traffic). Per call: compute time = ops per item x items per call / ceiling,
+    memory time = bytes per call / bandwidth; the larger is the least time the call can take and names the bound;
+    roofline_pct = 100 x that least time / the call's measured time (items per call / throughput). Returns
+    {bytes_per_call} alone when a ceiling or the throughput is missing, {} when the bytes cannot be estimated."""
+    t = traffic.for_row(r)
+    if not t:
+        return {}
+    out = {"bytes_per_call": float(t["bytes_per_call"])}
+    bw = (r.environment.get("ceilings") or {}).get("mem_bytes_per_s") if r.device == "cpu" else None
+    if not (bw and compute_ceiling and r.ops_per_item and r.throughput and t.get("items_per_call")):
+        return out
+    items = float(t["items_per_call"])
+    compute_s = r.ops_per_item * items / compute_ceiling
+    memory_s = t["bytes_per_call"] / bw
+    call_s = items / r.throughput
+    out.update(bound="memory" if memory_s > compute_s else "compute",
+               roofline_pct=100.0 * max(compute_s, memory_s) / call_s)
+    if out["bound"] == "memory" and out["roofline_pct"] > ROOFLINE_NOTE_ABOVE:
+        mem = (r.environment.get("ceilings") or {}).get("memory") or {}
+        llc = f"; the last-level cache holds {mem['llc_mb']:.0f} MB" if mem.get("llc_mb") else ""
+        out["note"] = (f"roofline {out['roofline_pct']:.0f}% is above its {out['bound']} bound: the estimate counts "
+                       f"{t['bytes_per_call'] / 1e6:.0f} MB per call from main memory (weights whole, every activation "
+                       f"written and read once){llc}, so part of it is served from cache")
+    return out
 
 
 def _phase(r) -> str:
@@ -274,6 +320,11 @@ def build_table(rows: list[ResultRow], attempts: dict | None = None) -> pd.DataF
             rec["efficiency"] = 100.0 * r.ops_per_item * r.throughput / ceil
             if rec["efficiency"] > EFFICIENCY_NOTE_ABOVE:
                 rec["notes"] = (rec.get("notes") or "") + ("; " if rec.get("notes") else "") + _efficiency_note(r, rec)
+        if r.status == "ok":
+            roof = roofline(r, ceil)
+            rec.update({k: roof.get(k) for k in ("bytes_per_call", "bound", "roofline_pct")})
+            if roof.get("note"):
+                rec["notes"] = (rec.get("notes") or "") + ("; " if rec.get("notes") else "") + roof["note"]
         env = r.environment
         rec.update(eval_sha=env.get("eval_sha"), calib_sha=env.get("calib_sha"), cpu=env.get("cpu"), gpu=env.get("gpu"),
                    host=env.get("host"), launcher=env.get("launcher"), threads=env.get("threads"),
@@ -475,8 +526,12 @@ LEGEND = (
     "the row's own FP32 baseline, measured in the same process in interleaved trials (paired interval). † marks an "
     "interval containing 1.0. runs: the passes of a repeated run (bench --repeats) timed, with the spread of their p50 "
     "((max − min) / median); a repeated run's p50 is the median of its passes' and its intervals come from a two-level "
-    "bootstrap (passes, then trials), so they include the between-run spread. Efficiency: useful ops/s over the device's measured matmul ceiling for the row's "
-    "compute precision. peak MB: resident high-water of building and running the variant.")
+    "bootstrap (passes, then trials), so they include the between-run spread. Efficiency: useful ops/s over the "
+    "device's measured matmul ceiling for the row's compute precision. Roofline: the same rate over the lower of two "
+    "bounds, that ceiling and the measured memory bandwidth over the row's estimated bytes per call (weights as "
+    "stored, activations, KV cache; utils/traffic.py), with the bound that applies: a memory-bound row (token "
+    "generation) reads low on eff. % and is judged by roofline %. peak MB: resident high-water of building and "
+    "running the variant.")
 
 
 def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = Criterion()) -> str:
@@ -499,7 +554,11 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
             lines.append(f"Device ceilings ({ceil.get('threads')} threads): FP32 matmul "
                          f"{(ceil.get('fp32_ops_per_s') or 0) / 1e9:.1f} GFLOP/s ({ceil.get('fp32_library', 'torch.mm')}),"
                          f" INT8 matmul {(ceil.get('int8_ops_per_s') or 0) / 1e9:.1f} GOP/s "
-                         f"({ceil.get('int8_library', 'torch._int_mm')}).")
+                         f"({ceil.get('int8_library', 'torch._int_mm')})"
+                         + (f", memory {ceil['mem_bytes_per_s'] / 1e9:.1f} GB/s ({ceil.get('mem_library')}, arrays of "
+                            f"{(ceil.get('memory') or {}).get('array_mb')} MB, last-level cache "
+                            f"{(ceil.get('memory') or {}).get('llc_mb')} MB)" if ceil.get("mem_bytes_per_s") else "")
+                         + ".")
         gpu = ceil.get("cuda") or {}
         if gpu.get("available"):  # the GPU's own (utils.ceilings.measure_cuda)
             rates = ", ".join(f"{p.upper()} {gpu[f'{p}_ops_per_s'] / 1e12:.0f}" for p in CUDA_CEILING_PRECISIONS
@@ -524,8 +583,9 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
         lines += render_verdicts(vs, crit, model, weights)
         lines += [f"| toolchain | method | prec | dev | batch | {metric} | Δ | agree % | flips −/+ | SQNR dB | KL | "
                   "x-SQNR dB | p50 ms (p10–p90) | n | runs (p50 spread) | vs best FP32 | vs own FP32 | eff. % | "
+                  "roofline % (bound) | "
                   "peak MB | size MB | calib n / s | status |",
-                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
         shown: set = set()
         for _, r in g.iterrows():
             if r["status"] != "ok":  # one line per skipped/failed variant, all batches together
@@ -536,7 +596,7 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 batches = ",".join(str(b) for b in g[(g["toolchain"] == r["toolchain"]) & (g["method"] == r["method"])
                                                      & (g["device"] == r["device"])]["batch"])
                 lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {batches} |"
-                             + " |" * 16 + f" {r['status']}: {r['reason']} |")
+                             + " |" * 17 + f" {r['status']}: {r['reason']} |")
                 continue
             lat = NOT_TIMED if _pending(r) else ""
             if pd.notna(r["latency_p50_ms"]):
@@ -558,7 +618,7 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 f"{_fmt(r['latency_samples'], '.0f')} | {_runs(r)} | "
                 f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
                 f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_fmt(r['efficiency'], '.1f')} | "
-                f"{_peak(r)} | {_fmt(r['size_mb'], '.1f')} | {cal} | {status} |")
+                f"{_roof(r)} | {_peak(r)} | {_fmt(r['size_mb'], '.1f')} | {cal} | {status} |")
         lines.append("")
         lines += _render_decode(g_all[g_all["latency_kind"] == "decode"])
         notes = list(dict.fromkeys((r["toolchain"], r["method"], r["notes"]) for _, r in g.iterrows() if r["notes"]))
@@ -573,6 +633,12 @@ def _runs(r) -> str:
     if not n:
         return "1" if pd.notna(r.get("latency_p50_ms")) else ""
     return f"{n} ({_fmt(r.get('p50_spread_pct'), '.1f')} %)"
+
+
+def _roof(r) -> str:
+    """'41.3 (memory)': the row's rate over the lower of its compute and memory bounds, and which bound that is."""
+    pct = _fmt(r.get("roofline_pct"), ".1f")
+    return f"{pct} ({r['bound']})" if pct else ""
 
 
 def _peak(r) -> str:
@@ -596,19 +662,20 @@ def _render_decode(d: pd.DataFrame) -> list[str]:
                   "in-process FP32 baseline's on the same prompt (after a first difference the continuations part).",
                   ""]
     lines += ["| toolchain | method | prec | dev | batch | ms/token p50 (p10–p90) | n | tokens/s | TTFT ms | "
-              "token match % | vs best FP32 | vs own FP32 | peak MB | status |",
-              "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+              "token match % | vs best FP32 | vs own FP32 | eff. % | roofline % (bound) | peak MB | status |",
+              "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for _, r in d.iterrows():
         if r["status"] != "ok":
             lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} |"
-                         + " |" * 8 + f" {r['status']}: {r['reason']} |")
+                         + " |" * 10 + f" {r['status']}: {r['reason']} |")
             continue
         lat = f"{r['latency_p50_ms']:.2f} ({r['latency_p10_ms']:.2f}–{r['latency_p90_ms']:.2f})"
         lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} | {lat} | "
                      f"{_fmt(r['latency_samples'], '.0f')} | {_fmt(r['throughput'], '.1f')} | "
                      f"{_fmt(r['ttft_ms'], '.1f')} | {_fmt(r['token_match'], '.1f')} | "
                      f"{_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])} | "
-                     f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_peak(r)} | {r['status']} |")
+                     f"{_ci(r['speedup'], r['speedup_ci_low'], r['speedup_ci_high'])} | {_fmt(r['efficiency'], '.1f')} | "
+                     f"{_roof(r)} | {_peak(r)} | {r['status']} |")
     return lines + [""]
 
 
@@ -867,12 +934,32 @@ def _spec(args: str) -> dict:
     return dict(kv.split("=", 1) for kv in args.split() if "=" in kv)
 
 
+PROVENANCE = "<!-- from {}; do not edit by hand -->"
+
+
+def doc_source(out_dir: Path) -> str:
+    """The summary a run's generated doc blocks come from, as their provenance line names it: relative to the
+    repository when it lies inside it (results/summary.csv for the committed reference), else absolute."""
+    path = Path(out_dir).resolve() / "summary.csv"
+    try:
+        return str(path.relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def block_source(name: str, spec: dict, source: str) -> str:
+    """What a generated block is rendered from: a `csv` block its own file, every other block the summary."""
+    return spec["file"] if name == "csv" else source
+
+
 def rewrite_doc_blocks(text: str, df: pd.DataFrame, source: str) -> str:
-    """Rewrite every `<!-- generated:NAME k=v ... -->` ... `<!-- /generated -->` block from the table."""
+    """Rewrite every `<!-- generated:NAME k=v ... -->` ... `<!-- /generated -->` block from the table; each block's
+    first line names its source (PROVENANCE)."""
     def sub(m):
-        body = render_block(m.group("name"), _spec(m.group("args")), df)
-        return (f"<!-- generated:{m.group('name')}{m.group('args')}-->\n<!-- from {source}; do not edit by hand -->\n"
-                f"{body}<!-- /generated -->")
+        spec = _spec(m.group("args"))
+        body = render_block(m.group("name"), spec, df)
+        return (f"<!-- generated:{m.group('name')}{m.group('args')}-->\n"
+                f"{PROVENANCE.format(block_source(m.group('name'), spec, source))}\n{body}<!-- /generated -->")
     return DOC_BLOCK.sub(sub, text)
 
 
@@ -946,7 +1033,7 @@ def aggregate(runs_dir, out_dir: Path, readme: Path | None = None, crit: Criteri
     if readme is not None:  # the README's own generated blocks (e.g. the run log), like the docs'
         docs = [readme, *(docs or [])]
     if docs:
-        for p in update_docs(docs, df, str(out_dir / "summary.csv")):
+        for p in update_docs(docs, df, doc_source(out_dir)):
             log.info("generated blocks rewritten in %s", p)
     log.info("%d rows -> %s, %s, %s", len(df), out_dir / "summary.csv", out_dir / "summary.md",
              out_dir / "accuracy_vs_latency.png")

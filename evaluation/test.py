@@ -18,11 +18,14 @@ import xml.etree.ElementTree as ET
 
 from evaluation import envs
 from utils.paths import REPO_ROOT, RESULTS_DIR
-from utils.registry import all_envs, test_order
+from utils.registry import PREPARE_TOOLCHAIN, TOOLCHAINS, all_envs, test_order
 
 # environment -> test folder, in run order, from the one declaration (utils/registry.py): the model-preparing
 # toolchain's tests first (they train and export the embedded models that later folders' tests use)
 TEST_DIRS = {name: all_envs()[name].tests for name in test_order()}
+# set for the folders after the model-preparing one when its tests ran in full (no -k): a test there that finds an
+# embedded model missing fails instead of skipping (tests/prepared.py)
+PREPARED_ENV_VAR = "SUITE_TESTS_MODELS_PREPARED"
 
 
 def counts(junit: str) -> dict:
@@ -64,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     problems = []
     t_all = time.time()
     builds = None
+    prepared = False
     try:
         for name in args.envs:
-            builds = _run_folder(name, args, builds, total, problems)
+            builds, ran = _run_folder(name, args, builds, total, problems,
+                                      {PREPARED_ENV_VAR: "1"} if prepared else None)
+            prepared = prepared or (ran and name == TOOLCHAINS[PREPARE_TOOLCHAIN].env.name and not args.k)
     except KeyboardInterrupt:
         if builds is not None:
             builds.cancel()  # no half-made environment is left marked ready
@@ -85,13 +91,13 @@ def _background(args, first: str) -> "envs.Builds":
     return envs.Builds(rest, 1, nice=envs.BACKGROUND_NICE)
 
 
-def _run_folder(name: str, args, builds, total: dict, problems: list):
+def _run_folder(name: str, args, builds, total: dict, problems: list, extra_env: dict | None = None):
     """One environment's tests (its environment created, or waited for when the background creates it); returns the
-    background creations, started once the first environment exists."""
+    background creations, started once the first environment exists, and whether its tests ran."""
     folder = REPO_ROOT / TEST_DIRS[name]
     if not folder.is_dir():
         problems.append(f"{name}: {TEST_DIRS[name]} is missing")
-        return builds
+        return builds, False
     t0 = time.time()
     try:
         if builds is None:  # the first environment, in the foreground; then the others start in the background
@@ -104,7 +110,7 @@ def _run_folder(name: str, args, builds, total: dict, problems: list):
     except envs.EnvError as exc:
         problems.append(f"{name}: {exc}")
         print(f"[test] {name}: environment could not be created: {exc}", file=sys.stderr)
-        return builds
+        return builds, False
     junit = RESULTS_DIR / "junit" / f"{name}.xml"
     junit.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["-m", "pytest", TEST_DIRS[name], "-q", f"--junitxml={junit}"]
@@ -113,7 +119,7 @@ def _run_folder(name: str, args, builds, total: dict, problems: list):
     if args.x:
         cmd.append("-x")
     print(f"\n[test] ===== {name}: {TEST_DIRS[name]} =====", flush=True)
-    rc = envs.run_in_env(name, cmd).returncode
+    rc = envs.run_in_env(name, cmd, extra_env=extra_env).returncode
     try:
         c = counts(str(junit))
     except (OSError, ET.ParseError):
@@ -124,7 +130,7 @@ def _run_folder(name: str, args, builds, total: dict, problems: list):
         problems.append(f"{name}: pytest exited {rc}")
     print(f"[test] {name}: {c['passed']} passed, {c['failures'] + c['errors']} failed, {c['skipped']} skipped "
           f"({time.time() - t0:.0f} s)", flush=True)
-    return builds
+    return builds, True
 
 
 if __name__ == "__main__":

@@ -303,12 +303,15 @@ def measure(threads: int, budget_s: float = 20.0, *, sizes: Iterable[int] = DEFA
     return out
 
 
-def measure_and_store(threads: int, path=None, **kw) -> dict:
-    """measure() and write it atomically to results/device.json (or path)."""
+def measure_and_store(threads: int, path=None, memory_budget_s: float = 6.0, **kw) -> dict:
+    """measure() and measure_memory() (unless memory_budget_s is 0), written atomically to results/device.json (or
+    path)."""
     from utils.atomic import atomic_write_json
     from utils.envinfo import device_file
 
     rec = measure(threads, **kw)
+    if memory_budget_s > 0:
+        rec.update(measure_memory(threads, memory_budget_s))
     atomic_write_json(path or device_file(), rec)
     log.info("device ceilings (%d threads, %.1f s): FP32 %.1f GFLOP/s (%s), INT8 %s GOP/s (%s)", threads,
              rec["elapsed_s"], (rec["fp32_ops_per_s"] or 0) / 1e9, rec["fp32_library"],
@@ -554,6 +557,187 @@ def cuda_summary(rec: dict) -> str:
         per = ", ".join(f"{n}: {d['ops_per_s'] / 1e12:.1f}" for n, d in r["sizes"].items())
         skip = f"; skipped {', '.join(r['skipped'])}" if r["skipped"] else ""
         lines.append(f"  {prec:5s} TOP/s by n {{{per}}}{skip}")
+
+
+# ------------------------------------------------------------------------------------------ memory bandwidth
+# The roofline's other side: how many bytes per second the cores can stream from main memory. A model call that
+# must read more bytes (weights, activations, KV cache) than this rate allows in the time its arithmetic needs is
+# memory-bound, and its efficiency is read against this ceiling, not the matmul one (evaluation/aggregate.py).
+MEM_KERNELS = ("numpy.read", "numpy.copy", "numpy.triad", "torch.triad")
+MEM_METHOD = {"numpy.read": "numpy sum of a, one slice per thread (1 array counted: reads only, like streamed weights)",
+              "numpy.copy": "numpy.copyto a = b, one slice per thread (2 arrays counted)",
+              "numpy.triad": "numpy a = b + s*c in 256 KiB blocks, one slice per thread (3 arrays counted)",
+              "torch.triad": "torch.add(b, c, alpha=s, out=a) with torch's threads (3 arrays counted)"}
+MEM_ARRAYS = {"numpy.read": 1, "numpy.copy": 2, "numpy.triad": 3, "torch.triad": 3}
+MEM_MIN_ARRAY_MB, MEM_MAX_ARRAY_MB = 64.0, 512.0
+
+
+def llc_bytes() -> int | None:
+    """The largest CPU cache this machine reports (Linux sysfs, cpu0), in bytes; None where it is not readable."""
+    from pathlib import Path
+
+    best = None
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (d / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(text[-1:], 1)
+        try:
+            size = int(text.rstrip("KMG")) * mult
+        except ValueError:
+            continue
+        best = size if best is None or size > best else best
+    return best
+
+
+def _mem_available_bytes() -> int | None:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def memory_array_mb(llc: int | None = None, available: int | None = None) -> float:
+    """Size of each array of the bandwidth kernels: twice the last-level cache (so a pass cannot find its data in
+    it), at least MEM_MIN_ARRAY_MB, at most MEM_MAX_ARRAY_MB and an eighth of the available memory per array (a
+    cache of more than a quarter of MEM_MAX_ARRAY_MB gets arrays under twice its size: the record keeps both)."""
+    mb = max(MEM_MIN_ARRAY_MB, 2.0 * (llc or 0) / 1e6)
+    if available:
+        mb = min(mb, available / 8 / 1e6)
+    return round(min(mb, MEM_MAX_ARRAY_MB), 1)
+
+
+_MEM_ARRAYS: dict = {}  # n -> [a, b, c]: one set of arrays for every kernel of a measurement (touched once)
+
+
+def _mem_arrays(n: int):
+    import numpy as np
+
+    if n not in _MEM_ARRAYS:
+        _MEM_ARRAYS.clear()
+        _MEM_ARRAYS[n] = [np.full(n, v, np.float32) for v in (0.0, 1.0, 2.0)]
+    return _MEM_ARRAYS[n]
+
+
+def _mem_numpy(kind: str, n: int, threads: int):
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b, c = _mem_arrays(n)
+    parts = [(i * n // threads, (i + 1) * n // threads) for i in range(threads)]
+    block = 1 << 16  # 256 KiB of float32: a block of `a` is still in L2 when the add reads it back
+
+    def triad(part):
+        s, e = part
+        for i in range(s, e, block):
+            j = min(i + block, e)
+            np.multiply(c[i:j], 3.0, out=a[i:j])
+            np.add(a[i:j], b[i:j], out=a[i:j])
+
+    def copy(part):
+        np.copyto(a[part[0]:part[1]], b[part[0]:part[1]])
+
+    def read(part):
+        return float(a[part[0]:part[1]].sum())
+
+    fn = {"triad": triad, "copy": copy, "read": read}[kind]
+    pool = ThreadPoolExecutor(threads)  # numpy releases the GIL inside these loops: the threads stream in parallel
+
+    def run():
+        list(pool.map(fn, parts))
+    run.close = lambda: pool.shutdown(wait=False)  # type: ignore[attr-defined]
+    return run
+
+
+def _mem_torch_triad(n: int, threads: int):
+    try:
+        import torch
+    except ImportError as exc:
+        raise Unavailable("torch not importable") from exc
+    torch.set_num_threads(threads)
+    a, b, c = (torch.from_numpy(x) for x in _mem_arrays(n))
+    return lambda: torch.add(b, c, alpha=3.0, out=a)
+
+
+MEM_FACTORIES: dict[str, Callable[[int, int], Callable[[], object]]] = {
+    "numpy.read": lambda n, t: _mem_numpy("read", n, t),
+    "numpy.copy": lambda n, t: _mem_numpy("copy", n, t), "numpy.triad": lambda n, t: _mem_numpy("triad", n, t),
+    "torch.triad": _mem_torch_triad}
+
+
+def measure_memory(threads: int, budget_s: float = 6.0, *, array_mb: float | None = None, passes: int = 5,
+                   kernels: Iterable[str] = MEM_KERNELS, factories: dict | None = None) -> dict:
+    """STREAM-like memory bandwidth with `threads` threads: each kernel (read, copy, triad) over float32 arrays much larger
+    than the last-level cache, warmed once (first touch), then timed for `passes` passes or more while the budget
+    lasts; a kernel's rate is its best pass (bytes counted as STREAM does: each array once per pass, no
+    write-allocate traffic), the ceiling the best kernel. Keys: mem_bytes_per_s, mem_library, mem_method,
+    memory {array_mb, llc_mb, threads, passes, budget_s, elapsed_s, kernels: {name: {method, available, reason,
+    bytes_per_s, rates}}}. factories: name -> (n elements, threads) -> zero-argument callable (tests)."""
+    clock = time.perf_counter
+    t0 = clock()
+    llc = llc_bytes()
+    mb = float(array_mb) if array_mb is not None else memory_array_mb(llc, _mem_available_bytes())
+    n = max(1024, int(mb * 1e6 / 4))
+    fac = {**MEM_FACTORIES, **(factories or {})}
+    names = list(kernels)
+    recs: dict[str, dict] = {k: {"method": MEM_METHOD.get(k, k), "arrays": MEM_ARRAYS.get(k, 3), "available": None,
+                                 "reason": None, "bytes_per_s": None, "rates": []} for k in names}
+    share = budget_s / max(1, len(names))
+    for i, name in enumerate(names):
+        rec = recs[name]
+        start = clock()
+        try:
+            fn = fac[name](n, threads)
+            fn()  # first touch: the pages are mapped now, not inside a timed pass
+        except Unavailable as exc:
+            rec.update(available=False, reason=str(exc))
+            continue
+        except (RuntimeError, MemoryError, ValueError, TypeError) as exc:
+            rec.update(available=False, reason=f"failed: {exc.__class__.__name__}: {str(exc)[:120]}")
+            continue
+        rec["available"] = True
+        moved = rec["arrays"] * n * 4.0
+        left = share * (i + 1) - (clock() - t0)  # unspent time of earlier kernels goes to the later ones
+        while len(rec["rates"]) < passes or clock() - start < left:
+            s = clock()
+            fn()
+            rec["rates"].append(moved / max(clock() - s, 1e-12))
+            if len(rec["rates"]) >= 200:
+                break
+        rec["bytes_per_s"] = max(rec["rates"])
+        close = getattr(fn, "close", None)
+        if close:
+            close()
+        del fn
+    _MEM_ARRAYS.clear()
+    best = max(((r["bytes_per_s"], k) for k, r in recs.items() if r["bytes_per_s"]), default=(None, None))
+    return {"mem_bytes_per_s": best[0], "mem_library": best[1],
+            "mem_method": MEM_METHOD.get(best[1], best[1]) if best[1] else "unavailable",
+            "memory": {"array_mb": mb, "llc_mb": round(llc / 1e6, 1) if llc else None, "threads": threads,
+                       "passes": passes, "budget_s": budget_s, "elapsed_s": clock() - t0, "kernels": recs}}
+
+
+def merge_memory(*records: dict) -> dict:
+    """The memory part of several records of one machine (device.json files of different environments): the record
+    with the highest bandwidth, or {} when none has one. Fields as measure_memory's."""
+    cands = [r for r in records if r and r.get("mem_bytes_per_s")]
+    if not cands:
+        return {}
+    best = max(cands, key=lambda r: r["mem_bytes_per_s"])
+    return {k: best[k] for k in ("mem_bytes_per_s", "mem_library", "mem_method", "memory") if k in best}
+
+
+def memory_summary(rec: dict) -> str:
+    mem = rec.get("memory") or {}
+    lines = []
+    for name, r in (mem.get("kernels") or {}).items():
+        lines.append(f"{name:28s} unavailable: {r['reason']}" if not r.get("available") else
+                     f"{name:28s} memory GB/s best {r['bytes_per_s'] / 1e9:.1f} over {len(r['rates'])} passes "
+                     f"(arrays {mem.get('array_mb')} MB, last-level cache {mem.get('llc_mb')} MB)")
     return "\n".join(lines)
 
 
@@ -572,24 +756,31 @@ if __name__ == "__main__":
                     help="cpu, cuda or cpu,cuda: whose ceilings to measure (auto: the CPU, and the GPU when torch "
                          "sees one; named cuda without one records why)")
     ap.add_argument("--cuda-budget", type=float, default=10.0, help="seconds for the GPU's ceilings")
+    ap.add_argument("--memory-budget", type=float, default=6.0,
+                    help="seconds for the memory-bandwidth kernels (0: not measured)")
     args = ap.parse_args()
     devs = {d.strip() for d in args.devices.split(",") if d.strip()}
     bad = devs - {"auto", "cpu", "cuda"}
     if bad or not devs:
         ap.error(f"--devices: unknown {', '.join(sorted(bad)) or 'empty list'}; valid: cpu, cuda, auto")
     r = measure(args.threads, args.budget) if devs & {"auto", "cpu"} else {}
+    if r and args.memory_budget > 0:
+        r.update(measure_memory(args.threads, args.memory_budget))
     if devs & {"auto", "cuda"}:
         gpu = measure_cuda(args.cuda_budget)
         if gpu["available"] or "cuda" in devs:
             r["cuda"] = gpu
     if args.out and args.merge and args.out.exists():
-        r = merge(json.loads(args.out.read_text()), r)
+        old = json.loads(args.out.read_text())
+        r = {**merge(old, r), **merge_memory(old, r)}
     if args.out:
         from utils.atomic import atomic_write_json
 
         atomic_write_json(args.out, r)
     if r.get("libraries") is not None:
         print(summary(r))
+    if r.get("memory"):
+        print(memory_summary(r))
     if r.get("cuda"):
         print(cuda_summary(r["cuda"]))
-    print(json.dumps({k: v for k, v in r.items() if k not in ("libraries", "cuda")}, indent=1))
+    print(json.dumps({k: v for k, v in r.items() if k not in ("libraries", "cuda", "memory")}, indent=1))

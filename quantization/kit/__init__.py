@@ -616,7 +616,7 @@ def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: 
                             rows.append(r)
                             v.rows[r.key] = r
                         continue
-                r = writer.write(writer.row(v.method, v.precision, b, **_latency_fields(v, one, tc, ctx.cfg)))
+                r = writer.write(writer.row(v.method, v.precision, b, **_latency_fields(v, one, tc, ctx.cfg, ctx)))
                 rows.append(r)
                 v.rows[r.key] = r
             for v in group:
@@ -651,7 +651,18 @@ def _time_and_write(route: Route, ctx: ModelContext, writer: RowWriter, device: 
     return rows
 
 
-def _latency_fields(v: _Variant, one: dict, tc, cfg: RouteConfig) -> dict:
+def _traffic(ctx: ModelContext, v: _Variant, batch: int, kind: str, shape=None, prompt_tokens=None,
+             new_tokens=None) -> dict | None:
+    """The row's estimated bytes per timed call (utils.traffic: weights at their stored size, activations, KV cache)
+    from the manifest's shapes: the memory side of the aggregation's roofline."""
+    from utils import traffic
+
+    return traffic.estimate(traffic.shapes_from_manifest(ctx.model, ctx.manifest), size_mb=v.built.size_mb,
+                            batch=batch, latency_kind=kind, latency_shape=shape, prompt_tokens=prompt_tokens,
+                            new_tokens=new_tokens, compute_precision=v.built.compute_precision)
+
+
+def _latency_fields(v: _Variant, one: dict, tc, cfg: RouteConfig, ctx: ModelContext | None = None) -> dict:
     """A timed row's fields: the variant's scoring fields, its latency and its paired speedup."""
     lat = one["latency"][v.method]
     spd = one["speedup"].get(v.method)
@@ -666,6 +677,8 @@ def _latency_fields(v: _Variant, one: dict, tc, cfg: RouteConfig) -> dict:
         latency["baseline"] = _paired_record(tr, spd[3], v.method)
     fields["extra"] = {**v.extra, "latency": latency, "latency_shape": one["shape"],
                        "harness_overhead_ms": round(one["overhead_ms"], 6)}
+    if ctx is not None:
+        fields["extra"]["traffic"] = _traffic(ctx, v, int(one["shape"][0]), lat.kind, one["shape"])
     return fields
 
 
@@ -831,7 +844,8 @@ def _time_generation(route: Route, ctx: ModelContext, writer: RowWriter, device:
             if base in units and base != v.method:
                 latency["baseline"] = _paired_record(trials, base, v.method)
             extra = {**v.extra, "latency": latency, "generation": gen_extra,
-                     "harness_overhead_ms": round(trials.overhead_ms, 6)}
+                     "harness_overhead_ms": round(trials.overhead_ms, 6),
+                     "traffic": _traffic(ctx, v, b, "decode", prompt_tokens=int(prompt.shape[1]), new_tokens=int(new))}
             r = writer.write(writer.row(v.method, v.precision, b, **fields, extra=extra))
             rows.append(r)
             v.rows[r.key] = r

@@ -9,9 +9,11 @@ Pitfalls these functions guard against (docs/routes/openvino.md has the full lis
 - `ov.save_model` compresses FP32 weights to FP16 by default: `save_model` passes compress_to_fp16=False.
 - ENABLE_CPU_PINNING defaults to True in OpenVINO; the ORT route (explicit intra_op_num_threads) and the
   torch routes (torch.set_num_threads) do not pin threads, so `compile_cpu` turns pinning off unless asked.
-- A weight-compressed (int8/int4 weight-only) layer reports its WEIGHT type as runtimePrecision while its
-  kernel may decompress to f32 (seen on an AVX512 CPU) or, where the plugin supports it, quantize
-  activations on the fly (DYNAMIC_QUANTIZATION_GROUP_SIZE); `runtime_precisions` reads the kernel name.
+- A weight-compressed (int8/int4 weight-only) layer reports its WEIGHT type as runtimePrecision (u8/i4), and its
+  kernel name (primitiveType, e.g. brgemm_avx512_f32) is the same whether the plugin's dynamic quantization
+  (DYNAMIC_QUANTIZATION_GROUP_SIZE: activations quantized to int8 per group on the fly, integer matmuls) runs or
+  not: neither field tells which arithmetic ran. `timed_run` + `dq_account` tell it by experiment: the same IR
+  compiled with the setting at 0 and at the plugin's value, timed on the same input.
 """
 from __future__ import annotations
 
@@ -349,3 +351,106 @@ def _ov_type(name: str):
     if name not in types:
         raise SuiteError(f"inference_precision must be one of {sorted(types)}, not {name!r}")
     return types[name]
+
+
+# ------------------------------------------------------------------------------ dynamic quantization, by experiment
+
+DQ_ACTIVE_RATIO = 1.2  # off/on CPU-time ratio (best call and median call both) above which dynamic quantization ran
+
+
+def fc_record(compiled) -> dict:
+    """The runtime model's FullyConnected layers (the plugin's matmuls after its fusions): {"layers": n,
+    "runtime": {runtimePrecision: n}, "kernels": {primitiveType: n}, "weight_compressed": n} where a weight-compressed
+    layer is one whose runtimePrecision is an integer type (its stored weights) while its kernel name reads float."""
+    runtime: Counter = Counter()
+    kernels: Counter = Counter()
+    compressed = n = 0
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if (_rt_str(rt, "layerType") or op.get_type_name()) not in ("FullyConnected", "FullyConnectedCompressed"):
+            continue
+        n += 1
+        prec = _rt_str(rt, "runtimePrecision") or "?"
+        kernel = _rt_str(rt, "primitiveType") or f"undef_{prec}"
+        runtime[prec] += 1
+        kernels[kernel] += 1
+        kernel_prec = kernel.rsplit("_", 1)[-1].lower() if "_" in kernel else prec
+        compressed += prec in INT_PRECISIONS and kernel_prec not in INT_PRECISIONS
+    return {"layers": n, "runtime": dict(runtime), "kernels": dict(kernels), "weight_compressed": compressed}
+
+
+def timed_run(compiled, x: np.ndarray | dict, *, budget_s: float = 0.5, min_calls: int = 5,
+              max_calls: int = 50) -> dict:
+    """One warm-up inference (the plugin picks its kernels), the FullyConnected record, then back-to-back timed
+    inferences of `x` (at least min_calls, more while budget_s lasts, at most max_calls), each timed by the wall clock
+    and by this process's CPU time (all its threads: the work the call did, which other load on a shared machine
+    stretches far less than the wall time): {"ms": [...], "min_ms", "median_ms", "cpu_ms": [...], "cpu_min_ms",
+    "cpu_median_ms", "calls", "fc": fc_record, "dq_group_size": the compiled model's setting}."""
+    request = compiled.create_infer_request()
+    feed: Any = ({k: np.ascontiguousarray(v) for k, v in x.items()} if isinstance(x, dict)
+                 else np.ascontiguousarray(x, dtype=compiled.inputs[0].get_element_type().to_dtype()))
+    request.infer(feed, share_inputs=True, share_outputs=True)
+    ms: list[float] = []
+    cpu: list[float] = []
+    t_end = time.perf_counter() + budget_s
+    while len(ms) < min_calls or (time.perf_counter() < t_end and len(ms) < max_calls):
+        t, c = time.perf_counter(), time.process_time()
+        request.infer(feed, share_inputs=True, share_outputs=True)
+        ms.append((time.perf_counter() - t) * 1000.0)
+        cpu.append((time.process_time() - c) * 1000.0)
+    try:
+        group = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+    except Exception:  # noqa: BLE001 - a plugin version without the property
+        group = None
+    return {"ms": [round(v, 4) for v in ms], "min_ms": round(min(ms), 4), "median_ms": round(float(np.median(ms)), 4),
+            "cpu_ms": [round(v, 4) for v in cpu], "cpu_min_ms": round(min(cpu), 4),
+            "cpu_median_ms": round(float(np.median(cpu)), 4), "calls": len(ms), "fc": fc_record(compiled),
+            "dq_group_size": group}
+
+
+def dq_account(off: dict, on: dict) -> dict:
+    """Did the plugin's dynamic quantization run? From two timed_run records of the same IR on the same input, one
+    compiled with DYNAMIC_QUANTIZATION_GROUP_SIZE=0 (`off`), one with the plugin's value (`on`). Active when the
+    setting is on, the IR has weight-compressed FullyConnected layers, and the off/on time ratio of both the best and
+    the median call reaches DQ_ACTIVE_RATIO, in CPU time (wall time where a record has none; both are kept);
+    `kernel_names_differ` records whether the runtime model's kernel names changed with the setting (on this plugin
+    they do not, which is why the timing decides)."""
+    clock = "cpu" if off.get("cpu_min_ms") and on.get("cpu_min_ms") else "wall"
+    pre = "cpu_" if clock == "cpu" else ""
+    ratio_min = off[f"{pre}min_ms"] / on[f"{pre}min_ms"]
+    ratio_median = off[f"{pre}median_ms"] / on[f"{pre}median_ms"]
+    compressed = on["fc"]["weight_compressed"]
+    active = bool((on.get("dq_group_size") or 0) > 0 and compressed and ratio_min >= DQ_ACTIVE_RATIO
+                  and ratio_median >= DQ_ACTIVE_RATIO)
+    keys = ("min_ms", "median_ms", "cpu_min_ms", "cpu_median_ms", "calls")
+    return {"group_size": on.get("dq_group_size"), "active": active, "clock": clock,
+            "off_over_on_min": round(ratio_min, 3), "off_over_on_median": round(ratio_median, 3),
+            "wall_off_over_on_min": round(off["min_ms"] / on["min_ms"], 3),
+            "wall_off_over_on_median": round(off["median_ms"] / on["median_ms"], 3), "threshold": DQ_ACTIVE_RATIO,
+            "on": {k: on[k] for k in keys if k in on}, "off": {k: off[k] for k in keys if k in off},
+            "fc_runtime_precision": on["fc"]["runtime"], "fc_kernels_on": on["fc"]["kernels"],
+            "fc_kernels_off": off["fc"]["kernels"], "weight_compressed_layers": compressed,
+            "kernel_names_differ": on["fc"]["kernels"] != off["fc"]["kernels"],
+            "rule": (f"active when DYNAMIC_QUANTIZATION_GROUP_SIZE > 0, the IR has weight-compressed FullyConnected "
+                     f"layers and the same IR compiled with 0 takes >= {DQ_ACTIVE_RATIO}x the {clock} time (best and "
+                     "median call)")}
+
+
+def dq_note(acc: dict) -> str:
+    """One sentence of a row's notes: what the on/off experiment measured."""
+    kernels = ", ".join(f"{k} x{n}" for k, n in sorted(acc["fc_kernels_on"].items()))
+    runtime = ", ".join(f"{k} x{n}" for k, n in sorted(acc["fc_runtime_precision"].items()))
+    same = "the same names" if not acc["kernel_names_differ"] else \
+        "names " + ", ".join(f"{k} x{n}" for k, n in sorted(acc["fc_kernels_off"].items()))
+    verdict = ("dynamic quantization ran: activations quantized to int8 per group of "
+               f"{acc['group_size']} on the fly, integer matmuls (compute precision int8)" if acc["active"] else
+               f"no difference of {acc['threshold']}x or more, so no evidence of integer matmuls (compute precision "
+               "from the kernel names, float)")
+    pre = "cpu_" if acc.get("clock") == "cpu" else ""
+    return (f"weight-compressed matmuls: runtimePrecision {runtime}, kernel names {kernels} with "
+            f"DYNAMIC_QUANTIZATION_GROUP_SIZE={acc['group_size']} and {same} with 0; the same IR with 0 takes "
+            f"{acc['off_over_on_min']:.2f}x the {acc.get('clock', 'wall')} time (best call "
+            f"{acc['off'][pre + 'min_ms']:.2f} vs {acc['on'][pre + 'min_ms']:.2f} ms, median "
+            f"x{acc['off_over_on_median']:.2f}; wall time x{acc['wall_off_over_on_min']:.2f}; latency input at batch "
+            f"1): {verdict}")
+

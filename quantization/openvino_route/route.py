@@ -11,7 +11,10 @@ Rows (utils/registry.py declares them):
            in INT8_ASYM); `--int4-mode int4_asym` for the asymmetric variant
 Quantized models are cached as OpenVINO IR (.xml + .bin, FP32 weights not squeezed to FP16) under
 `<model cache>/openvino/`, named by the hash of everything that made them and verified on reuse.
-Every row's compute precision is read from the kernels the CPU plugin really ran (`ov.runtime_precisions`).
+Every row's compute precision is read from the kernels the CPU plugin really ran (`ov.runtime_precisions`); for the
+weight-only rows, whose kernel names read f32 whether or not the plugin quantizes their activations on the fly, it
+comes from an experiment (`ov.dq_account`): the same IR compiled with DYNAMIC_QUANTIZATION_GROUP_SIZE=0 is timed
+before the row's own compile, and a clearly slower run means the row's matmuls ran integer (compute precision int8).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class Options:
     group_size: int = 128
     ratio: float = 1.0
     pin: bool = False
+    dq_probe: bool = True
 
     def __post_init__(self) -> None:
         if self.preset not in O.PRESETS:
@@ -108,8 +112,8 @@ def compute_precision(rp: dict) -> str:
 
 def precision_note(rp: dict) -> str:
     kernels = ", ".join(f"{k} x{n}" for v in rp["kernels"].values() for k, n in sorted(v.items()))
-    return (f"kernels run (CPU plugin runtime model): {rp['int_compute']} integer / {rp['float_compute']} float "
-            f"multiply-accumulate layers ({kernels or 'none'})")
+    return (f"kernel names in the CPU plugin's runtime model: {rp['int_compute']} integer / {rp['float_compute']} "
+            f"float multiply-accumulate layers ({kernels or 'none'})")
 
 
 # ------------------------------------------------------------------------------ the route
@@ -133,6 +137,9 @@ class OpenVinoRoute(Route):
                        help="int4-wo: share of the compressible layers in int4 (the rest int8_asym)")
         g.add_argument("--pin", default=False, action=argparse.BooleanOptionalAction,
                        help="ENABLE_CPU_PINNING (off by default: the other routes do not pin threads)")
+        g.add_argument("--dq-probe", default=True, action=argparse.BooleanOptionalAction,
+                       help="weight-only rows: time the IR with DYNAMIC_QUANTIZATION_GROUP_SIZE=0 too, to tell whether "
+                            "the plugin's dynamic quantization ran (its kernel names do not say)")
 
     def unavailable(self, opts) -> str | None:
         return unavailable_import("openvino", "nncf", "onnx",
@@ -172,6 +179,13 @@ class OpenVinoRoute(Route):
             notes.append("IR (.xml + .bin) cached" + (" and reused (quantization seconds from the run that made it)"
                                                       if reused else ""))
             extra["nncf"] = {k: v for k, v in info.items() if k not in ("weights_before", "weights_after")}
+        x1 = ctx.task.latency_input(1, ctx.manifest, ctx.data).x
+        off = None
+        if method in WEIGHT_ONLY and opts.dq_probe:  # before the row's own compile: one compiled copy at a time
+            off_compiled, _ = O.compile_cpu(model, ctx.cfg.threads, latency=True, pin=opts.pin,
+                                            inference_precision="f32", dynamic_quantization_group_size=0)
+            off = O.timed_run(off_compiled, x1)
+            del off_compiled
         compiled, props = O.compile_cpu(model, ctx.cfg.threads, latency=True, pin=opts.pin, inference_precision="f32")
         notes.append("OpenVINO CPU properties set: " + ", ".join(f"{k}={v}" for k, v in props["set"].items()))
         if props["mismatch"]:
@@ -180,10 +194,16 @@ class OpenVinoRoute(Route):
         if dq is not None:
             notes.append(f"plugin default kept: DYNAMIC_QUANTIZATION_GROUP_SIZE={dq}")
         predict = O.predict_fn(compiled)
-        predict(ctx.task.latency_input(1, ctx.manifest, ctx.data).x)  # kernels are picked at the first inference
+        predict(x1)  # kernels are picked at the first inference
         rp = O.runtime_precisions(compiled)
         compute = compute_precision(rp)
         notes.append(precision_note(rp))
+        if off is not None:
+            acc = O.dq_account(off, O.timed_run(compiled, x1))
+            extra["dynamic_quantization"] = acc
+            notes.append(O.dq_note(acc))
+            if acc["active"]:
+                compute = "int8"
         extra.update(openvino_properties=props, runtime_precisions={k: rp[k] for k in (
             "compute", "runtime", "kernels", "int_compute", "float_compute", "executed")},
             artifact=artifacts.relative_to(ctx.source.cache_dir, artifact))

@@ -180,3 +180,62 @@ def test_merge_keeps_the_gpu_entry():
     assert merge({"cuda": gpu}) == {"cuda": gpu}  # a cuda-only record (bench --devices cuda)
     none = {"available": False, "reason": "CUDA is not available"}
     assert merge_cuda(gpu, none) == gpu and merge_cuda(none) == none and merge_cuda(None) is None
+
+
+# ------------------------------------------------------------------------------ memory bandwidth
+
+def _fake_stream(seconds_per_pass):
+    """A 'kernel' whose pass takes a known time (sleep): its rate must be arrays x n x 4 bytes / that time."""
+    def factory(n, threads):
+        CALLS.append(("mem", n, threads))
+        return lambda: time.sleep(seconds_per_pass)
+    return factory
+
+
+def test_memory_bandwidth_counts_bytes_per_kernel_and_takes_the_best():
+    from utils.ceilings import MEM_ARRAYS, measure_memory, merge_memory
+
+    CALLS.clear()
+    fac = {"numpy.copy": _fake_stream(0.010), "numpy.triad": _fake_stream(0.010), "gone": lambda n, t: _missing(n, t)}
+    r = measure_memory(2, 0.0, array_mb=4.0, passes=5, kernels=("numpy.copy", "numpy.triad", "gone"), factories=fac)
+    json.dumps(r)
+    n = int(4.0 * 1e6 / 4)
+    assert CALLS == [("mem", n, 2), ("mem", n, 2)]  # one build per available kernel, n float32 elements, 2 threads
+    k = r["memory"]["kernels"]
+    assert k["gone"]["available"] is False and k["gone"]["reason"] == "not here" and k["gone"]["rates"] == []
+    for name in ("numpy.copy", "numpy.triad"):
+        assert len(k[name]["rates"]) == 5 and k[name]["bytes_per_s"] == max(k[name]["rates"])
+        nominal = MEM_ARRAYS[name] * n * 4 / 0.010
+        assert 0.5 * nominal < k[name]["bytes_per_s"] <= nominal * 1.01  # a sleep is never shorter than asked
+    # triad counts 3 arrays per pass, copy 2: at the same pass time triad is the faster, and the ceiling
+    assert k["numpy.triad"]["bytes_per_s"] / k["numpy.copy"]["bytes_per_s"] == pytest.approx(1.5, rel=0.2)
+    assert r["mem_library"] == "numpy.triad" and r["mem_bytes_per_s"] == k["numpy.triad"]["bytes_per_s"]
+    assert r["memory"]["array_mb"] == 4.0 and r["memory"]["threads"] == 2
+    # the device record of another environment: the best bandwidth is kept, with its details
+    slower = dict(r, mem_bytes_per_s=r["mem_bytes_per_s"] / 2, mem_library="numpy.copy")
+    assert merge_memory({"fp32_ops_per_s": 1.0}, slower, r) == {k2: r[k2] for k2 in
+                                                                 ("mem_bytes_per_s", "mem_library", "mem_method",
+                                                                  "memory")}
+    assert merge_memory({"fp32_ops_per_s": 1.0}) == {}
+
+
+def test_memory_budget_adds_passes_and_arrays_exceed_the_cache():
+    from utils.ceilings import measure_memory, memory_array_mb
+
+    r = measure_memory(1, 0.2, array_mb=1.0, passes=3, kernels=("numpy.copy",),
+                       factories={"numpy.copy": _fake_stream(0.005)})
+    assert len(r["memory"]["kernels"]["numpy.copy"]["rates"]) > 3 * 2  # 0.2 s of 5 ms passes, not just 3
+    assert memory_array_mb(llc=100e6, available=64e9) == 200.0  # twice the last-level cache
+    assert memory_array_mb(llc=None, available=64e9) == 64.0  # at least 64 MB
+    assert memory_array_mb(llc=2e9, available=64e9) == 512.0  # at most 512 MB
+    assert memory_array_mb(llc=100e6, available=800e6) == 100.0  # an eighth of the free memory
+
+
+def test_memory_bandwidth_real_numpy_kernels():
+    """The numpy kernels stream real arrays in two threads and read a plausible rate (1 GB/s .. 2 TB/s)."""
+    from utils.ceilings import measure_memory
+
+    r = measure_memory(2, 0.3, array_mb=16.0, passes=3, kernels=("numpy.read", "numpy.copy", "numpy.triad"))
+    k = r["memory"]["kernels"]
+    assert all(k[name]["available"] and len(k[name]["rates"]) >= 3 for name in k)
+    assert 1e9 < r["mem_bytes_per_s"] < 2e12 and r["mem_bytes_per_s"] == max(x["bytes_per_s"] for x in k.values())

@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluation.aggregate import DOC_BLOCK, Criterion, _spec, readme_block, readme_block_of, render_block
+from evaluation.aggregate import (DOC_BLOCK, PROVENANCE, Criterion, _spec, block_source, doc_source,
+                                  readme_block, readme_block_of, render_block, rewrite_doc_blocks)
 from utils.paths import REPO_ROOT, RESULTS_DIR
 
 SUMMARY = RESULTS_DIR / "summary.csv"
@@ -26,9 +27,21 @@ def test_readme_block_matches_the_committed_summary(table):
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_generated_blocks_match_the_committed_summary(doc: Path, table):
+    """Every block's first line names what it was rendered from (the committed summary, or a `csv` block's own file,
+    relative to the repository: no machine's absolute path), and the rest is what that renders to now."""
     for m in DOC_BLOCK.finditer(doc.read_text()):
-        body = m.group("body").split("\n", 1)[1] if m.group("body").startswith("<!-- from ") else m.group("body")
-        assert body == render_block(m.group("name"), _spec(m.group("args")), table), (doc, m.group("name"))
+        name, spec = m.group("name"), _spec(m.group("args"))
+        head, _, body = m.group("body").partition("\n")
+        assert head == PROVENANCE.format(block_source(name, spec, "results/summary.csv")), (doc, name, head)
+        assert body == render_block(name, spec, table), (doc, name)
+
+
+def test_a_publish_names_the_summary_relative_to_the_repository(tmp_path):
+    assert doc_source(RESULTS_DIR) == "results/summary.csv"
+    assert doc_source(tmp_path) == str(tmp_path.resolve() / "summary.csv")  # outside the repository: absolute
+    text = "<!-- generated:csv file=results/bench_runs.csv cols=weights -->\nold\n<!-- /generated -->"
+    out = rewrite_doc_blocks(text, pd.DataFrame(), "results/summary.csv")
+    assert out.split("\n")[1] == "<!-- from results/bench_runs.csv; do not edit by hand -->"
 
 
 def test_a_changed_number_is_caught(table):

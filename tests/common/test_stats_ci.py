@@ -145,7 +145,14 @@ def test_speedup_ci_input_forms_and_errors():
     assert speedup_ci(base, var, n_boot=200) == speedup_ci(base.tolist(), var.tolist(), n_boot=200)
     with pytest.raises(ValueError):
         speedup_ci(base, var[:5])  # paired needs the same trials
-    speedup_ci(base, var[:5], paired=False, n_boot=50)
+    # unpaired: 8 baseline trials against 5 variant trials, each side resampled on its own
+    p, lo, hi = speedup_ci(base, var[:5], paired=False, n_boot=400)
+    assert p == pytest.approx(np.median(base) / np.median(var[:5]))
+    assert lo < p < hi and lo < 2.0 < hi  # the true ratio of _drifting_trials
+    # resampled apart, the +-30 % drift between trials no longer cancels: far wider than the paired interval
+    _, plo, phi = speedup_ci(base[:5], var[:5], paired=True, n_boot=400)
+    _, ulo, uhi = speedup_ci(base[:5], var[:5], paired=False, n_boot=400)
+    assert (uhi - ulo) > 5 * (phi - plo)
 
 
 def test_widest_interval_picks_the_noisiest_row():

@@ -61,3 +61,34 @@ def block_batches() -> list[dict]:
     """Calibration feed for the MatMul block: 8 dicts {"x": [2,16,256]}."""
     rng = np.random.default_rng(2)
     return [{"x": rng.normal(0, 1, (2, 16, D_IN)).astype(np.float32)} for _ in range(8)]
+
+
+MLP_D, MLP_F, MLP_LAYERS = 768, 3072, 2  # GPT-2 small's MLP shapes: big enough that the matmul arithmetic dominates
+
+
+def gpt2_mlp_blocks(path: Path, seed: int = 0) -> Path:
+    """x [N,L,768] -> 2 x (MatMul (768,3072) -> Relu -> MatMul (3072,768) -> + x) -> y [N,L,768]: GPT-2 small's MLP
+    matmuls (the bulk of its prefill arithmetic) without the rest, so the dynamic-quantization experiment runs in
+    about a second per compiled copy."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for i in range(MLP_LAYERS):
+        inits += [numpy_helper.from_array(rng.normal(0, MLP_D ** -0.5, (MLP_D, MLP_F)).astype(np.float32), f"fc{i}"),
+                  numpy_helper.from_array(rng.normal(0, MLP_F ** -0.5, (MLP_F, MLP_D)).astype(np.float32), f"proj{i}")]
+        nodes += [helper.make_node("MatMul", [x, f"fc{i}"], [f"h{i}"], name=f"fc{i}"),
+                  helper.make_node("Relu", [f"h{i}"], [f"a{i}"], name=f"act{i}"),
+                  helper.make_node("MatMul", [f"a{i}", f"proj{i}"], [f"p{i}"], name=f"proj{i}"),
+                  helper.make_node("Add", [f"p{i}", x], [f"y{i}"], name=f"res{i}")]
+        x = f"y{i}"
+    g = helper.make_graph(nodes, "gpt2_mlp_blocks",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", MLP_D])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", "L", MLP_D])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlp_path(tmp_path_factory) -> Path:
+    return gpt2_mlp_blocks(tmp_path_factory.mktemp("mlp") / "mlp.onnx")

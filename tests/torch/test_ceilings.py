@@ -115,3 +115,16 @@ def test_cuda_ceilings_on_the_gpu():
     assert r["bf16_ops_per_s"] > r["fp32_ops_per_s"] > 1e12
     if tuple(int(x) for x in r["capability"].split(".")) >= (8, 9):
         assert r["fp8_ops_per_s"] and r["fp8_ops_per_s"] > r["bf16_ops_per_s"]
+
+
+def test_memory_bandwidth_torch_triad_writes_the_triad(restore_threads):
+    """torch.triad really computes a = b + 3c over the shared arrays (it streams what it claims) at a plausible rate."""
+    from utils import ceilings
+
+    fn = ceilings._mem_torch_triad(1000, 1)
+    fn()
+    a, b, c = ceilings._MEM_ARRAYS[1000]
+    assert (a == b + 3.0 * c).all() and float(a[0]) == 7.0
+    ceilings._MEM_ARRAYS.clear()
+    r = ceilings.measure_memory(1, 0.2, array_mb=16.0, passes=3, kernels=("torch.triad",))
+    assert r["mem_library"] == "torch.triad" and 1e9 < r["mem_bytes_per_s"] < 2e12

@@ -18,10 +18,8 @@ def run(*args, env=None, timeout=1500):
 
 
 @pytest.fixture(scope="module")
-def prepared():
-    p = run("-m", "models.prepare", "--model", "resnet50,gpt2")
-    assert p.returncode == 0, p.stderr[-2000:]
-    return {m: ModelSource(m).load_manifest() for m in ("resnet50", "gpt2")}
+def prepared(embedded_models):
+    return embedded_models  # tests/torch/conftest.py: models.prepare, once per session
 
 
 @pytest.mark.slow

@@ -4,21 +4,14 @@
     (utils.stats.mcnemar_exact on per-sample correctness, 359 test samples), while the clean
     FX INT8 model's difference is not;
 (b) the per-layer report (evaluation.layer_report, local SQNR) ranks the planted layer first.
-Skips with a reason when the embedded ResNet50 has not been prepared (python3 -m evaluation.bench).
+The embedded ResNet50 comes from the folder's `embedded_models` fixture (models.prepare): a missing model is
+prepared, and a failure to prepare it fails these tests instead of skipping them.
 """
 import pytest
 
-from utils.errors import SuiteError
-
 
 @pytest.fixture(scope="module")
-def setup():
-    from utils.specs import ModelSource
-
-    try:
-        ModelSource("resnet50").load_manifest()
-    except SuiteError as exc:
-        pytest.skip(f"embedded ResNet50 not prepared: {exc}")
+def setup(embedded_models):
     from evaluation.planted import evaluate_plant
     from quantization.kit import build_variant, score_built
 

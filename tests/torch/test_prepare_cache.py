@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.errors import SuiteError
 from utils.paths import REPO_ROOT
 from utils.specs import ModelSource
 
@@ -22,12 +21,8 @@ def prepare(cache: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def moved(tmp_path):
+def moved(tmp_path, embedded_models):  # prepared by the folder's fixture: a missing model fails, never skips
     src = ModelSource("resnet50")
-    try:
-        src.load_manifest()
-    except SuiteError as exc:
-        pytest.skip(f"embedded ResNet50 not prepared: {exc}")
     cache = tmp_path / "moved-cache"
     shutil.copytree(src.cache_dir, cache / src.cache_dir.name, ignore=shutil.ignore_patterns("onnxruntime", "torch",
                                                                                             "modelopt-onnx"))

@@ -55,10 +55,8 @@ def test_pretrained_resnet50_from_local_file_and_image_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrained_gpt2_from_local_dir_and_text_file(tmp_path):
-    emb = ModelSource("gpt2")
-    if not emb.manifest_path.exists():
-        pytest.skip("embedded GPT-2 not prepared (run python -m models.prepare --model gpt2)")
+def test_pretrained_gpt2_from_local_dir_and_text_file(tmp_path, embedded_models):
+    emb = ModelSource("gpt2")  # prepared by the folder's fixture: a missing model fails, never skips
     hf_dir = emb.load_manifest()["hf_dir"]
     text = tmp_path / "corpus.txt"
     from utils.text import embedded_corpus
@@ -81,10 +79,8 @@ def test_pretrained_gpt2_from_local_dir_and_text_file(tmp_path):
     assert 1 < row["value"] < 5000
 
 
-def test_wikitext_offline_is_a_one_line_error(tmp_path):
-    emb = ModelSource("gpt2")
-    if not emb.manifest_path.exists():
-        pytest.skip("embedded GPT-2 not prepared (run python -m models.prepare --model gpt2)")
+def test_wikitext_offline_is_a_one_line_error(tmp_path, embedded_models):
+    emb = ModelSource("gpt2")  # prepared by the folder's fixture: a missing model fails, never skips
     p = run("-m", "models.prepare", "--model", "gpt2", "--weights", "pretrained", "--weights-path",
             emb.load_manifest()["hf_dir"], "--data", "wikitext-2",
             env={"SUITE_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})

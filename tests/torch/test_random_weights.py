@@ -60,7 +60,45 @@ def test_route_rows_have_latency_and_fidelity_but_no_accuracy(random_resnet, tmp
         assert r.environment["n_eval"] == RANDOM["resnet50"]["n_eval"] and r.environment["n_calib"] == 8
     assert rows["eager"].size_mb > 90  # 25.6M FP32 parameters
     fx = rows["fx"]
-    assert fx.value is None and fx.top5 is None and 0 <= fx.agreement <= 100 and fx.sqnr_db > 5 and fx.kl >= 0
-    assert 0 <= fx.flips_lost <= 64 and 0 <= fx.flips_gained <= 64  # counted, with the accuracy cells empty
+    assert fx.value is None and fx.top5 is None and fx.fidelity_vs == "torch/eager"
+    # the fidelity columns are the FX INT8 logits against the eager FP32 logits on the same 64 inputs, recomputed here
+    # from the outputs both runs kept (plain NumPy, float64)
+    outs = {m: np.load(runs / "outputs" / f"resnet50__random__torch__{m}__cpu.npz") for m in ("eager", "fx")}
+    e, q = (outs[m]["logits"].astype(np.float64) for m in ("eager", "fx"))
+    y = outs["eager"]["labels"]
+    assert e.shape == q.shape == (64, 1000) and (outs["fx"]["labels"] == y).all()
+    te, tq = e.argmax(1), q.argmax(1)
+    assert fx.agreement == pytest.approx(100.0 * np.mean(te == tq))
+    assert (fx.flips_lost, fx.flips_gained) == (int(((te == y) & (tq != y)).sum()), int(((te != y) & (tq == y)).sum()))
+    assert fx.sqnr_db == pytest.approx(10 * np.log10((e ** 2).sum() / ((e - q) ** 2).sum()), rel=1e-6)
+
+    def log_softmax(x):
+        z = x - x.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+    lp, lq = log_softmax(e), log_softmax(q)
+    assert fx.kl == pytest.approx(float(np.mean((np.exp(lp) * (lp - lq)).sum(1))), rel=1e-6)
+    assert fx.sqnr_db < 300 and fx.kl > 0  # the INT8 logits really differ from the FP32 ones (not one run twice)
     assert fx.size_mb < 30  # INT8 weights
     assert fx.speedup_ci_low <= fx.speedup_paired <= fx.speedup_ci_high
+
+
+def test_resnet50_activation_count_matches_torchvision():
+    """utils.traffic counts ResNet50's layer outputs by arithmetic; torchvision's own network, hooked, agrees: every
+    convolution, the max pool, each bottleneck's residual add, the pooled features and the logits."""
+    import torch
+    from torchvision.models import resnet50
+    from torchvision.models.resnet import Bottleneck
+
+    from utils.traffic import resnet50_activations
+
+    net = resnet50(num_classes=1000).eval()
+    counted = []
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d, Bottleneck, torch.nn.AdaptiveAvgPool2d,
+                          torch.nn.Linear)):
+            m.register_forward_hook(lambda mod, inp, out: counted.append(out.numel()))
+    with torch.inference_mode():
+        for h, w in ((224, 224), (64, 96)):
+            counted.clear()
+            net(torch.zeros(1, 3, h, w))
+            assert sum(counted) == resnet50_activations(h, w, 1000), (h, w)
