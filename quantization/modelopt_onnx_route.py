@@ -219,10 +219,28 @@ class Options:
         return [e.strip() for e in self.calibration_eps.split(",") if e.strip()]
 
 
+def scope_exclusions(ctx: ModelContext, method: str) -> tuple[str, list[str]]:
+    """(scope name, ModelOpt `nodes_to_exclude` patterns): the FP32 ONNX's MAC nodes the variant's quantization scope
+    keeps in the higher precision (GPT-2's LM head and attention MatMuls by default), as anchored regexes (ModelOpt
+    matches them with re.match)."""
+    import re
+
+    from quantization.kit.macs import nodes_kept
+
+    name, scope = ctx.scope_for(method)
+    if not scope.keep:
+        return name, []
+    return name, [re.escape(n) + "$" for n in nodes_kept(ctx.macs, scope.keeps)]
+
+
 def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> oc.Artifact:
     src, src_sha = ctx.state["src"]
     calib = oc.calib_key(ctx)
     eps, options = opts.eps, parse_options(opts.mo_option)
+    scope_name, excluded = scope_exclusions(ctx, method)
+    if excluded:
+        user = options.get("nodes_to_exclude") or []
+        options["nodes_to_exclude"] = list(dict.fromkeys([*([user] if isinstance(user, str) else user), *excluded]))
     mode, cal = MODES[method]
     if mode == "int4":
         # random weights measure speed, size and memory: AWQ's clip search (8+ minutes on GPT-2 small on 2 cores)
@@ -261,8 +279,11 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
             f"ModelOpt FP8 Q/DQ feeds float8e4m3fn tensors straight into {op} (a TensorRT FP8 fusion); ONNX "
             f"Runtime's CPU EP has no FP8 kernel for it and refuses the model: needs TensorRT on an FP8 GPU "
             f"(Ada/Hopper or newer). The FP8 ONNX is in index.json for the TensorRT route")
+    shown = {k: v for k, v in options.items() if k != "nodes_to_exclude" or not excluded}
     notes = [f"ModelOpt quantize_mode={mode} calibration_method={cal} calibration_eps={eps} "
-             f"high_precision_dtype={opts.high_precision_dtype}" + (f" options={options}" if options else ""),
+             f"high_precision_dtype={opts.high_precision_dtype}" + (f" options={shown}" if shown else "")
+             + (f"; quantization scope '{scope_name}': nodes_to_exclude the {len(excluded)} MAC nodes it keeps "
+                "in the higher precision" if excluded else ""),
              f"Q {qdq.get('QuantizeLinear')} / DQ {qdq.get('DequantizeLinear')} nodes (opset {qdq.get('opset')})"]
     if meta.get("patched_block_axis"):
         notes.append(f"repaired `axis` of {len(meta['patched_block_axis'])} INT4 DequantizeLinear node(s) "
