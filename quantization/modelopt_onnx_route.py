@@ -181,6 +181,17 @@ def ort_loadable(path: Path) -> str | None:
     return None
 
 
+def qdq_nodes(path: Path) -> list[str]:
+    """MAC nodes (MatMul/Gemm/Conv) of a Q/DQ model whose second input comes out of a DequantizeLinear: what ModelOpt
+    quantized, whatever the runtime then makes of it."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1
+            and n.input[1] in dq]
+
+
 INDEX = "index.json"
 
 
@@ -258,7 +269,7 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
         patched = fix_block_axes(tmp_out) if mode == "int4" else []
         oc.check_onnx(tmp_out)
         return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "qdq": qdq_counts(tmp_out),
-                "patched_block_axis": patched, **key}
+                "patched_block_axis": patched, "qdq_nodes": qdq_nodes(tmp_out), **key}
 
     path, meta, reused = oc.cached_artifact(out, build)
     qdq = meta.get("qdq", {})
@@ -289,6 +300,13 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
         notes.append(f"repaired `axis` of {len(meta['patched_block_axis'])} INT4 DequantizeLinear node(s) "
                      f"({', '.join(meta['patched_block_axis'][:3])}): ModelOpt 0.47 writes axis=0 for Gemm(transB=1) "
                      "weights blocked along axis 1, which ORT rejects")
+    if mode != "fp8":
+        from quantization.kit.macs import coverage, layers_of
+
+        nodes = meta.get("qdq_nodes")
+        placed = coverage(ctx.macs, layers_of(ctx.macs, qdq_nodes(path) if nodes is None else nodes))
+        notes.append(f"Q/DQ placed on the weights of {placed['reduced_layers']} MAC layers ({placed['coverage_pct']:.1f} % "
+                     "of MACs): what the artifact quantizes, whatever the runtime computes them in")
     if reused:
         notes.append("cached artifact reused (calib_seconds from the run that made it)")
     return oc.Artifact(path, method, precision,
