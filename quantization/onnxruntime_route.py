@@ -23,7 +23,7 @@ from quantization.kit import Calibration, ModelContext, main_for, unavailable_im
 from quantization.kit import onnx as oc
 from quantization.kit.macs import MAC_OPS, node_layer
 from utils.errors import SuiteError, failure_reason
-from utils.registry import TOOLCHAINS
+from utils.registry import DEFAULT_SCOPE, TOOLCHAINS
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +250,8 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
     options = {"format": "QDQ", "per_channel": True, "act": "U8", "wt": "S8", "preprocess": opts.preprocess,
                "scope": scope_name, "scope_keeps": list(scope.keep), "float_logits": not lm,
                "entropy_bins": opts.entropy_bins if cal == "entropy" else None}
-    out = oc.artifact_path(ctx.cache_dir, f"{cal}-{scope_name}-int8", {"src": src_sha, "method": cal, **calib,
-                                                                      **options})
+    stem = f"{cal}-int8" if scope_name == DEFAULT_SCOPE else f"{cal}-{scope_name}-int8"
+    out = oc.artifact_path(ctx.cache_dir, stem, {"src": src_sha, "method": cal, **calib, **options})
 
     def build(tmp_out: Path) -> dict:
         reader = oc.ArrayCalibrationReader(_input_name(pre, ctx.task.input_name), oc.calibration_batches(ctx))

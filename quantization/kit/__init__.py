@@ -545,32 +545,43 @@ def _build_and_score(route: Route, ctx: ModelContext, w: RowWriter, it: Item, d:
     return v
 
 
+def coverage_of(ctx: ModelContext, built: Built, method: str) -> dict | None:
+    """The built variant's coverage (quantization/kit/macs.py `coverage`: share of the model's MACs its runtime ran in
+    reduced precision, and the layers that differ from the variant's quantization scope) with the scope's name and
+    where it was read; None when the route reports no layers. Raises when the model's MAC table cannot be made."""
+    if built.reduced_layers is None and built.reduced_nodes is None:
+        return None
+    from quantization.kit.macs import ALL_LAYERS, coverage, layers_of
+
+    table = ctx.macs
+    name, scope = ctx.scope_for(method)
+    reduced = built.reduced_layers
+    if reduced != ALL_LAYERS:
+        reduced = list(reduced or []) + (layers_of(table, built.reduced_nodes) if built.reduced_nodes else [])
+    return {**coverage(table, reduced, scope.keeps), "scope": name, "scope_keeps": list(scope.keep),
+            "source": built.coverage_source or "the route's runtime"}
+
+
 def _coverage(ctx: ModelContext, built: Built, it: Item, extra: dict) -> dict:
     """The row's coverage (share of the model's MACs the runtime ran in reduced precision) from the layers the route
     reports, compared with the variant's quantization scope; the comparison goes to the notes and `extra`. FP32 rows
     have none; a quantized row whose route reports nothing says so."""
     if it.precision == "fp32":
         return {}
-    if built.reduced_layers is None and built.reduced_nodes is None:
-        built.notes.append("coverage not reported: this route does not read which layers its runtime ran in reduced "
-                           "precision")
-        return {}
-    from quantization.kit.macs import ALL_LAYERS, coverage, coverage_note, layers_of
+    from quantization.kit.macs import coverage_note
 
     try:
-        table = ctx.macs
+        cov = coverage_of(ctx, built, it.method)
     except Exception as exc:  # noqa: BLE001 - no MAC table (an unusual graph): the row stands without its coverage
         log.warning("no MAC table for %s: %s", ctx.model, failure_reason(exc))
         built.notes.append(f"coverage not computed: no MAC table ({failure_reason(exc, 160)})")
         return {}
-    name, scope = ctx.scope_for(it.method)
-    reduced = built.reduced_layers
-    if reduced != ALL_LAYERS:
-        reduced = list(reduced or []) + (layers_of(table, built.reduced_nodes) if built.reduced_nodes else [])
-    cov = coverage(table, reduced, scope.keeps)
-    source = built.coverage_source or "the route's runtime"
-    built.notes.append(coverage_note(cov, name, source))
-    extra["coverage"] = {**cov, "scope": name, "scope_keeps": list(scope.keep), "source": source}
+    if cov is None:
+        built.notes.append("coverage not reported: this route does not read which layers its runtime ran in reduced "
+                           "precision")
+        return {}
+    built.notes.append(coverage_note(cov, cov["scope"], cov["source"]))
+    extra["coverage"] = cov
     return {"coverage_pct": cov["coverage_pct"]}
 
 
