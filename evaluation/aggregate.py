@@ -695,8 +695,16 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def with_all_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A table read back from a summary.csv written before a column existed, with that column empty (so a committed
+    table renders with today's code)."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    return df.assign(**{c: None for c in missing}) if missing else df
+
+
 def readme_block(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
     """The README's results block, from the table alone (a test re-renders it from results/summary.csv)."""
+    df = with_all_columns(df)
     ok = df[df["status"] == "ok"]
     head = ""
     if not ok.empty:
@@ -857,8 +865,11 @@ def render_block(name: str, spec: dict, df: pd.DataFrame, crit: Criterion = Crit
         from utils.paths import REPO_ROOT
 
         where = dict(w.split(":", 1) for w in spec["where"].split(";")) if spec.get("where") else None
+        if not (REPO_ROOT / spec["file"]).is_file():  # a table whose command has not been published yet
+            return f"({spec['file']} is not published yet: the command named above writes it with --publish)\n"
         return render_csv(REPO_ROOT / spec["file"], spec["cols"].split(",") if spec.get("cols") else None,
                           int(spec["head"]) if spec.get("head") else None, where)
+    df = with_all_columns(df)
     if name == "verdict":
         vs = [v for v in verdicts(df, crit) if all(not spec.get(k) or str(v[k]) in spec[k].split(",")
                                                     for k in ("model", "weights", "device"))]
