@@ -357,7 +357,7 @@ def _torch_scope_modules(ctx, method: str) -> tuple[str, ...]:
 def _quantized_module_paths(gm) -> list[str]:
     return [n for n, m in gm.named_modules() if type(m).__module__.startswith(("torch.ao.nn.quantized",
                                                                               "torch.ao.nn.intrinsic.quantized"))
-            and ("Conv" in type(m).__name__ or "Linear" in type(m).__name__)]
+            and "Packed" not in type(m).__name__ and ("Conv" in type(m).__name__ or "Linear" in type(m).__name__)]
 
 
 def recipe_torch(ctx, method: str, threads: int) -> Recipe:

@@ -218,8 +218,8 @@ def fx_quantized_modules(gm) -> list[str]:
     """Module paths of a converted FX model's quantized convolution/linear modules (fbgemm/oneDNN INT8 kernels; a
     fused conv+relu keeps the conv's path)."""
     return [name for name, m in gm.named_modules()
-            if type(m).__module__.startswith(QUANTIZED_MODULES) and ("Conv" in type(m).__name__
-                                                                      or "Linear" in type(m).__name__)]
+            if type(m).__module__.startswith(QUANTIZED_MODULES) and "Packed" not in type(m).__name__
+            and ("Conv" in type(m).__name__ or "Linear" in type(m).__name__)]
 
 
 def pt2e_quantized_modules(gm) -> list[str]:
