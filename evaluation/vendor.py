@@ -65,10 +65,11 @@ RECIPE = {
 # what the route's deployment does beyond the recipe (said in every row; the reason when a ratio is outside 10 %)
 DIFFERENCES = {
     ("onnxruntime", "minmax"): "route: U8/S8 with ActivationSymmetric=False spelled out, strided calibration for large "
-                               "models, session ORT_ENABLE_ALL + ORT_SEQUENTIAL + allow_spinning=0; the recipe keeps "
-                               "ORT's default intra-op spinning, whose idle threads spin on after each of its calls "
-                               "and take the cores from the next call in the same process, the route's (a bias against "
-                               "the route in these interleaved trials, largest at batch 1: docs/routes/onnx.md)",
+                               "models, session ORT_ENABLE_ALL + ORT_SEQUENTIAL + allow_spinning=0 (the suite times "
+                               "several sessions in one process, where spinning sessions slow each other); the "
+                               "recipe keeps ORT's default intra-op spinning, faster for a lone session on an idle "
+                               "machine at small batches, and in these interleaved trials its idle threads spin on "
+                               "after each call and take the cores from the route's next one (docs/routes/onnx.md)",
     ("openvino", "int8"): "route: PERFORMANCE_HINT LATENCY, NUM_STREAMS 1, no CPU pinning, IR saved without FP16 "
                           "compression, preset performance and fast bias correction spelled out",
     ("torch", "fx"): "route: the converted model traced and frozen as TorchScript (torch.jit.trace + freeze)",
