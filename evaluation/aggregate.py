@@ -58,6 +58,9 @@ COLUMNS = ["model", "weights", "dataset", "toolchain", "method", "precision", "d
            "calib_method", "status", "pending", "reason", "notes",
            "eval_sha", "calib_sha", "eval_limit", "cpu", "gpu", "host", "launcher", "threads", "git_commit", "run_id", "timestamp",
            "last_attempt"]
+# the share of the model's multiply-accumulates a quantized row ran in reduced precision (quantization/kit/macs.py),
+# beside the precision it ran in; kept out of the list above so that edits to either merge apart
+COLUMNS.insert(COLUMNS.index("compute_precision") + 1, "coverage_pct")
 ALPHA = 0.05
 
 
@@ -468,6 +471,7 @@ def verdicts(df: pd.DataFrame, crit: Criterion) -> list[dict]:
         good = good.sort_values("speedup_vs_best_fp32", ascending=False)
         best = good.iloc[0]
         tied = [r for _, r in good.iloc[1:].iterrows() if _overlap(best, r)]
+        cov = _coverage(best)
         out.append({"model": key[0], "weights": key[1], "device": key[2], "batch": int(key[3]), "kind": key[4],
                     "toolchain": best["toolchain"], "method": best["method"], "precision": best["precision"],
                     "p50_ms": best["latency_p50_ms"], "speedup": best["speedup_vs_best_fp32"],
@@ -477,8 +481,39 @@ def verdicts(df: pd.DataFrame, crit: Criterion) -> list[dict]:
                     "repeats": best.get("repeats"), "spread": best.get("p50_spread_pct"),
                     "tied": [f"{r['toolchain']} {r['method']} ({_ci(r['speedup_vs_best_fp32'], r['speedup_best_ci_low'], r['speedup_best_ci_high'])}×)"
                              for r in tied],
-                    "other_runs": other_runs, "run_id": best.get("run_id"), "commit": best.get("git_commit")})
+                    "other_runs": other_runs, "run_id": best.get("run_id"), "commit": best.get("git_commit"),
+                    "coverage": cov, "coverage_differs": _coverage_differs(best, good.iloc[1:])})
     return out
+
+
+COVERAGE_SAME_PT = 1.0  # coverages within this many points count as the same work
+
+
+def _coverage(r) -> float | None:
+    """A row's coverage (% of MACs in reduced precision); 0 for an FP32 row; None where not reported."""
+    c = r.get("coverage_pct") if hasattr(r, "get") else None
+    if c is not None and not (isinstance(c, float) and math.isnan(c)):
+        return float(c)
+    return 0.0 if r.get("precision") == "fp32" else None
+
+
+def _coverage_differs(best, others: pd.DataFrame) -> list[str]:
+    """'toolchain method (coverage c %)' for every other compared row whose coverage is not the winner's (beyond
+    COVERAGE_SAME_PT points, or unknown on either side while the other is known): those rows did other work."""
+    cb = _coverage(best)
+    out = []
+    for _, r in others.iterrows():
+        if r.get("precision") == "fp32":  # the FP32 rows are what every speedup is over: other work by definition
+            continue
+        c = _coverage(r)
+        if (c is None) != (cb is None) or (c is not None and abs(c - cb) > COVERAGE_SAME_PT):
+            out.append(f"{r['toolchain']} {r['method']} ({'?' if c is None else f'{c:.0f}'} %)")
+    return out
+
+
+def _coverage_text(v: dict) -> str:
+    c = v.get("coverage")
+    return "coverage not reported" if c is None else f"coverage {c:.0f} %"
 
 
 def render_verdicts(vs: list[dict], crit: Criterion, model: str | None = None, weights: str | None = None) -> list[str]:
@@ -497,8 +532,11 @@ def render_verdicts(vs: list[dict], crit: Criterion, model: str | None = None, w
         if v.get("other_runs"):
             which += f"; {v['other_runs']} row(s) of other runs left out"
         head = f"- **{v['model']} · {v['device']} · batch {v['batch']}{kind}**: "
-        what = (f"**{v['toolchain']} {v['method']}** ({v['precision']}), {v['p50_ms']:.2f} ms p50, "
+        what = (f"**{v['toolchain']} {v['method']}** ({v['precision']}, {_coverage_text(v)}), {v['p50_ms']:.2f} ms p50, "
                 f"{_ci(v['speedup'], v['ci_low'], v['ci_high'])}× over the best FP32 ({v['best_fp32']}){agree}{delta}")
+        if v.get("coverage_differs"):
+            which += ("; compared with rows of other coverage (other work in reduced precision, not only another "
+                      "runtime): " + ", ".join(v["coverage_differs"]))
         if v.get("tied"):
             lines.append(f"{head}**tie** (speedup intervals overlap): {what}; tied with {', '.join(v['tied'])}; "
                          f"{runs}; {which}.")
@@ -509,7 +547,9 @@ def render_verdicts(vs: list[dict], crit: Criterion, model: str | None = None, w
                          + (f"; {v['other_runs']} row(s) of other runs left out" if v.get("other_runs") else "") + ".")
     if lines:
         lines = [f"Verdict (criterion: {crit.describe()}; a winner only where its speedup interval, between-run spread "
-                 "included, excludes the others'; † marks a speedup interval containing 1):", ""] + lines + [""]
+                 "included, excludes the others'; † marks a speedup interval containing 1; coverage: % of the model's "
+                 "multiply-accumulates the row ran in reduced precision, and a line says when it compares rows of "
+                 "other coverage):", ""] + lines + [""]
     return lines
 
 
@@ -581,11 +621,11 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
             lines += [f"Accuracy cells are empty: {RANDOM_REASON} (the real architecture with randomly initialised "
                       "weights; fidelity columns compare each row with its FP32 baseline on the same inputs).", ""]
         lines += render_verdicts(vs, crit, model, weights)
-        lines += [f"| toolchain | method | prec | dev | batch | {metric} | Δ | agree % | flips −/+ | SQNR dB | KL | "
+        lines += [f"| toolchain | method | prec | cov % | dev | batch | {metric} | Δ | agree % | flips −/+ | SQNR dB | KL | "
                   "x-SQNR dB | p50 ms (p10–p90) | n | runs (p50 spread) | vs best FP32 | vs own FP32 | eff. % | "
                   "roofline % (bound) | "
                   "peak MB | size MB | calib n / s | status |",
-                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+                  "|---|---|---|--:|---|" + "--:|" * 18 + "---|"]
         shown: set = set()
         for _, r in g.iterrows():
             if r["status"] != "ok":  # one line per skipped/failed variant, all batches together
@@ -595,7 +635,7 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 shown.add(k)
                 batches = ",".join(str(b) for b in g[(g["toolchain"] == r["toolchain"]) & (g["method"] == r["method"])
                                                      & (g["device"] == r["device"])]["batch"])
-                lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {batches} |"
+                lines.append(f"| {r['toolchain']} | {r['method']} | {r['precision']} | | {r['device']} | {batches} |"
                              + " |" * 17 + f" {r['status']}: {r['reason']} |")
                 continue
             lat = NOT_TIMED if _pending(r) else ""
@@ -612,7 +652,7 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                 status += f"; latest attempt {r['last_attempt']}"
             kl = _fmt(r["kl"], ".2e") if pd.notna(r["kl"]) and r["kl"] < 0.01 else _fmt(r["kl"], ".4f")
             lines.append(
-                f"| {r['toolchain']} | {r['method']} | {r['precision']} | {r['device']} | {r['batch']} | "
+                f"| {r['toolchain']} | {r['method']} | {r['precision']} | {_cov(r)} | {r['device']} | {r['batch']} | "
                 f"{_fmt(r['value'], '.2f')} | {_delta(r)} | {_fmt(r['agreement'], '.2f')} | {flips} | "
                 f"{_fmt(r['sqnr_db'], '.1f')} | {kl} | {_fmt(r['xrt_sqnr_db'], '.1f')} | {lat} | "
                 f"{_fmt(r['latency_samples'], '.0f')} | {_runs(r)} | "
@@ -625,6 +665,11 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
         if notes:
             lines += [f"Notes ({model}):", ""] + [f"- **{t} / {m}**: {n}" for t, m, n in notes] + [""]
     return "\n".join(lines)
+
+
+def _cov(r) -> str:
+    """The coverage cell: % of MACs in reduced precision (quantized rows; empty for FP32 rows and where not reported)."""
+    return _fmt(r.get("coverage_pct"), ".0f")
 
 
 def _runs(r) -> str:
@@ -711,11 +756,11 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
             out += [f"Latency: median p50 of {int(reps.max())} runs of the plan (toolchains' order rotated); every "
                     "interval includes the between-run spread; each row's spread is in results/summary.md.", ""]
         dec_cols = ["ms/token decode b1", "decode vs best FP32"] if dec_by else []
-        out += [f"| toolchain | method | prec | dev | {metric} | Δ | agree % | "
+        out += [f"| toolchain | method | prec | cov % | dev | {metric} | Δ | agree % | "
                 + " | ".join(f"p50 ms b{b}" for b in batches) + " | "
                 + " | ".join(f"vs best FP32 b{b}" for b in batches) + " | "
                 + "".join(f"{c} | " for c in dec_cols) + "status |",
-                "|---|---|---|---|--:|--:|--:|" + "--:|" * (2 * len(batches) + len(dec_cols)) + "---|"]
+                "|---|---|---|--:|---|--:|--:|--:|" + "--:|" * (2 * len(batches) + len(dec_cols)) + "---|"]
         for (tc, method, prec, dev), gg in g.groupby(["toolchain", "method", "precision", "device"], sort=False):
             first = gg.iloc[0]
             by = {int(r["batch"]): r for _, r in gg.iterrows()}
@@ -732,7 +777,7 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
             status = "ok" if first["status"] == "ok" else f"{first['status']}: {str(first['reason']).split(':')[0][:90]}"
             if any(_pending(r) for r in by.values()):
                 status += f" ({NOT_TIMED} at b{','.join(str(b) for b, r in by.items() if _pending(r))})"
-            out.append(f"| {tc} | {method} | {prec} | {dev} | {_fmt(first['value'], '.2f')} | {_delta(first)} | "
+            out.append(f"| {tc} | {method} | {prec} | {_cov(first)} | {dev} | {_fmt(first['value'], '.2f')} | {_delta(first)} | "
                        f"{_fmt(first['agreement'], '.2f')} | " + " | ".join(lat) + " | " + " | ".join(spd)
                        + f" | {extra}{status} |")
         out.append("")
@@ -748,8 +793,16 @@ def render_compact(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def with_all_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A table read back from a summary.csv written before a column existed, with that column empty (so a committed
+    table renders with today's code)."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    return df.assign(**{c: None for c in missing}) if missing else df
+
+
 def readme_block(df: pd.DataFrame, crit: Criterion = Criterion()) -> str:
     """The README's results block, from the table alone (a test re-renders it from results/summary.csv)."""
+    df = with_all_columns(df)
     ok = df[df["status"] == "ok"]
     head = ""
     if not ok.empty:
@@ -910,8 +963,11 @@ def render_block(name: str, spec: dict, df: pd.DataFrame, crit: Criterion = Crit
         from utils.paths import REPO_ROOT
 
         where = dict(w.split(":", 1) for w in spec["where"].split(";")) if spec.get("where") else None
+        if not (REPO_ROOT / spec["file"]).is_file():  # a table whose command has not been published yet
+            return f"({spec['file']} is not published yet: the command named above writes it with --publish)\n"
         return render_csv(REPO_ROOT / spec["file"], spec["cols"].split(",") if spec.get("cols") else None,
                           int(spec["head"]) if spec.get("head") else None, where)
+    df = with_all_columns(df)
     if name == "verdict":
         vs = [v for v in verdicts(df, crit) if all(not spec.get(k) or str(v[k]) in spec[k].split(",")
                                                     for k in ("model", "weights", "device"))]

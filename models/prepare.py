@@ -395,6 +395,23 @@ def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
             "dataset": "wikitext-2" if src.data == "wikitext-2" else f"text:{Path(src.data).name}"}
 
 
+def layer_macs(info: dict, task_kind: str) -> dict | None:
+    """The FP32 ONNX's multiply-accumulates per layer at the latency shape (quantization/kit/macs.py), for the routes'
+    coverage column; None when they cannot be counted (the routes then count them once themselves)."""
+    from quantization.kit.macs import count_macs, latency_feed
+
+    try:
+        feed, items, unit = latency_feed(info, task_kind)
+        t0 = time.time()
+        table = {**count_macs(info["onnx"], feed, items, unit=unit), "onnx_sha": info["onnx_sha"]}
+        log.info("counted %d MAC nodes (%.3g MACs per %s) in %.1f s", len(table["nodes"]), table["total"], unit,
+                 time.time() - t0)
+        return table
+    except Exception as exc:  # noqa: BLE001 - an unusual graph: the table is made lazily later or not at all
+        log.warning("MACs per layer not counted (%s: %s)", exc.__class__.__name__, exc)
+        return None
+
+
 PREPARERS = {"image-classification": "prepare_resnet50", "language-model": "prepare_gpt2"}
 
 
@@ -446,6 +463,7 @@ def prepare(src: ModelSource, force: bool = False) -> dict:
         raise
     info.update(source=src.to_dict(), key=src.key, embedded_config=EMBEDDED.get(src.model) if src.weights == "embedded"
                 else None, prepared_seconds=time.time() - t0)
+    info["layer_macs"] = layer_macs(info, task_of(src.model))
     # every file is recorded with its hash, and stored relative to the cache folder (a moved cache still works)
     info["files"] = {k: artifacts.fingerprint(info[k]) for k in PATH_KEYS if info.get(k)}
     for k in PATH_KEYS:

@@ -181,6 +181,17 @@ def ort_loadable(path: Path) -> str | None:
     return None
 
 
+def qdq_nodes(path: Path) -> list[str]:
+    """MAC nodes (MatMul/Gemm/Conv) of a Q/DQ model whose second input comes out of a DequantizeLinear: what ModelOpt
+    quantized, whatever the runtime then makes of it."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1
+            and n.input[1] in dq]
+
+
 INDEX = "index.json"
 
 
@@ -219,10 +230,28 @@ class Options:
         return [e.strip() for e in self.calibration_eps.split(",") if e.strip()]
 
 
+def scope_exclusions(ctx: ModelContext, method: str) -> tuple[str, list[str]]:
+    """(scope name, ModelOpt `nodes_to_exclude` patterns): the FP32 ONNX's MAC nodes the variant's quantization scope
+    keeps in the higher precision (GPT-2's LM head and attention MatMuls by default), as anchored regexes (ModelOpt
+    matches them with re.match)."""
+    import re
+
+    from quantization.kit.macs import nodes_kept
+
+    name, scope = ctx.scope_for(method)
+    if not scope.keep:
+        return name, []
+    return name, [re.escape(n) + "$" for n in nodes_kept(ctx.macs, scope.keeps)]
+
+
 def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> oc.Artifact:
     src, src_sha = ctx.state["src"]
     calib = oc.calib_key(ctx)
     eps, options = opts.eps, parse_options(opts.mo_option)
+    scope_name, excluded = scope_exclusions(ctx, method)
+    if excluded:
+        user = options.get("nodes_to_exclude") or []
+        options["nodes_to_exclude"] = list(dict.fromkeys([*([user] if isinstance(user, str) else user), *excluded]))
     mode, cal = MODES[method]
     if mode == "int4":
         # random weights measure speed, size and memory: AWQ's clip search (8+ minutes on GPT-2 small on 2 cores)
@@ -240,7 +269,7 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
         patched = fix_block_axes(tmp_out) if mode == "int4" else []
         oc.check_onnx(tmp_out)
         return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "qdq": qdq_counts(tmp_out),
-                "patched_block_axis": patched, **key}
+                "patched_block_axis": patched, "qdq_nodes": qdq_nodes(tmp_out), **key}
 
     path, meta, reused = oc.cached_artifact(out, build)
     qdq = meta.get("qdq", {})
@@ -261,13 +290,23 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
             f"ModelOpt FP8 Q/DQ feeds float8e4m3fn tensors straight into {op} (a TensorRT FP8 fusion); ONNX "
             f"Runtime's CPU EP has no FP8 kernel for it and refuses the model: needs TensorRT on an FP8 GPU "
             f"(Ada/Hopper or newer). The FP8 ONNX is in index.json for the TensorRT route")
+    shown = {k: v for k, v in options.items() if k != "nodes_to_exclude" or not excluded}
     notes = [f"ModelOpt quantize_mode={mode} calibration_method={cal} calibration_eps={eps} "
-             f"high_precision_dtype={opts.high_precision_dtype}" + (f" options={options}" if options else ""),
+             f"high_precision_dtype={opts.high_precision_dtype}" + (f" options={shown}" if shown else "")
+             + (f"; quantization scope '{scope_name}': nodes_to_exclude the {len(excluded)} MAC nodes it keeps "
+                "in the higher precision" if excluded else ""),
              f"Q {qdq.get('QuantizeLinear')} / DQ {qdq.get('DequantizeLinear')} nodes (opset {qdq.get('opset')})"]
     if meta.get("patched_block_axis"):
         notes.append(f"repaired `axis` of {len(meta['patched_block_axis'])} INT4 DequantizeLinear node(s) "
                      f"({', '.join(meta['patched_block_axis'][:3])}): ModelOpt 0.47 writes axis=0 for Gemm(transB=1) "
                      "weights blocked along axis 1, which ORT rejects")
+    if mode != "fp8":
+        from quantization.kit.macs import coverage, layers_of
+
+        nodes = meta.get("qdq_nodes")
+        placed = coverage(ctx.macs, layers_of(ctx.macs, qdq_nodes(path) if nodes is None else nodes))
+        notes.append(f"Q/DQ placed on the weights of {placed['reduced_layers']} MAC layers ({placed['coverage_pct']:.1f} % "
+                     "of MACs): what the artifact quantizes, whatever the runtime computes them in")
     if reused:
         notes.append("cached artifact reused (calib_seconds from the run that made it)")
     return oc.Artifact(path, method, precision,

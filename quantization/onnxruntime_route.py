@@ -4,8 +4,10 @@
 
 Rows: `fp32` (the manifest's FP32 ONNX as is) and `minmax` / `entropy` / `percentile`
 (ORT's calibrators on the shared calibration subset). ResNet50 quantizes every op ORT
-supports; GPT-2 quantizes the MatMul/Gemm nodes with a constant weight (activation x
-activation attention MatMuls stay FP32; the LM head stays FP32 unless `--lm-head int8`).
+supports; GPT-2 quantizes the MatMul/Gemm nodes with a constant weight that its quantization
+scope does not keep (utils/registry.py: the default keeps the LM head, and the activation x
+activation attention MatMuls, FP32); `minmax+head` is MinMax with GPT-2's "head" scope (the LM
+head quantized too).
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from pathlib import Path
 
 from quantization.kit import Calibration, ModelContext, main_for, unavailable_import
 from quantization.kit import onnx as oc
+from quantization.kit.macs import MAC_OPS, node_layer
 from utils.errors import SuiteError, failure_reason
+from utils.registry import DEFAULT_SCOPE, TOOLCHAINS
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,13 @@ CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percen
 ENTROPY_BINS = 2048
 
 
+def calib_method(method: str) -> str:
+    """'minmax+head' -> 'minmax': the calibrator of a scope variant."""
+    return method.split("+", 1)[0]
+
+
 @dataclass(frozen=True)
 class Options:
-    lm_head: str = "fp32"
     entropy_bins: int = ENTROPY_BINS
     preprocess: bool = True
 
@@ -92,9 +100,21 @@ def preprocess(src: Path, src_sha: str, cache_root: Path) -> tuple[Path, str]:
         return src, f"quant_pre_process failed ({failure_reason(exc, 120)}); quantized the export directly"
 
 
+def kept_nodes(model, keep, task_kind: str) -> list[str]:
+    """MAC nodes (MatMul/Gemm/Conv) of `model` whose layer the scope keeps in the higher precision (`keep(layer)`)."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in MAC_OPS
+            and keep(node_layer(n.name, len(n.input) > 1 and n.input[1] in consts))]
+
+
 def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, task_kind: str, lm_head: str = "fp32",
-                         extra_options: dict | None = None, entropy_bins: int = 0, bounded: bool = False) -> dict:
+                         keep=None, extra_options: dict | None = None, entropy_bins: int = 0,
+                         bounded: bool = False) -> dict:
     """ORT static INT8 (QDQ, per-channel, U8 activations, S8 weights). Returns what was quantized.
+
+    keep: the quantization scope, `keep(layer) -> bool` for the layers left FP32 (their nodes are not quantized);
+    without it, a language model keeps its LM head FP32 unless lm_head="int8".
 
     bounded: collect the calibration tensors one batch at a time and merge them (ORT's CalibStridedMinMax, which
     every calibrator honours: min/max merge exactly, histograms are merged by range extension), instead of holding
@@ -108,10 +128,16 @@ def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, task_kind
     if task_kind == "language-model":
         nodes = weight_matmuls(model)
         head = lm_head_nodes(model)
-        if lm_head == "fp32":
-            nodes = [n for n in nodes if n not in head]
+        kept = kept_nodes(model, keep, task_kind) if keep is not None else (head if lm_head == "fp32" else [])
+        nodes = [n for n in nodes if n not in kept]
         kw.update(op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes)
-        info.update(quantized_nodes=len(nodes), lm_head=lm_head, lm_head_node=head[0] if head else None)
+        info.update(quantized_nodes=len(nodes), lm_head="int8" if head and head[0] in nodes else "fp32",
+                    lm_head_node=head[0] if head else None, kept_nodes=len(kept))
+    elif keep is not None:  # every op ORT quantizes, except the MAC nodes the scope keeps
+        kept = kept_nodes(model, keep, task_kind)
+        if kept:
+            kw["nodes_to_exclude"] = kept
+        info["kept_nodes"] = len(kept)
     opts = {"ActivationSymmetric": False, "WeightSymmetric": True}
     if task_kind == "image-classification":
         # the classifier's logits stay float (DQ -> Gemm, no output Q): a Q/DQ on the graph output only
@@ -216,54 +242,57 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
                            decoder=dec)
     lm = ctx.task.kind == "language-model"
     calib = oc.calib_key(ctx)
+    scope_name, scope = ctx.scope_for(method)
+    cal = calib_method(method)
     if "pre" not in ctx.state:
         ctx.state["pre"] = preprocess(src, src_sha, ctx.cache_dir) if opts.preprocess else (src, "no quant_pre_process")
     pre, pre_note = ctx.state["pre"]
     options = {"format": "QDQ", "per_channel": True, "act": "U8", "wt": "S8", "preprocess": opts.preprocess,
-               "lm_head": opts.lm_head if lm else None, "float_logits": not lm,
-               "entropy_bins": opts.entropy_bins if method == "entropy" else None}
-    out = oc.artifact_path(ctx.cache_dir, f"{method}-int8", {"src": src_sha, "method": method, **calib, **options})
+               "scope": scope_name, "scope_keeps": list(scope.keep), "float_logits": not lm,
+               "entropy_bins": opts.entropy_bins if cal == "entropy" else None}
+    stem = f"{cal}-int8" if scope_name == DEFAULT_SCOPE else f"{cal}-{scope_name}-int8"
+    out = oc.artifact_path(ctx.cache_dir, stem, {"src": src_sha, "method": cal, **calib, **options})
 
     def build(tmp_out: Path) -> dict:
         reader = oc.ArrayCalibrationReader(_input_name(pre, ctx.task.input_name), oc.calibration_batches(ctx))
-        return {**_quantize_copy(ctx, pre, tmp_out, reader, method, opts), "options": options, **calib,
+        return {**_quantize_copy(ctx, pre, tmp_out, reader, cal, opts, scope.keeps), "options": options, **calib,
                 "src_sha": src_sha}
 
     path, meta, reused = oc.cached_artifact(out, build)
     notes = [pre_note, f"QDQ per-channel U8/S8 (ActivationSymmetric=False, WeightSymmetric=True; S8 activations "
-                       f"measured slower on the CPU EP), {CALIB_METHODS[method]} calibration"]
+                       f"measured slower on the CPU EP), {CALIB_METHODS[cal]} calibration"]
     if lm:
-        notes.append(f"{meta.get('quantized_nodes')} weight MatMul/Gemm quantized, attention MatMuls FP32, "
-                     f"LM head {meta.get('lm_head')}")
+        notes.append(f"quantization scope '{scope_name}': {meta.get('quantized_nodes')} weight MatMul/Gemm quantized, "
+                     f"attention MatMuls FP32, LM head {meta.get('lm_head')}")
     if meta.get("calibration_memory"):
         notes.append(f"calibration memory {meta['calibration_memory']}")
     if reused:
         notes.append("cached artifact reused (calib_seconds from the run that made it)")
     dec_q = None
-    if lm and dec is not None:
-        dec_q = quantize_decoder(ctx, dec, method, options, opts)
+    if lm and dec is not None and method in TOOLCHAINS[TOOLCHAIN].generates.get(ctx.model, ()):
+        dec_q = quantize_decoder(ctx, dec, cal, options, opts, scope.keeps)
         notes.append("decode rows: the KV-cache decoder graph quantized the same way, calibrated on the second half "
                      "of each calibration window with the FP32 keys/values of the first half as its past")
     return oc.Artifact(path, method, precision, decoder=dec_q,
                        calibration=Calibration(calib["n_calib"], round(meta["calib_seconds"], 3),
-                                               CALIB_METHODS[method].lower()),
+                                               CALIB_METHODS[cal].lower()),
                        notes=notes, extra={"quant_options": options, "calib_samples_fed": meta.get("calib_samples_fed")})
 
 
-def _quantize_copy(ctx: ModelContext, pre: Path, tmp_out: Path, reader, method: str, opts: Options) -> dict:
+def _quantize_copy(ctx: ModelContext, pre: Path, tmp_out: Path, reader, method: str, opts: Options, keep=None) -> dict:
     """quantize_static on a private copy of `pre` (ORT writes augmented models next to its input); returns what was
     quantized, the calibration seconds and the samples fed per pass."""
     with tempfile.TemporaryDirectory(prefix="ortq-") as tmp:
         work = oc.copy_for_tool(pre, Path(tmp), "model.onnx")
         t0 = time.perf_counter()
-        info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind,
-                                    lm_head=opts.lm_head, entropy_bins=opts.entropy_bins, bounded=oc.large_model(pre))
+        info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind, keep=keep,
+                                    entropy_bins=opts.entropy_bins, bounded=oc.large_model(pre))
         secs = time.perf_counter() - t0
     oc.check_onnx(tmp_out)
     return {"calib_seconds": secs, "calib_samples_fed": reader.passes, **info}
 
 
-def quantize_decoder(ctx: ModelContext, dec: Path, method: str, options: dict, opts: Options) -> Path:
+def quantize_decoder(ctx: ModelContext, dec: Path, method: str, options: dict, opts: Options, keep=None) -> Path:
     """The KV-cache decoder quantized with the same method and options as the full-sequence graph (cached)."""
     from utils.atomic import sha256_file
 
@@ -277,7 +306,7 @@ def quantize_decoder(ctx: ModelContext, dec: Path, method: str, options: dict, o
         pre, _ = preprocess(dec, dec_sha, ctx.cache_dir) if opts.preprocess else (dec, "")
         feeds = oc.decoder_calibration_feeds(ctx.manifest, dec, oc.calibration_batches(ctx), ctx.cfg.threads)
         reader = oc.FeedCalibrationReader(feeds)
-        return {**_quantize_copy(ctx, pre, tmp_out, reader, method, opts), "options": options, **calib,
+        return {**_quantize_copy(ctx, pre, tmp_out, reader, method, opts, keep), "options": options, **calib,
                 "src_sha": dec_sha}
 
     path, _, _ = oc.cached_artifact(out, build)
@@ -300,8 +329,6 @@ class OrtRoute(oc.OnnxRoute):
     def add_options(self, ap: argparse.ArgumentParser) -> None:
         super().add_options(ap)
         g = ap.add_argument_group("ONNX Runtime")
-        g.add_argument("--lm-head", default="fp32", choices=("fp32", "int8"),
-                       help="GPT-2: keep the final vocabulary projection in FP32 or quantize it too")
         g.add_argument("--entropy-bins", type=int, default=ENTROPY_BINS,
                        help="histogram bins of the Entropy calibrator (ORT's own default, 128, makes Entropy equal "
                             "MinMax; 0 keeps ORT's default)")

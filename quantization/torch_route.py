@@ -151,15 +151,19 @@ SCORE_BATCH = 120  # classification scoring batch; padded so compiled models see
 
 # ------------------------------------------------------------------------------ ResNet50
 
-def resnet_fx(model, calib: np.ndarray):
+def resnet_fx(model, calib: np.ndarray, keep_modules: tuple[str, ...] = ()):
+    """FX INT8 (x86 qconfig mapping); `keep_modules`: module paths the quantization scope leaves FP32."""
     import torch
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = "x86"
+    mapping = get_default_qconfig_mapping("x86")
+    for name in keep_modules:
+        mapping = mapping.set_module_name(name, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (torch.from_numpy(calib[:2]),))
+        prepared = prepare_fx(model, mapping, (torch.from_numpy(calib[:2]),))
         with torch.inference_mode():
             for i in range(0, len(calib), 32):
                 prepared(torch.from_numpy(calib[i:i + 32]))
@@ -409,6 +413,40 @@ def resnet_pt2e(model, calib: np.ndarray, latency_resolution: int | None = None)
     return scored, timed if timed is not None else scored
 
 
+QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+
+
+def fx_quantized_modules(gm) -> list[str]:
+    """Module paths of a converted FX model's quantized convolution/linear modules (fbgemm/oneDNN INT8 kernels; a
+    fused conv+relu keeps the conv's path)."""
+    return [name for name, m in gm.named_modules()
+            if type(m).__module__.startswith(QUANTIZED_MODULES) and "Packed" not in type(m).__name__
+            and ("Conv" in type(m).__name__ or "Linear" in type(m).__name__)]
+
+
+def pt2e_quantized_modules(gm) -> list[str]:
+    """Module paths (torch.export's nn_module_stack) of a converted pt2e graph's convolutions/linears whose activation
+    and weight both come through a dequantize node: the dequantize -> conv/linear -> quantize patterns inductor's x86
+    lowering fuses into oneDNN INT8 kernels."""
+    out = []
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or not any(k in str(n.target) for k in ("conv", "linear")) or len(n.args) < 2:
+            continue
+        if all("dequantize" in str(getattr(a, "target", "")) for a in n.args[:2]):
+            stack = n.meta.get("nn_module_stack") or {}
+            if stack:
+                out.append(str(list(stack.values())[-1][0]))
+    return list(dict.fromkeys(out))
+
+
+def kept_modules(ctx: ModelContext, method: str) -> tuple[str, ...]:
+    """Module paths of the MAC layers the variant's quantization scope keeps in the higher precision."""
+    _, scope = ctx.scope_for(method)
+    if not scope.keep:
+        return ()
+    return tuple(x for x in ctx.macs["layers"] if ":" not in x and scope.keeps(x))
+
+
 def _resnet(ctx: ModelContext):
     from models.embedded import load_resnet50
 
@@ -470,6 +508,15 @@ def compile_note(base: str, device: str) -> str:
             "extra.compile); compile time in first_call_ms")
 
 
+def _cast_coverage(prec: str) -> dict:
+    """A module cast to fp16/bf16 runs every multiply-accumulate (weights and activations) in that type."""
+    if prec == "fp32":
+        return {}
+    from quantization.kit.macs import ALL_LAYERS
+
+    return {"reduced_layers": ALL_LAYERS, "coverage_source": f"the module and its inputs cast to {HALF[prec]}"}
+
+
 def _build_image(method: str):
     """eager / inductor (default, channels-last + cudnn.benchmark, max-autotune), FP32 or cast to fp16/bf16, on cpu
     or cuda."""
@@ -499,14 +546,14 @@ def _build_image(method: str):
         elif isinstance(model, Compiled):
             kw["timed"] = host_timed(lambda m: torch_predict(m, device, dtype, channels_last=cl), model)
         return Built(torch_predict(model, device, dtype, channels_last=cl), size_mb=size, compute_precision=prec,
-                     handle=model, **kw)
+                     handle=model, **_cast_coverage(prec), **kw)
 
     return build
 
 
 def build_fx(ctx: ModelContext, device: str = "cpu") -> Built:
     t0 = time.time()
-    model = resnet_fx(_resnet(ctx), ctx.task.calib_array(ctx.data))
+    model = resnet_fx(_resnet(ctx), ctx.task.calib_array(ctx.data), kept_modules(ctx, "fx"))
     calib_s = time.time() - t0
     # a converted FX model that first ran at 16x16 stays ~5x slower at 224x224 (kernel state kept from the
     # first shape); the timed copy has only ever seen the latency shape. Both run as frozen TorchScript
@@ -515,7 +562,8 @@ def build_fx(ctx: ModelContext, device: str = "cpu") -> Built:
     timed = torch_predict(jit_frozen(copy.deepcopy(model)))
     return Built(torch_predict(jit_frozen(model)), size_mb=size, compute_precision="int8",
                  calibration=_calibration(ctx, calib_s), score_batch=SCORE_BATCH, score_pad=True,
-                 timed=lambda x: (lambda: timed(x)), handle=model,
+                 timed=lambda x: (lambda: timed(x)), handle=model, reduced_layers=fx_quantized_modules(model),
+                 coverage_source="the quantized modules convert_fx swapped in",
                  notes=["FX graph mode (deprecated API), x86 qconfig mapping, fbgemm/onednn kernels",
                         "run as frozen TorchScript (torch.jit.trace + torch.jit.freeze)",
                         "below the INT8 GEMM ceiling because FX runs the 16 residual add-ReLUs as separate "
@@ -542,6 +590,9 @@ def build_pt2e(ctx: ModelContext, device: str = "cpu") -> Built:
                  calibration=_calibration(ctx, calib_s), score_batch=SCORE_BATCH, score_pad=True,
                  timed=host_timed(torch_predict, timed),
                  extra={"n_qparams": len(qparams(q)), "compile": timed.stats, "compile_scoring": scored.stats},
+                 reduced_layers=pt2e_quantized_modules(q_timed),
+                 coverage_source="the converted pt2e graph (dequantize -> conv/linear patterns inductor lowers to "
+                                 "oneDNN INT8)",
                  notes=["torchao pt2e X86InductorQuantizer + torch.compile (inductor, freezing, fullgraph; every "
                         "compiled call checked: extra.compile); compare with "
                         "the inductor FP32 row; the 224x224 graph carries the same calibrated qparams",
@@ -590,7 +641,11 @@ def torchao_config(method: str):
     return getattr(tq, TORCHAO_CONFIGS[method])(set_inductor_config=False)
 
 
-def gpt2_quantized(hf_dir: str, method: str, device: str = "cpu"):
+def gpt2_quantized(hf_dir: str, method: str, device: str = "cpu", keep=None):
+    """torchao quantization of GPT-2's linear layers (HF Conv1D converted to nn.Linear first); `keep(module path) ->
+    bool`: the quantization scope's layers left FP32 (default: every linear outside the transformer blocks, i.e. the
+    LM head)."""
+    import torch
     from torchao.quantization import quantize_
 
     from models.embedded import load_gpt2
@@ -598,8 +653,18 @@ def gpt2_quantized(hf_dir: str, method: str, device: str = "cpu"):
     model = load_gpt2(hf_dir)
     n = conv1d_to_linear(model)
     model = model.to(device)
-    quantize_(model, torchao_config(method), filter_fn=_block_linear)
+    filter_fn = _block_linear if keep is None else (
+        lambda m, fqn: isinstance(m, torch.nn.Linear) and not keep(fqn))
+    quantize_(model, torchao_config(method), filter_fn=filter_fn)
     return model.eval(), n
+
+
+def quantized_linears(model) -> list[str]:
+    """Module paths of the linear layers whose weight torchao replaced by a quantized tensor subclass."""
+    import torch
+
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and type(m.weight.data if isinstance(m.weight, torch.nn.Parameter) else m.weight) is not torch.Tensor]
 
 
 def _lm_call(model, ids):
@@ -654,7 +719,7 @@ def _build_lm(method: str):
         # inductor compiles for static shapes: a growing KV cache would recompile per token, so no decode rows
         gen = lm_generate(model, device) if base == "eager" else None
         return Built(lm_logits(model, device), size_mb=size, compute_precision=prec, notes=notes, handle=model,
-                     generate=gen, extra=extra, **_lm_timing(model, device))
+                     generate=gen, extra=extra, **_cast_coverage(prec), **_lm_timing(model, device))
 
     return build
 
@@ -662,17 +727,25 @@ def _build_lm(method: str):
 def _build_torchao_lm(method: str):
     def build(ctx: ModelContext, device: str = "cpu") -> Built:
         t0 = time.time()
-        model, n = gpt2_quantized(ctx.manifest["hf_dir"], method, device)
+        scope_name, scope = ctx.scope_for(method)
+        model, n = gpt2_quantized(ctx.manifest["hf_dir"], method, device, keep=scope.keeps)
         prep_s = time.time() - t0
+        swapped = quantized_linears(model)
         scheme = {"weight-only": "weights: per-channel INT8", "dynamic": "weights: per-channel INT8; activations: "
                   "per-token dynamic INT8", "fp8": "weights and activations float8_e4m3fn, per-tensor scales, "
                   "activations scaled dynamically; FP8 matmuls (torch._scaled_mm)"}[method]
-        notes = (f"torchao {TORCHAO_CONFIGS[method]} on {n} Conv1D->Linear block layers; LM head FP32; no "
-                 f"calibration ({scheme}); run eager")
+        notes = (f"torchao {TORCHAO_CONFIGS[method]} on {len(swapped)} of {n} Conv1D->Linear layers (quantization "
+                 f"scope '{scope_name}'); no calibration ({scheme}); run eager")
+        dynamic = method in ("dynamic", "fp8")  # the matmuls themselves run int8 / fp8
         return Built(lm_logits(model, device), size_mb=state_size_mb(model.state_dict()),
                      compute_precision={"dynamic": "int8", "fp8": "fp8"}.get(method, "fp32"),
                      calibration=Calibration(0, prep_s, None),
                      notes=[notes] + _device_notes(device, "fp32"), handle=model, generate=lm_generate(model, device),
+                     reduced_layers=swapped if dynamic else [],
+                     coverage_source=(f"the linear layers whose weights torchao swapped "
+                                      f"({'fp8 x fp8' if method == 'fp8' else 'int8 x int8'} matmuls)" if dynamic
+                                      else "weight-only: int8 weights dequantized inside float matmuls "
+                                           "(no layer multiplies in integer)"),
                      **_lm_timing(model, device))
     return build
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 # embedded: the offline default trained on first use; pretrained: real weights and data; random: the real
 # architectures (torchvision ResNet50, Hugging Face GPT-2 small) randomly initialised, for latency, size and memory only
@@ -17,6 +18,23 @@ WEIGHTS = ("embedded", "pretrained", "random")
 
 
 # ------------------------------------------------------------------------------ models
+
+@dataclass(frozen=True)
+class Scope:
+    """Which layers a quantized variant leaves in the higher precision. A layer is a torch module path
+    (`transformer.h.0.attn.c_attn`, `lm_head`, `layer1.0.conv1`) or a module's bucket of activation x activation
+    MatMuls (`transformer.h.0.attn:scores`: attention scores and context); `keep` holds fnmatch patterns of them
+    (quantization/kit/macs.py names the layers of the exported FP32 ONNX the same way)."""
+
+    keep: tuple[str, ...] = ()
+    doc: str = ""
+
+    def keeps(self, layer: str) -> bool:
+        return any(fnmatchcase(layer, p) for p in self.keep)
+
+
+DEFAULT_SCOPE = "default"
+
 
 @dataclass(frozen=True)
 class ModelDecl:
@@ -28,11 +46,27 @@ class ModelDecl:
     # --weights random: the real-size model on 2 cores (one latency batch, fewer calibration samples: bounded memory)
     random_batches: tuple[int, ...] = (1,)
     random_calib: int = 32
+    # the quantization scopes of this model: "default" is what every INT8/INT4/FP8 variant quantizes unless its
+    # toolchain declares another scope for it (Toolchain.method_scopes); a route honours its variant's scope or its
+    # rows say which layers differ (the kit compares the scope with the layers the runtime ran in reduced precision)
+    scopes: dict[str, Scope] = field(default_factory=lambda: {DEFAULT_SCOPE: Scope()})
+
+    def scope(self, name: str = DEFAULT_SCOPE) -> Scope:
+        return self.scopes[name]
 
 
 MODEL_DECLS: dict[str, ModelDecl] = {
-    "resnet50": ModelDecl("resnet50", "image-classification", "top1", (1, 32), 128),
-    "gpt2": ModelDecl("gpt2", "language-model", "ppl", (1, 8), 64),
+    "resnet50": ModelDecl("resnet50", "image-classification", "top1", (1, 32), 128,
+                          scopes={DEFAULT_SCOPE: Scope((), "every convolution and the classifier")}),
+    # GPT-2: the LM head (tied to the token embedding; 768 x 50,257 per token, a third of GPT-2 small's prefill
+    # arithmetic) and the attention score/context MatMuls stay in the higher precision by default, as ModelOpt's and
+    # most LLM recipes do; "head" quantizes the LM head too
+    "gpt2": ModelDecl("gpt2", "language-model", "ppl", (1, 8), 64,
+                      scopes={DEFAULT_SCOPE: Scope(("lm_head", "*:scores"),
+                                                   "the transformer blocks' linear layers; LM head and attention "
+                                                   "score/context MatMuls in the higher precision"),
+                              "head": Scope(("*:scores",), "the blocks' linear layers and the LM head; attention "
+                                                           "score/context MatMuls in the higher precision")}),
 }
 MODELS = tuple(MODEL_DECLS)
 METRIC = {m: d.metric for m, d in MODEL_DECLS.items()}
@@ -52,6 +86,13 @@ def default_calib(model: str, weights: str = "embedded") -> int:
 
 def task_of(model: str) -> str:
     return MODEL_DECLS[model].task
+
+
+def scope_of(toolchain: str, model: str, method: str) -> tuple[str, Scope]:
+    """(name, Scope) a toolchain's variant quantizes: its declared scope (Toolchain.method_scopes), else the
+    model's default."""
+    name = TOOLCHAINS[toolchain].method_scopes.get(method, DEFAULT_SCOPE)
+    return name, MODEL_DECLS[model].scope(name)
 
 
 # ------------------------------------------------------------------------------ environments
@@ -126,6 +167,11 @@ class Toolchain:
     # method -> factor on the default seconds planned for one of its GPU items that no earlier run has measured (a
     # method that compiles much longer than the others, e.g. max-autotune)
     estimate_factor: dict[str, float] = field(default_factory=dict)
+    # method -> the model's quantization scope it quantizes (ModelDecl.scopes), where not the default
+    method_scopes: dict[str, str] = field(default_factory=dict)
+    # methods that run by default only with --weights random (elsewhere when --methods names them): the scope
+    # variants, whose point is the real model's speed and whose cost the embedded default run need not carry
+    random_only: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -139,6 +185,7 @@ class Toolchain:
         """The methods a run on `device` does when --methods names none: all but the device's opt-in ones (and, with
         random weights, but the latency twins)."""
         skip = set(self.opt_in.get(device, ())) | (set(self.latency_twins) if weights == "random" else set())
+        skip |= set(self.random_only) if weights != "random" else set()
         return tuple(m for m in self.methods(model) if m not in skip)
 
     def opt_in_text(self) -> str:
@@ -221,8 +268,10 @@ _DECLS = (
         route="quantization.onnxruntime_route:ROUTE",
         env=EnvDecl("onnxruntime", (Part("onnxruntime.txt"),), tests="tests/onnxruntime",
                     imports=_BASE_IMPORTS + ("onnx", "onnxruntime")),
-        variants={m: (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8"))
-                  for m in _ONNX_MODELS},
+        # minmax+head: the "head" scope (GPT-2's LM head quantized too), beside minmax's default scope
+        variants={"resnet50": (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8")),
+                  "gpt2": (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8"),
+                           ("minmax+head", "int8"))},
         packages=_BASE + ("onnx", "onnxruntime", "onnxruntime-gpu"),
         devices=("cpu", "cuda"),
         device_flag=True,
@@ -232,6 +281,8 @@ _DECLS = (
         generates={"gpt2": ("fp32", "minmax", "entropy", "percentile")},  # the exported KV-cache decoder graph
         marker="s",
         measures_ceilings=True,
+        method_scopes={"minmax+head": "head"},
+        random_only=("minmax+head",),
     ),
     Toolchain(
         name="modelopt-onnx",
@@ -252,15 +303,19 @@ _DECLS = (
         route="quantization.openvino_route.route:ROUTE",
         env=EnvDecl("openvino", (Part("openvino.txt"),), tests="tests/openvino",
                     imports=_BASE_IMPORTS + ("openvino", "nncf", "onnx")),
-        # int8: NNCF post-training quantization (GPT-2 with model_type=transformer); int8-wo / int4-wo: NNCF
-        # weight-only compression (INT8_ASYM; INT4_SYM, group 128, embedding and LM head kept INT8_ASYM by NNCF)
+        # int8: NNCF post-training quantization (GPT-2 with model_type=transformer, the scope's kept layers in NNCF's
+        # ignored scope); int8+head: the same with GPT-2's LM head quantized too ("head" scope); int8-wo / int4-wo:
+        # NNCF weight-only compression (INT8_ASYM; INT4_SYM, group 128, embedding and LM head kept INT8_ASYM by NNCF)
         variants={"resnet50": (("fp32", "fp32"), ("int8", "int8")),
-                  "gpt2": (("fp32", "fp32"), ("int8", "int8"), ("int8-wo", "int8"), ("int4-wo", "int4"))},
+                  "gpt2": (("fp32", "fp32"), ("int8", "int8"), ("int8-wo", "int8"), ("int4-wo", "int4"),
+                           ("int8+head", "int8"))},
         packages=_BASE + ("openvino", "nncf", "onnx"),
         devices=("cpu",),
         needs=("torch",),  # reads the FP32 ONNX that models.prepare exports
         baseline=("openvino", "fp32"),
         marker="P",
+        method_scopes={"int8+head": "head"},
+        random_only=("int8+head",),
     ),
     Toolchain(
         name="modelopt-tripy",

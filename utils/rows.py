@@ -47,6 +47,9 @@ class ResultRow:
     # work per item counted from the model itself, and the precision its matmuls run in
     ops_per_item: float | None = None
     compute_precision: str | None = None
+    # % of the model's multiply-accumulates (quantization/kit/macs.py) the deployed artifact ran in reduced precision,
+    # read from what its runtime executed (quantized rows; the layers and the scope comparison are in extra.coverage)
+    coverage_pct: float | None = None
     size_mb: float | None = None
     calib_samples: int | None = None
     calib_seconds: float | None = None

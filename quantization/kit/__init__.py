@@ -59,6 +59,12 @@ class Built:
     generate:  language models with a KV cache: `generate(ids, state) -> (last-position logits (B, V), state)`,
                state None for the prompt; the kit runs greedy generation with it (`greedy`) for the decode rows.
     gpu_peak_mb: optional `() -> MB` device memory high-water since the variant was built (GPU rows).
+    reduced_layers: the layers (torch module paths, quantization/kit/macs.py) whose multiply-accumulates the runtime
+               ran in reduced precision, read from what it executed (ORT's executed kernels, OpenVINO's runtime model,
+               the modules torch swapped, TensorRT's engine inspector), or macs.ALL_LAYERS; None: not reported. The
+               kit turns it into the row's `coverage_pct` (share of the model's MACs) and compares it with the
+               variant's quantization scope; `coverage_source` says where it was read. Routes whose runtime reports
+               names of the FP32 ONNX's nodes (or names derived from them) set `reduced_nodes` instead.
     """
 
     predict: Callable[[np.ndarray], np.ndarray]
@@ -79,6 +85,9 @@ class Built:
     generate: Callable[[np.ndarray, Any], tuple[np.ndarray, Any]] | None = None
     gpu_peak_mb: Callable[[], float | None] | None = None
     artifact: Path | None = None  # the file the variant runs, when it is one (ONNX, engine)
+    reduced_layers: list[str] | str | None = None
+    reduced_nodes: list[str] | None = None  # or: runtime names of the ONNX nodes that ran reduced (the kit maps them)
+    coverage_source: str = ""
 
 
 @dataclass
@@ -99,6 +108,21 @@ class ModelContext:
     def cache_dir(self) -> Path:
         """`<model cache>/<toolchain>/`: where this route keeps its artifacts."""
         return self.source.cache_dir / self.cfg.toolchain
+
+    def scope_for(self, method: str):
+        """(name, utils.registry.Scope) of the layers `method` quantizes: which ones stay in the higher precision."""
+        from utils.registry import scope_of
+
+        return scope_of(self.cfg.toolchain, self.model, method)
+
+    @property
+    def macs(self) -> dict:
+        """The model's MAC table per layer (quantization/kit/macs.py), from the manifest or computed once."""
+        if "_macs" not in self.state:
+            from quantization.kit.macs import table_for
+
+            self.state["_macs"] = table_for(self.manifest, self.source.cache_dir, self.task.kind)
+        return self.state["_macs"]
 
     def artifacts_of(self, toolchain: str) -> Path:
         """Another toolchain's artifact folder for this model (only for toolchains this one `needs`)."""
@@ -491,6 +515,7 @@ def _build_and_score(route: Route, ctx: ModelContext, w: RowWriter, it: Item, d:
         fields, extra = reused if reused is not None else _score_variant(ctx, built, it.method, d)
         extra["plan_item"] = {"ident": it.ident, "config_key": records.plan.config_key(it),
                               "score_key": records.plan.score_key(it)}
+        fields.update(_coverage(ctx, built, it, extra))
         score_s = time.time() - t1
         _, hwm = _rss_mb()
         if reused is not None:
@@ -526,6 +551,46 @@ def _build_and_score(route: Route, ctx: ModelContext, w: RowWriter, it: Item, d:
                           extra={**v.extra, "pending": "scored; latency not timed yet"}))
         v.rows[r.key] = r
     return v
+
+
+def coverage_of(ctx: ModelContext, built: Built, method: str) -> dict | None:
+    """The built variant's coverage (quantization/kit/macs.py `coverage`: share of the model's MACs its runtime ran in
+    reduced precision, and the layers that differ from the variant's quantization scope) with the scope's name and
+    where it was read; None when the route reports no layers. Raises when the model's MAC table cannot be made."""
+    if built.reduced_layers is None and built.reduced_nodes is None:
+        return None
+    from quantization.kit.macs import ALL_LAYERS, coverage, layers_of
+
+    table = ctx.macs
+    name, scope = ctx.scope_for(method)
+    reduced = built.reduced_layers
+    if reduced != ALL_LAYERS:
+        reduced = list(reduced or []) + (layers_of(table, built.reduced_nodes) if built.reduced_nodes else [])
+    return {**coverage(table, reduced, scope.keeps), "scope": name, "scope_keeps": list(scope.keep),
+            "source": built.coverage_source or "the route's runtime"}
+
+
+def _coverage(ctx: ModelContext, built: Built, it: Item, extra: dict) -> dict:
+    """The row's coverage (share of the model's MACs the runtime ran in reduced precision) from the layers the route
+    reports, compared with the variant's quantization scope; the comparison goes to the notes and `extra`. FP32 rows
+    have none; a quantized row whose route reports nothing says so."""
+    if it.precision == "fp32":
+        return {}
+    from quantization.kit.macs import coverage_note
+
+    try:
+        cov = coverage_of(ctx, built, it.method)
+    except Exception as exc:  # noqa: BLE001 - no MAC table (an unusual graph): the row stands without its coverage
+        log.warning("no MAC table for %s: %s", ctx.model, failure_reason(exc))
+        built.notes.append(f"coverage not computed: no MAC table ({failure_reason(exc, 160)})")
+        return {}
+    if cov is None:
+        built.notes.append("coverage not reported: this route does not read which layers its runtime ran in reduced "
+                           "precision")
+        return {}
+    built.notes.append(coverage_note(cov, cov["scope"], cov["source"]))
+    extra["coverage"] = cov
+    return {"coverage_pct": cov["coverage_pct"]}
 
 
 SCORE_FIELDS = ("value", "top5", "agreement", "flips_lost", "flips_gained", "sqnr_db", "kl", "fidelity_vs", "xrt_vs",

@@ -38,6 +38,9 @@ TRT_EP = "TensorrtExecutionProvider"
 # ORT kernels that really compute in integer arithmetic (what a fused Q/DQ pattern becomes on CPU)
 INT_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "DynamicQuantizeMatMul",
                "MatMulIntegerToFloat", "QAttention", "MatMulNBits", "QLinearAdd", "QLinearGlobalAveragePool")
+# of those, the kernels whose multiply-accumulates run in integer arithmetic (a row's coverage): MatMulNBits keeps
+# 4-bit weights but, at ORT's default accuracy level, dequantizes them and multiplies in float
+REDUCED_KERNELS = tuple(k for k in INT_KERNELS if k != "MatMulNBits")
 
 
 # ------------------------------------------------------------------------------ files
@@ -141,6 +144,15 @@ class ProviderRecord:
     session: tuple[str, ...]  # session.get_providers(): what ORT registered (it falls back silently)
     nodes_by_provider: dict[str, int]  # kernels that really ran, from the profile
     ops: dict[str, int]  # op types of the kernels that ran (after ORT's graph fusions)
+    kernels: dict[str, str] = field(default_factory=dict)  # node name -> op type of every kernel that ran
+
+    def reduced_nodes(self) -> list[str] | None:
+        """Names of the executed nodes that multiply in integer arithmetic (ORT keeps the original node's name on a
+        fused kernel: QGemm '/m/.../c_attn/Gemm'); None where the kernels ran inside the TensorRT EP (fused engines
+        whose nodes the profile does not name)."""
+        if any("Tensorrt" in p for p in self.nodes_by_provider):
+            return None
+        return [n for n, op in self.kernels.items() if op in REDUCED_KERNELS]
 
     @property
     def main_provider(self) -> str:
@@ -194,7 +206,7 @@ def provider_record(path: Path | str, threads: int, providers: list[str], feed: 
         by_prov.setdefault(args["provider"], set()).add(name)
         ops[name] = args.get("op_name", "?")
     return ProviderRecord(tuple(providers), session_providers, {p: len(s) for p, s in by_prov.items()},
-                          dict(Counter(ops.values()).most_common()))
+                          dict(Counter(ops.values()).most_common()), ops)
 
 
 # ------------------------------------------------------------------------------ calibration
@@ -470,4 +482,6 @@ def onnx_built(ctx: ModelContext, art: Artifact, device: str, slow_reason=None) 
         extra.update(decoder_onnx=artifacts.relative_to(ctx.source.cache_dir, art.decoder),
                      decoder_onnx_sha=sha256_file(art.decoder)[:16])
     return Built(predict, size_mb=file_size_mb(art.path), compute_precision=compute, calibration=art.calibration,
-                 notes=notes, extra=extra, timed=timed, handle=sess, artifact=Path(art.path), generate=generate)
+                 notes=notes, extra=extra, timed=timed, handle=sess, artifact=Path(art.path), generate=generate,
+                 reduced_nodes=rec.reduced_nodes(),
+                 coverage_source="ONNX Runtime's profile of the executed kernels")

@@ -122,7 +122,9 @@ def build_cpu(ctx: ModelContext, method: str) -> Built:
     cal = None if method == FP32 else Calibration(int(data.calib.shape[0]), calib_s,
                                                   "awq_lite" if method == "int4-weight-only" else "max")
     return Built(_hf_logits_fn(fq), size_mb=deploy_size_mb(sd, None if method == FP32 else method),
-                 compute_precision="fp32", calibration=cal, notes=[notes], extra=extra, batches=())
+                 compute_precision="fp32", calibration=cal, notes=[notes], extra=extra, batches=(),
+                 reduced_layers=[], coverage_source="ModelOpt fake quantization (quantize-dequantize in float, every "
+                                                    "multiply in fp32)")
 
 
 def build_tripy(ctx: ModelContext, method: str, precision: str) -> Built:

@@ -336,6 +336,53 @@ def runtime_precisions(compiled) -> dict:
             "float_compute": n_float, "compute_precision": label, "executed": executed, "all": plain(every)}
 
 
+# kernel precisions that multiply in a reduced type (a row's coverage); f32 kernels of weight-compressed layers are not
+REDUCED_TYPES = ("u8", "i8", "u4", "i4", "bf16", "f16", "f8e4m3", "f8e5m2")
+# runtime layer types whose kernels hold the model's MatMuls: the compute layers and the CPU plugin's fused subgraphs
+# (attention MatMuls run inside a Subgraph or ScaledDotProductAttention node)
+MAC_HOLDERS = COMPUTE_LAYERS + ("Subgraph", "ScaledDotProductAttention")
+
+
+def reduced_original_names(compiled) -> list[str]:
+    """The original (ONNX-derived) layer names, from `originalLayersNames`, of every runtime layer holding MatMuls or
+    convolutions whose kernel (primitiveType's last token, else runtimePrecision) runs in a reduced type. Call after
+    one inference (kernels of dynamic shapes are picked then)."""
+    out: list[str] = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if (_rt_str(rt, "layerType") or op.get_type_name()) not in MAC_HOLDERS:
+            continue
+        kernel = _rt_str(rt, "primitiveType") or ""
+        prec = kernel.rsplit("_", 1)[-1].lower() if "_" in kernel and not kernel.startswith("undef") else \
+            (_rt_str(rt, "runtimePrecision") or "").lower()
+        if prec in REDUCED_TYPES:
+            out += [n for n in (_rt_str(rt, "originalLayersNames") or "").split(",") if n]
+    return out
+
+
+COMPRESSED_WEIGHT_TYPES = ("u8", "i8", "u4", "i4", "nf4")
+
+
+def weight_compressed_original_names(compiled) -> list[str]:
+    """The original layer names of every runtime layer holding MatMuls whose weights are stored compressed
+    (runtimePrecision u8/i8/u4/i4) while its kernel name reads float: what the plugin's dynamic quantization makes
+    integer when it is active (which only the on/off timing can tell: `dq_account`)."""
+    out: list[str] = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if (_rt_str(rt, "layerType") or op.get_type_name()) not in MAC_HOLDERS:
+            continue
+        if (_rt_str(rt, "runtimePrecision") or "").lower() in COMPRESSED_WEIGHT_TYPES:
+            out += [n for n in (_rt_str(rt, "originalLayersNames") or "").split(",") if n]
+    return out
+
+
+def mac_op_names(model) -> list[str]:
+    """Friendly names of the ov.Model's MatMul/convolution ops (what NNCF's ignored scope names)."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() in ("MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData")]
+
+
 def _rt_str(rt, key: str) -> str | None:
     if key not in rt:
         return None

@@ -5,7 +5,10 @@ NNCF weight-only compression, compiled for the OpenVINO CPU plugin.
 
 Rows (utils/registry.py declares them):
   fp32     the FP32 ONNX as OpenVINO's ONNX frontend reads it (INFERENCE_PRECISION_HINT=f32: no silent bf16)
-  int8     nncf.quantize on the shared calibration subset (preset performance; GPT-2 with model_type=transformer)
+  int8     nncf.quantize on the shared calibration subset (preset performance; GPT-2 with model_type=transformer),
+           the layers its quantization scope keeps (utils/registry.py: GPT-2's LM head and attention MatMuls) in
+           NNCF's ignored scope
+  int8+head  the same with GPT-2's "head" scope (the LM head quantized too)
   int8-wo  nncf.compress_weights INT8_ASYM (GPT-2; data-free, activations stay float)
   int4-wo  nncf.compress_weights INT4_SYM, group 128, ratio 1.0 (GPT-2; NNCF keeps the embedding and the LM head
            in INT8_ASYM); `--int4-mode int4_asym` for the asymmetric variant
@@ -36,6 +39,7 @@ from utils.errors import SuiteError
 log = logging.getLogger(__name__)
 
 TOOLCHAIN = "openvino"
+PTQ = ("int8", "int8+head")
 WEIGHT_ONLY = {"int8-wo": "int8_asym", "int4-wo": None}  # None: --int4-mode
 FLOAT_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
@@ -70,13 +74,34 @@ def versions() -> dict:
 
 # ------------------------------------------------------------------------------ artifacts
 
+def ignored_names(ctx: ModelContext, method: str) -> tuple[str, list[str]]:
+    """(scope name, NNCF ignored-scope names): the friendly names of the OpenVINO model's MatMul/convolution ops whose
+    layer the variant's quantization scope keeps in the higher precision. OpenVINO's ONNX frontend names an op after
+    its ONNX node ('/m/.../c_attn/Gemm/WithoutBiases') or the graph output it makes ('logits': GPT-2's LM head);
+    kit.macs maps both back to the FP32 ONNX's nodes."""
+    from quantization.kit.macs import node_of
+
+    name, scope = ctx.scope_for(method)
+    if not scope.keep:
+        return name, []
+    table = ctx.macs
+    out = []
+    for op in O.mac_op_names(O.read_onnx(ctx.state["src"][0])):
+        node = node_of(table, op)
+        if node is not None and scope.keeps(table["nodes"][node]["layer"]):
+            out.append(op)
+    return name, out
+
+
 def make_ir(ctx: ModelContext, method: str, opts: Options) -> tuple[Path, dict, bool]:
     """The quantized / weight-compressed IR of `method` (made, or reused when its files match their hashes)."""
     src, src_sha = ctx.state["src"]
     lm = ctx.task.kind == "language-model"
-    if method == "int8":
+    if method in PTQ:
+        scope, ignored = ignored_names(ctx, method)
         settings = {"kind": "ptq", "preset": opts.preset, "model_type": "transformer" if lm else None,
-                    "fast_bias_correction": opts.fast_bias_correction, **oc.calib_key(ctx)}
+                    "fast_bias_correction": opts.fast_bias_correction, "scope": scope, "ignored": ignored,
+                    **oc.calib_key(ctx)}
     elif method in WEIGHT_ONLY:
         mode = WEIGHT_ONLY[method] or opts.int4_mode
         int4 = mode.startswith("int4")
@@ -92,7 +117,8 @@ def make_ir(ctx: ModelContext, method: str, opts: Options) -> tuple[Path, dict, 
         if settings["kind"] == "ptq":
             batches = calibration_batches(ctx)
             model, info = O.ptq_int8(model, batches, model_type=settings["model_type"], preset=opts.preset,
-                                     subset_size=len(batches), fast_bias_correction=opts.fast_bias_correction)
+                                     subset_size=len(batches), fast_bias_correction=opts.fast_bias_correction,
+                                     ignored_scope={"names": settings["ignored"]} if settings["ignored"] else None)
         else:
             model, info = O.compress_weights(model, settings["mode"], group_size=opts.group_size, ratio=opts.ratio)
         O.save_model(model, tmp_out)
@@ -166,7 +192,9 @@ class OpenVinoRoute(Route):
                 notes.append(f"NNCF quantize: preset {settings['preset']}, model_type "
                              f"{settings['model_type'] or 'default'}, fast_bias_correction "
                              f"{settings['fast_bias_correction']}, target_device CPU, subset_size "
-                             f"{info['subset_size']} batches ({info['samples_fed']} samples)")
+                             f"{info['subset_size']} batches ({info['samples_fed']} samples); quantization scope "
+                             f"'{settings.get('scope')}': {len(settings.get('ignored') or [])} MatMul/convolution "
+                             "ops in NNCF's ignored scope")
                 calibration = Calibration(info["samples_fed"], info["seconds"], "nncf-minmax")
             else:
                 int4 = settings["mode"].startswith("int4")
@@ -196,14 +224,16 @@ class OpenVinoRoute(Route):
         predict = O.predict_fn(compiled)
         predict(x1)  # kernels are picked at the first inference
         rp = O.runtime_precisions(compiled)
+        reduced = O.reduced_original_names(compiled) if method != "fp32" else None
         compute = compute_precision(rp)
         notes.append(precision_note(rp))
         if off is not None:
             acc = O.dq_account(off, O.timed_run(compiled, x1))
             extra["dynamic_quantization"] = acc
             notes.append(O.dq_note(acc))
-            if acc["active"]:
+            if acc["active"]:  # the weight-compressed layers multiply in integers: they count in the coverage
                 compute = "int8"
+                reduced = list(dict.fromkeys((reduced or []) + O.weight_compressed_original_names(compiled)))
         extra.update(openvino_properties=props, runtime_precisions={k: rp[k] for k in (
             "compute", "runtime", "kernels", "int_compute", "float_compute", "executed")},
             artifact=artifacts.relative_to(ctx.source.cache_dir, artifact))
@@ -216,7 +246,12 @@ class OpenVinoRoute(Route):
 
         notes.append("timed: one InferRequest.infer per call (inputs shared, output left in the plugin's buffer)")
         return Built(predict, size_mb=round(size_mb, 3), compute_precision=compute, calibration=calibration,
-                     notes=notes, extra=extra, timed=timed, handle=compiled, artifact=Path(artifact))
+                     notes=notes, extra=extra, timed=timed, handle=compiled, artifact=Path(artifact),
+                     reduced_nodes=reduced, coverage_source="the CPU plugin's runtime model (kernel precision of "
+                                                            "each layer, its originalLayersNames)" + (
+                         "; and its weight-compressed layers, whose activations the plugin quantizes on the fly (the "
+                         "on/off timing measured it active)" if (extra.get("dynamic_quantization") or {}).get("active")
+                         else ""))
 
 
 ROUTE = OpenVinoRoute()

@@ -241,7 +241,8 @@ def build_engine(ctx: ModelContext, plan: BuildPlan) -> Built:
     return Built(predict, size_mb=file_size_mb(ec.path), compute_precision=plan.compute_precision,
                  calibration=Calibration(calib_samples, calib_seconds, calib_method) if calib_method else None,
                  notes=notes, extra=extra, timed=timed, timer=timer, latency_kind=kind,
-                 score_batch=opts.eval_batch, close=runner.close)
+                 score_batch=opts.eval_batch, close=runner.close, reduced_nodes=runner.reduced_layer_names(),
+                 coverage_source="TensorRT's engine inspector (each layer's input format)")
 
 
 ROUTE = TensorRTRoute()

@@ -144,6 +144,9 @@ def build_serialized(trt, logger, onnx_path: Path, plan: BuildPlan, profiles, *,
             raise RuntimeError(f"{onnx_path} has inputs {inputs}, expected {sorted(profile.shapes)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+    detailed = getattr(getattr(trt, "ProfilingVerbosity", None), "DETAILED", None)
+    if detailed is not None:  # the engine inspector then reports each layer's formats (a row's coverage)
+        config.profiling_verbosity = detailed
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
     for name in plan.clear_flags:
@@ -171,6 +174,43 @@ def build_serialized(trt, logger, onnx_path: Path, plan: BuildPlan, profiles, *,
     if data is None:
         raise RuntimeError(f"TensorRT could not build the {plan.method} engine (see the TensorRT log above)")
     return bytes(data)
+
+
+# tensor formats of a layer whose arithmetic runs in a reduced type ("Four wide channel vectorized row major Int8
+# format", "Channel major FP16 format where channel % 8 == 0", ...)
+REDUCED_FORMATS = ("Int8", "FP16", "Half", "FP8", "BF16", "Int4")
+
+
+def engine_layers(trt, engine) -> list[dict] | None:
+    """The engine inspector's per-layer records (LayerInformationFormat.JSON), or None when this binding has no
+    inspector or the engine was built without detailed profiling verbosity (layer names only)."""
+    import json
+
+    try:
+        inspector = engine.create_engine_inspector()
+        info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    except Exception:  # noqa: BLE001 - an older binding, a serialized engine without layer information
+        return None
+    layers = info.get("Layers") if isinstance(info, dict) else None
+    if not layers or not all(isinstance(x, dict) for x in layers):
+        return None
+    return layers
+
+
+def reduced_layer_names(layers: list[dict]) -> list[str]:
+    """The ONNX node names held by the engine layers whose first input runs in a reduced type: from each layer's
+    `Metadata` ('[ONNX Layer: /conv1/Conv]' per fused node), else its name ('/a/Conv + /a/Relu')."""
+    import re
+
+    out: list[str] = []
+    for layer in layers:
+        ins = layer.get("Inputs") or []
+        fmt = str(ins[0].get("Format/Datatype", "")) if ins and isinstance(ins[0], dict) else ""
+        if not any(k in fmt for k in REDUCED_FORMATS):
+            continue
+        names = re.findall(r"\[ONNX Layer: ([^\]]+)\]", str(layer.get("Metadata") or ""))
+        out += names or [n.strip() for n in str(layer.get("Name", "")).split(" + ") if n.strip()]
+    return out
 
 
 class EngineRunner:
@@ -203,6 +243,11 @@ class EngineRunner:
         self.buffers = {n: DeviceBuffer() for n in names}
         self.out_shapes: dict[str, tuple[int, ...]] = {}
         self._host_in: np.ndarray | None = None
+
+    def reduced_layer_names(self) -> list[str] | None:
+        """ONNX node names of the layers this engine runs in a reduced type (engine inspector), or None."""
+        layers = engine_layers(self.trt, self.engine)
+        return None if layers is None else reduced_layer_names(layers)
 
     def _engine_profiles(self) -> list[Profile]:
         name = self.inputs[0]

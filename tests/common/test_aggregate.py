@@ -79,8 +79,8 @@ def test_files_written_and_marked(tmp_path):
     csv = pd.read_csv(tmp_path / "summary.csv")
     assert len(csv) == 5 and {"speedup_vs_best_fp32", "efficiency", "delta_significant", "status"} <= set(csv.columns)
     md = (tmp_path / "summary.md").read_text()
-    assert "| torch | fx | int8 | cpu | 32 | 94.50 | -0.50 ~ |" in md
-    assert "| onnxruntime | minmax | int8 | cpu | 32 | 75.00 | -20.00 |" in md
+    assert "| torch | fx | int8 |  | cpu | 32 | 94.50 | -0.50 ~ |" in md  # no coverage reported: an empty cell
+    assert "| onnxruntime | minmax | int8 |  | cpu | 32 | 75.00 | -20.00 |" in md
     assert "skipped: TensorRT is not installed" in md
     png = (tmp_path / "accuracy_vs_latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -265,3 +265,39 @@ def test_weight_only_rows_efficiency_note_says_what_the_on_off_timing_showed():
     assert df.loc["int4-wo", "efficiency"] < 110 and not df.loc["int4-wo", "notes"]
     assert "did not call the plugin's dynamic quantization active" in df.loc["int8", "notes"]
     assert "took 1.05x the wall time, below 1.2x" in df.loc["int8", "notes"]  # a record without a clock: wall
+
+
+def _cov_row(toolchain, method, precision, p50, coverage=None, run="r"):
+    return ResultRow(model="gpt2", weights="random", dataset="random token ids", toolchain=toolchain, method=method,
+                     precision=precision, device="cpu", batch=1, metric="ppl", agreement=None if precision == "fp32"
+                     else 95.0, latency_kind="host-wall", latency_p10_ms=p50 * 0.95, latency_p50_ms=p50,
+                     latency_p90_ms=p50 * 1.05, latency_p99_ms=p50 * 1.1, throughput=128000 / p50,
+                     latency_samples=20, coverage_pct=coverage, compute_precision=precision,
+                     environment={"eval_sha": "e", "run_id": run, "timestamp": "2026-12-04T10:00:00"},
+                     extra={"latency": {"samples_ms": [p50 * (1 + 0.002 * (i % 5)) for i in range(20)]}})
+
+
+def test_coverage_column_and_a_verdict_that_says_when_rows_did_other_work(tmp_path):
+    from evaluation.aggregate import Criterion, readme_block, render_markdown, verdicts
+
+    rows = [_cov_row("onnxruntime", "fp32", "fp32", 170.0), _cov_row("openvino", "fp32", "fp32", 160.0),
+            _cov_row("onnxruntime", "minmax", "int8", 100.0, 67.4), _cov_row("openvino", "int8", "int8", 80.0, 67.4),
+            _cov_row("openvino", "int8+head", "int8", 55.0, 98.1)]
+    df = build_table(rows).set_index(["toolchain", "method"])
+    assert df.loc[("openvino", "int8+head"), "coverage_pct"] == 98.1
+    assert math.isnan(df.loc[("openvino", "fp32"), "coverage_pct"])
+    df = df.reset_index()
+    (v,) = verdicts(df, Criterion())
+    assert (v["toolchain"], v["method"], v["coverage"]) == ("openvino", "int8+head", 98.1)
+    # the two default-scope rows did a third less INT8 work: the line names them with their coverage
+    assert v["coverage_differs"] == ["openvino int8 (67 %)", "onnxruntime minmax (67 %)"]
+    md = render_markdown(df, rows)
+    line = next(x for x in md.splitlines() if x.startswith("- **gpt2 · cpu · batch 1**"))
+    assert "**openvino int8+head** (int8, coverage 98 %)" in line
+    assert "compared with rows of other coverage" in line and "onnxruntime minmax (67 %)" in line
+    assert "| openvino | int8+head | int8 | 98 | cpu | 1 |" in md
+    assert "| onnxruntime | minmax | int8 | 67 | cpu |" in readme_block(df)
+    # rows of one coverage (within a point): the verdict compares them without that remark
+    same = [r for r in rows if r.method != "int8+head"] + [_cov_row("openvino", "int8+head", "int8", 55.0, 67.9)]
+    (v2,) = verdicts(build_table(same), Criterion())
+    assert v2["coverage_differs"] == [] and v2["coverage"] == 67.9

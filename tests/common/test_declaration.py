@@ -77,3 +77,29 @@ def test_one_per_variant_loop_and_no_route_internals_in_evaluation():
         assert ".parser()" not in text and "make_artifact_fn" not in text, p
         for mod in re.findall(r"from quantization\.([\w.]+) import", text):
             assert mod.split(".")[0] == "kit", (p, mod)  # evaluation reaches routes through the kit only
+
+
+def test_quantization_scopes_are_declared_beside_the_models_and_named_by_the_variants():
+    from utils.registry import DEFAULT_SCOPE, MODEL_DECLS, TOOLCHAINS, scope_of
+
+    for m, d in MODEL_DECLS.items():
+        assert DEFAULT_SCOPE in d.scopes, m
+    gpt2 = MODEL_DECLS["gpt2"]
+    default, head = gpt2.scope(), gpt2.scope("head")
+    # GPT-2's default keeps the LM head and the attention score/context MatMuls; "head" quantizes the LM head too
+    assert default.keeps("lm_head") and default.keeps("transformer.h.11.attn:scores")
+    assert not default.keeps("transformer.h.0.attn.c_attn") and not default.keeps("transformer.h.0.mlp.c_proj")
+    assert not head.keeps("lm_head") and head.keeps("transformer.h.0.attn:scores")
+    assert not MODEL_DECLS["resnet50"].scope().keeps("fc")
+    for tc in TOOLCHAINS.values():
+        for method, scope in tc.method_scopes.items():
+            assert any(method in tc.methods(m) and scope in MODEL_DECLS[m].scopes for m in tc.variants), (tc.name, method)
+        for method in tc.random_only:
+            assert any(method in tc.methods(m) for m in tc.variants), (tc.name, method)
+    assert scope_of("onnxruntime", "gpt2", "minmax+head")[0] == "head"
+    assert scope_of("openvino", "gpt2", "int8+head")[0] == "head"
+    assert scope_of("onnxruntime", "gpt2", "minmax") == ("default", default)
+    # the LM-head variants run by default with random weights (the real model's speed), by name on the embedded model
+    for tc, method in (("onnxruntime", "minmax+head"), ("openvino", "int8+head")):
+        assert method in TOOLCHAINS[tc].default_methods("gpt2", "cpu", "random")
+        assert method not in TOOLCHAINS[tc].default_methods("gpt2", "cpu", "embedded")

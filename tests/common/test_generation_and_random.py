@@ -131,7 +131,8 @@ def test_random_weights_skip_calibration_twins_unless_named(tmp_path):
     from utils.registry import TOOLCHAINS
 
     ort = TOOLCHAINS["onnxruntime"]
-    assert ort.default_methods("gpt2", "cpu", "random") == ("fp32", "minmax")
+    # the scope variant (minmax+head) runs by default with random weights only; calibration twins never there
+    assert ort.default_methods("gpt2", "cpu", "random") == ("fp32", "minmax", "minmax+head")
     assert ort.default_methods("gpt2", "cpu") == ("fp32", "minmax", "entropy", "percentile")
     for tc in TOOLCHAINS.values():  # a twin names a declared method of the same precision
         for twin, of in tc.latency_twins.items():
@@ -140,7 +141,7 @@ def test_random_weights_skip_calibration_twins_unless_named(tmp_path):
                     assert tc.precision(m, twin) == tc.precision(m, of)
     rnd = Settings(weights="random")
     plan = build_plan(models="gpt2", toolchains="onnxruntime", devices="cpu", settings=rnd, runs_dir=tmp_path)
-    assert [it.method for it in plan.items] == ["fp32", "minmax"]
+    assert [it.method for it in plan.items] == ["fp32", "minmax", "minmax+head"]
     named = build_plan(models="gpt2", toolchains="onnxruntime", devices="cpu", methods="entropy", settings=rnd,
                        runs_dir=tmp_path)
     assert [it.method for it in named.items] == ["entropy"]

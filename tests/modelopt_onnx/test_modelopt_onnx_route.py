@@ -271,3 +271,27 @@ def test_per_node_calibration_gives_the_same_max_ranges(tiny_net, tmp_path):
     assert scales[True] and scales[True].keys() == scales[False].keys()
     for k in scales[True]:
         np.testing.assert_allclose(scales[True][k], scales[False][k], rtol=1e-6)
+
+
+def test_scope_excludes_the_kept_nodes_and_coverage_is_what_ort_ran(tmp_path, h):
+    """GPT-2's default scope reaches ModelOpt as nodes_to_exclude: of the tiny LM's MatMuls only the projection gets
+    Q/DQ (1024 of 7168 MACs per token); the row's coverage is what ORT's CPU EP ran in integer kernels, not the
+    Q/DQ placement, and the notes say both."""
+    import onnx
+
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    g = h.fake_gpt2_cache(cache)
+    args = ["--model", "gpt2", "--methods", "max", "--runs-dir", str(runs), "--batches", "1", "--min-time", "0.01",
+            "--min-iters", "2", "--calib-samples", "16", "--devices", "cpu"]
+    r = h.run_route("quantization.modelopt_onnx_route", args, cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = [json.loads(p.read_text()) for p in runs.glob("*.json")]
+    (art,) = (g / "modelopt-onnx").glob("max-*.onnx")
+    m = onnx.load(str(art))
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    fed = {n.name for n in m.graph.node if n.op_type == "MatMul" and any(i in dq for i in n.input)}
+    assert fed == {"proj"}  # lm_head, attn_qk, attn_av excluded by the scope
+    assert "nodes_to_exclude the 3 MAC nodes it keeps" in row["notes"]
+    assert "Q/DQ placed on the weights of 1 MAC layers (14.3 % of MACs)" in row["notes"]
+    ints = sum(n for op, n in row["extra"]["providers"]["ops"].items() if op in oc.REDUCED_KERNELS)
+    assert row["coverage_pct"] == (pytest.approx(100 * 1024 / 7168, abs=0.01) if ints else 0.0)

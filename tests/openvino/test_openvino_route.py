@@ -132,3 +132,30 @@ def test_bad_options_are_one_line_errors(tmp_path, h):
     r = h.run_route(MOD, ["--runs-dir", str(tmp_path), "--ratio", "0"], tmp_path / "cache")
     assert r.returncode == 2 and "--ratio must be in (0, 1]" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_scope_reaches_nncf_and_coverage_comes_from_the_runtime_model(tmp_path, h):
+    """int8 (default scope: the LM head and the act x act attention MatMuls in NNCF's ignored scope) against
+    int8+head (the LM head quantized too): per token of the 64-token tiny LM, proj 1024 of 7168 MACs and the head
+    2048 more, read back from the kernels the CPU plugin runs (their originalLayersNames; the head is renamed
+    'logits' by the ONNX frontend)."""
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    h.fake_gpt2_cache(cache)
+    r = h.run_route(MOD, ["--runs-dir", str(runs), "--model", "gpt2", "--methods", "int8,int8+head,int8-wo", *ARGS],
+                    cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    by = rows_of(runs)
+    d, hd, wo = by[("gpt2", "int8", 1)], by[("gpt2", "int8+head", 1)], by[("gpt2", "int8-wo", 1)]
+    assert d["coverage_pct"] == pytest.approx(100 * 1024 / 7168, abs=0.01)
+    assert hd["coverage_pct"] == pytest.approx(100 * 3072 / 7168, abs=0.01)
+    assert "3 MatMul/convolution ops in NNCF's ignored scope" in d["notes"]
+    assert "2 MatMul/convolution ops in NNCF's ignored scope" in hd["notes"]
+    for row, scope in ((d, "default"), (hd, "head")):
+        c = row["extra"]["coverage"]
+        assert c["scope"] == scope and c["missed"] == [] and c["extra"] == [] and "runtime model" in c["source"]
+    # weight-only INT8: the weights are stored in 8 bits; the coverage follows the kernels' own precision (f32 kernels
+    # that decompress the weights on this CPU: 0 %; integer kernels where the plugin quantizes activations on the fly)
+    ints = wo["extra"]["runtime_precisions"]["int_compute"]
+    assert (wo["coverage_pct"] > 0) == (ints > 0), (wo["coverage_pct"], ints)
+    if not ints:
+        assert wo["coverage_pct"] == 0.0 and wo["extra"]["coverage"]["missed"] == ["proj"]

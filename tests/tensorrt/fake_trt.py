@@ -194,6 +194,12 @@ def make_fake_trt(version: str = "10.16.1.11"):
     class MemoryPoolType:
         WORKSPACE = "WORKSPACE"
 
+    class ProfilingVerbosity:
+        LAYER_NAMES_ONLY, NONE, DETAILED = "LAYER_NAMES_ONLY", "NONE", "DETAILED"
+
+    class LayerInformationFormat:
+        ONELINE, JSON = "ONELINE", "JSON"
+
     class TensorIOMode:
         INPUT, OUTPUT = "INPUT", "OUTPUT"
 
@@ -240,6 +246,7 @@ def make_fake_trt(version: str = "10.16.1.11"):
         _attrs = {"flags", "cleared", "profiles", "calib_profile", "network", "_int8_calibrator"}
 
         def __init__(self, network):
+            object.__setattr__(self, "profiling_verbosity", ProfilingVerbosity.LAYER_NAMES_ONLY)
             object.__setattr__(self, "flags", set())
             object.__setattr__(self, "cleared", set())
             object.__setattr__(self, "profiles", [])
@@ -250,6 +257,10 @@ def make_fake_trt(version: str = "10.16.1.11"):
         def __setattr__(self, name, value):  # pybind classes have no __dict__: unknown attributes fail
             if name == "int8_calibrator" and not modern:
                 object.__setattr__(self, "_int8_calibrator", value)
+                return
+            if name == "profiling_verbosity":
+                assert value in vars(ProfilingVerbosity).values(), value
+                object.__setattr__(self, name, value)
                 return
             raise AttributeError(f"'tensorrt.IBuilderConfig' object has no attribute '{name}'")
 
@@ -346,7 +357,8 @@ def make_fake_trt(version: str = "10.16.1.11"):
             BUILDS.append({"model": network.spec["kind"], "flags": sorted(config.flags),
                            "cleared": sorted(config.cleared), "network_flags": network.flags, "fed": fed,
                            "profiles": [p.shapes for p in config.profiles]})
-            engine = {"spec": network.spec, "profiles": [p.shapes[network.inputs[0].name] for p in config.profiles]}
+            engine = {"spec": network.spec, "profiles": [p.shapes[network.inputs[0].name] for p in config.profiles],
+                      "flags": sorted(config.flags), "verbosity": config.profiling_verbosity}
             return json.dumps(engine).encode()
 
     class IExecutionContext:
@@ -400,9 +412,34 @@ def make_fake_trt(version: str = "10.16.1.11"):
             out.data[:logits.nbytes] = logits.tobytes()
             return True
 
+    class EngineInspector:
+        """Layer information as TensorRT's inspector gives it: names only unless built with DETAILED verbosity; a
+        spec layer ({"name", "keep": bool}) runs INT8 in an INT8 build (FP16 in an FP16 one) unless it is kept FP32."""
+
+        def __init__(self, engine):
+            self.engine = engine
+
+        def get_engine_information(self, fmt):
+            assert fmt == LayerInformationFormat.JSON
+            layers = self.engine.spec.get("layers", [])
+            if self.engine.verbosity != ProfilingVerbosity.DETAILED:
+                return json.dumps({"Layers": [x["name"] for x in layers]})
+            dtype = "Int8" if "INT8" in self.engine.flags or self.engine.spec.get("qdq") else (
+                "FP16" if "FP16" in self.engine.flags else "FP32")
+            out = []
+            for x in layers:
+                d = "FP32" if x.get("keep") else dtype
+                fmt_ = {"Int8": "Four wide channel vectorized row major Int8 format",
+                        "FP16": "Channel major FP16 format where channel % 8 == 0"}.get(d, "Row major linear FP32")
+                out.append({"Name": x["name"] + " + " + x["name"].rsplit("/", 1)[0] + "/Relu",
+                            "LayerType": "CaskConvolution", "Inputs": [{"Name": "in", "Format/Datatype": fmt_}],
+                            "Metadata": f"[ONNX Layer: {x['name']}]\x1e[ONNX Layer: {x['name'].rsplit('/', 1)[0]}/Relu]"})
+            return json.dumps({"Layers": out, "Bindings": [self.engine.input, "logits"]})
+
     class ICudaEngine:
         def __init__(self, data):
             self.spec = data["spec"]
+            self.flags, self.verbosity = data.get("flags", []), data.get("verbosity")
             self.profiles = [tuple(tuple(s) for s in p) for p in data["profiles"]]
             self.input = self.spec["input"]
             self.contexts = []
@@ -427,6 +464,9 @@ def make_fake_trt(version: str = "10.16.1.11"):
                 raise RuntimeError("get_tensor_profile_shape: invalid name or profile index")
             return [list(s) for s in self.profiles[profile_index]]
 
+        def create_engine_inspector(self):
+            return EngineInspector(self)
+
         def create_execution_context(self):
             ctx = IExecutionContext(self)
             self.contexts.append(ctx)
@@ -440,7 +480,7 @@ def make_fake_trt(version: str = "10.16.1.11"):
             return ICudaEngine(json.loads(bytes(data)))
 
     for obj in (Logger, NetworkDefinitionCreationFlag, BuilderFlag, MemoryPoolType, TensorIOMode, Builder,
-                OnnxParser, Runtime):
+                OnnxParser, Runtime, ProfilingVerbosity, LayerInformationFormat):
         setattr(trt, obj.__name__, obj)
     if not modern:
         trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2

@@ -431,3 +431,29 @@ def test_trt10_qdq_is_strongly_typed(env):
     assert len(BUILDS) == 2
     assert b["network_flags"] == 1 << 1  # 1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED
     assert b["flags"] == [] and b["cleared"] == ["TF32"] and b["fed"] == 0 and len(b["profiles"]) == 3
+
+
+def test_coverage_is_read_from_the_engine_inspector(env):
+    """Engines are built with detailed profiling verbosity; the inspector's per-layer input formats, mapped back to
+    the FP32 ONNX's nodes (its `[ONNX Layer: ...]` metadata), give each quantized row's coverage: here a 60/40 MAC
+    split whose classifier the (fake) engine keeps FP32, which the row reports against the default scope."""
+    src = env.resnet
+    onnx_file = src.cache_dir / "model.onnx"
+    onnx_file.write_text(json.dumps({**json.loads(onnx_file.read_text()), "layers": [
+        {"name": "/layer1/layer1.0/conv1/Conv"}, {"name": "/fc/Gemm", "keep": True}]}))
+    fp = artifacts.fingerprint(onnx_file)
+    nodes = {"/layer1/layer1.0/conv1/Conv": {"layer": "layer1.0.conv1", "op": "Conv", "macs": 60.0, "weighted": True},
+             "/fc/Gemm": {"layer": "fc", "op": "Gemm", "macs": 40.0, "weighted": True}}
+    table = {"version": 1, "onnx_sha": fp["sha256"][:16], "items": 1, "unit": "image", "nodes": nodes, "outputs": {},
+             "layers": {"layer1.0.conv1": 60.0, "fc": 40.0}, "total": 100.0}
+    manifest = json.loads(src.manifest_path.read_text())
+    manifest.update(files={"onnx": fp}, layer_macs=table)
+    src.manifest_path.write_text(json.dumps(manifest))
+    rows = run(env, V10, model="resnet50", batches="1")
+    for method in ("int8-entropy", "fp16"):
+        r = rows[("resnet50", method, 1)]
+        assert r["coverage_pct"] == 60.0, (method, r["notes"])
+        c = r["extra"]["coverage"]
+        assert c["missed"] == ["fc"] and c["extra"] == [] and "engine inspector" in c["source"]
+        assert "differs from the 'default' quantization scope (100.0 %)" in r["notes"]
+    assert rows[("resnet50", "fp32", 1)]["coverage_pct"] is None

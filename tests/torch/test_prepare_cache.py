@@ -46,8 +46,14 @@ def test_changed_onnx_is_exported_again(moved):
     r = prepare(cache, "--model", "resnet50")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "changed since it was made" in r.stderr and "exported" in r.stderr and "train resnet50" not in r.stderr
-    new = json.loads((d / "manifest.json").read_text())["files"]["onnx"]
+    manifest = json.loads((d / "manifest.json").read_text())
+    new = manifest["files"]["onnx"]
     assert new["sha256"] == rec["sha256"]  # the export is deterministic: the same bytes again
+    # the remade manifest carries the MACs per layer counted from the ONNX: 2 x their sum is torch's FLOP count
+    t = manifest["layer_macs"]
+    assert t["onnx_sha"] == new["sha256"][:16] and len(t["layers"]) == 54 and t["unit"] == "image"
+    assert 2 * t["total"] == manifest["ops_per_item"]
+    assert t["layers"]["fc"] == 2048 * manifest["num_classes"] and "layer1.0.downsample.0" in t["layers"]
 
 
 def test_route_refuses_a_changed_checkpoint_with_one_line(moved):
