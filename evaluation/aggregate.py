@@ -191,7 +191,7 @@ def _efficiency_note(r: ResultRow, rec: dict) -> str:
                 "compute precision from the runtime model's kernel names, which read f32 for weight-compressed "
                 "matmuls whether or not the plugin's dynamic quantization (DYNAMIC_QUANTIZATION_GROUP_SIZE) quantizes "
                 "their activations to int8 on the fly; timed with the setting at 0 the same IR runs far slower while "
-                "FP32 and static INT8 IRs do not change (python -m quantization.openvino_route.dq, "
+                "FP32 and static INT8 IRs do not change (python -m quantization.openvino.dq, "
                 f"docs/routes/openvino.md), so its matmuls ran integer; {against}")
     if r.metric != "top1":
         return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}); the "

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgParser(prog="python -m evaluation.profile", description=__doc__.split("\n\n")[0],
                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="resnet50")
-    ap.add_argument("--method", default="fx", help="a torch method of the model (quantization/torch_route.py)")
+    ap.add_argument("--method", default="fx", help="a torch method of the model (quantization/torch/route.py)")
     ap.add_argument("--batch", type=positive_int, default=32)
     ap.add_argument("--calls", type=positive_int, default=5, help="profiled calls")
     ap.add_argument("--warmup", type=positive_int, default=3, help="calls before profiling (compilation, caches)")

@@ -175,8 +175,9 @@ class Toolchain:
 
     @property
     def module(self) -> str:
-        """`python -m <module>` entry point of the route."""
-        return self.route.split(":", 1)[0]
+        """`python -m <module>` entry point of the route: its package (quantization/<toolchain>/__main__.py)."""
+        mod = self.route.split(":", 1)[0]
+        return mod[: -len(".route")] if mod.endswith(".route") else mod
 
     def methods(self, model: str) -> tuple[str, ...]:
         return tuple(m for m, _ in self.variants.get(model, ()))
@@ -225,7 +226,7 @@ _BASE_IMPORTS = ("numpy", "sklearn", "tqdm")
 _DECLS = (
     Toolchain(
         name="torch",
-        route="quantization.torch_route:ROUTE",
+        route="quantization.torch.route:ROUTE",
         env=EnvDecl("torch", (Part("torch.txt"), Part("torch-nodeps.txt", ("--no-deps",))), tests="tests/torch",
                     imports=_BASE_IMPORTS + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx"),
                     site_hooks=("utils.torchvision_hook",)),
@@ -265,7 +266,7 @@ _DECLS = (
     ),
     Toolchain(
         name="onnxruntime",
-        route="quantization.onnxruntime_route:ROUTE",
+        route="quantization.onnxruntime.route:ROUTE",
         env=EnvDecl("onnxruntime", (Part("onnxruntime.txt"),), tests="tests/onnxruntime",
                     imports=_BASE_IMPORTS + ("onnx", "onnxruntime")),
         # minmax+head: the "head" scope (GPT-2's LM head quantized too), beside minmax's default scope
@@ -286,7 +287,7 @@ _DECLS = (
     ),
     Toolchain(
         name="modelopt-onnx",
-        route="quantization.modelopt_onnx_route:ROUTE",
+        route="quantization.modelopt_onnx.route:ROUTE",
         env=EnvDecl("modelopt-onnx", (Part("modelopt-onnx.txt"),), tests="tests/modelopt_onnx",
                     imports=_BASE_IMPORTS + ("torch", "onnx", "onnxruntime", "modelopt", "requests")),
         variants={m: (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")) for m in _ONNX_MODELS},
@@ -300,7 +301,7 @@ _DECLS = (
     ),
     Toolchain(
         name="openvino",
-        route="quantization.openvino_route.route:ROUTE",
+        route="quantization.openvino.route:ROUTE",
         env=EnvDecl("openvino", (Part("openvino.txt"),), tests="tests/openvino",
                     imports=_BASE_IMPORTS + ("openvino", "nncf", "onnx")),
         # int8: NNCF post-training quantization (GPT-2 with model_type=transformer, the scope's kept layers in NNCF's
@@ -336,7 +337,7 @@ _DECLS = (
     ),
     Toolchain(
         name="tensorrt",
-        route="quantization.tensorrt_route.route:ROUTE",
+        route="quantization.tensorrt.route:ROUTE",
         env=EnvDecl("tensorrt", (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)), tests="tests/tensorrt",
                     imports=_BASE_IMPORTS + ("onnx", "cuda.bindings")),
         variants={m: (("fp32", "fp32"), ("fp16", "fp16"), ("int8-entropy", "int8"), ("int8-qdq", "int8"))

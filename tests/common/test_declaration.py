@@ -27,7 +27,7 @@ def test_run_order_is_derived_from_needs():
 
 def test_a_new_toolchain_is_one_declaration(monkeypatch):
     """Adding a toolchain = one entry: environment, test order, recorded packages and run order follow."""
-    new = Toolchain(name="newtc", route="quantization.newtc_route:ROUTE",
+    new = Toolchain(name="newtc", route="quantization.newtc.route:ROUTE",
                     env=EnvDecl("newtc", (Part("newtc.txt"),), tests="tests/newtc"),
                     variants={"resnet50": (("fp32", "fp32"), ("int8", "int8"))}, packages=("newtc-lib",),
                     needs=("onnxruntime",), baseline=("newtc", "fp32"))
@@ -40,7 +40,7 @@ def test_a_new_toolchain_is_one_declaration(monkeypatch):
     assert registry.all_envs()["newtc"].parts == (Part("newtc.txt"),)
     assert "newtc" in registry.test_order()
     assert "newtc-lib" in registry.recorded_packages()
-    assert new.module == "quantization.newtc_route" and new.precision("resnet50", "int8") == "int8"
+    assert new.module == "quantization.newtc" and new.precision("resnet50", "int8") == "int8"
 
 
 def test_cycle_is_refused(monkeypatch):
@@ -52,10 +52,13 @@ def test_cycle_is_refused(monkeypatch):
         registry._run_order()
 
 
-def test_every_declared_route_resolves_to_a_module_file():
+def test_every_route_has_one_layout():
+    """quantization/<toolchain>/route.py holds ROUTE; `python -m quantization.<toolchain>` runs it."""
     for tc in registry.TOOLCHAINS.values():
-        mod = tc.module.replace(".", "/")
-        assert (REPO_ROOT / f"{mod}.py").is_file() or (REPO_ROOT / mod / "__init__.py").is_file(), tc.route
+        pkg = REPO_ROOT / tc.module.replace(".", "/")
+        assert tc.route == f"{tc.module}.route:ROUTE" and pkg.parent == REPO_ROOT / "quantization", tc.route
+        assert (pkg / "route.py").is_file() and (pkg / "__init__.py").is_file(), tc.route
+        assert f"from {tc.module}.route import main" in (pkg / "__main__.py").read_text(), tc.route
         assert (REPO_ROOT / "requirements" / tc.env.parts[0].file).is_file()
         assert (REPO_ROOT / tc.env.tests).is_dir()
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from utils.metrics import relative_error
-from quantization import modelopt_onnx_route as route
+from quantization.modelopt_onnx import route
 from quantization.kit import onnx as oc
 from utils.atomic import sha256_file
 from utils.errors import SuiteError
@@ -83,7 +83,7 @@ def test_cli_corrupt_onnx_exit_2(tmp_path, h):
     d = h.fake_resnet_cache(cache)
     onnx_file = d / json.loads((d / "manifest.json").read_text())["onnx"]  # stored relative to the cache folder
     onnx_file.write_bytes(onnx_file.read_bytes()[:300])  # truncated
-    r = h.run_route("quantization.modelopt_onnx_route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "r")], cache)
+    r = h.run_route("quantization.modelopt_onnx.route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "r")], cache)
     assert r.returncode == 2, r.stderr[-1500:]
     last = [ln for ln in r.stderr.splitlines() if ln.strip()][-1]
     # the manifest's hash record catches the truncation first (one line naming the file and the fix)
@@ -92,7 +92,7 @@ def test_cli_corrupt_onnx_exit_2(tmp_path, h):
 
 
 def test_cli_bad_method_lists_valid_ones(tmp_path, h):
-    r = h.run_route("quantization.modelopt_onnx_route", ["--model", "gpt2", "--methods", "int3"], tmp_path / "c")
+    r = h.run_route("quantization.modelopt_onnx.route", ["--model", "gpt2", "--methods", "int3"], tmp_path / "c")
     assert r.returncode == 2
     err = r.stderr.strip()
     assert "\n" not in err and "int3" in err
@@ -108,7 +108,7 @@ def test_cli_end_to_end_rows_index_and_unchanged_source(tmp_path, h):
     before = sha256_file(src)
     args = ["--runs-dir", str(runs), "--batches", "1", "--min-time", "0.01", "--min-iters", "2",
             "--calib-samples", "16", "--eval-limit", "64", "--devices", "cpu"]
-    r = h.run_route("quantization.modelopt_onnx_route", args, cache)
+    r = h.run_route("quantization.modelopt_onnx.route", args, cache)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sha256_file(src) == before
     rows = {(x["model"], x["method"]): x for x in (json.loads(p.read_text()) for p in runs.glob("*.json"))}
@@ -139,7 +139,7 @@ def test_cli_end_to_end_rows_index_and_unchanged_source(tmp_path, h):
     assert [e["calib_samples"] for e in gindex.values() if e["method"] == "max"] == [16]
     # a re-calibration with other settings adds an entry; it never repoints the first one
     before = {k: dict(v) for k, v in index.items()}
-    r = h.run_route("quantization.modelopt_onnx_route", args[:-2] + ["--devices", "cpu", "--model", "resnet50",
+    r = h.run_route("quantization.modelopt_onnx.route", args[:-2] + ["--devices", "cpu", "--model", "resnet50",
                     "--methods", "max", "--calib-samples", "8"], cache)
     assert r.returncode == 0, r.stderr[-2000:]
     after = json.loads((d / "modelopt-onnx" / "index.json").read_text())["entries"]
@@ -283,7 +283,7 @@ def test_scope_excludes_the_kept_nodes_and_coverage_is_what_ort_ran(tmp_path, h)
     g = h.fake_gpt2_cache(cache)
     args = ["--model", "gpt2", "--methods", "max", "--runs-dir", str(runs), "--batches", "1", "--min-time", "0.01",
             "--min-iters", "2", "--calib-samples", "16", "--devices", "cpu"]
-    r = h.run_route("quantization.modelopt_onnx_route", args, cache)
+    r = h.run_route("quantization.modelopt_onnx.route", args, cache)
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = [json.loads(p.read_text()) for p in runs.glob("*.json")]
     (art,) = (g / "modelopt-onnx").glob("max-*.onnx")

@@ -10,7 +10,7 @@ import pytest
 
 from quantization.kit import macs
 from quantization.kit import onnx as oc
-from quantization import onnxruntime_route as route
+from quantization.onnxruntime import route
 
 L = 16  # tokens of the tiny LM's latency input
 
@@ -112,7 +112,7 @@ def test_route_rows_carry_the_coverage_of_both_scopes(tmp_path, h):
     d = h.fake_gpt2_cache(cache)
     args = ["--model", "gpt2", "--methods", "fp32,minmax,minmax+head", "--runs-dir", str(runs), "--batches", "1",
             "--min-time", "0.01", "--min-iters", "2", "--calib-samples", "16", "--devices", "cpu"]
-    r = h.run_route("quantization.onnxruntime_route", args, cache)
+    r = h.run_route("quantization.onnxruntime.route", args, cache)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {x["method"]: x for x in (json.loads(p.read_text()) for p in runs.glob("*.json"))}
     assert rows["fp32"]["coverage_pct"] is None  # an FP32 row has no coverage

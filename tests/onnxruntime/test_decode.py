@@ -41,7 +41,7 @@ def test_cached_decoding_equals_recomputing_the_full_sequence():
 
 
 def test_route_writes_decode_rows_with_token_match_and_quantized_decoders(tmp_path):
-    from quantization.onnxruntime_route import main
+    from quantization.onnxruntime.route import main
 
     _manifest()
     runs = tmp_path / "runs"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnxruntime.quantization import calibrate
 
-from quantization import onnxruntime_route as route
+from quantization.onnxruntime import route
 
 
 def _collector(num_bins: int):

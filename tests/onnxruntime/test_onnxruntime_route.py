@@ -11,7 +11,7 @@ import pytest
 
 from utils.metrics import relative_error
 from quantization.kit import onnx as oc
-from quantization import onnxruntime_route as route
+from quantization.onnxruntime import route
 from utils.errors import SuiteError
 
 
@@ -112,7 +112,7 @@ def test_cli_corrupt_onnx_exit_2(tmp_path, h):
     d = h.fake_resnet_cache(cache)
     onnx_file = d / json.loads((d / "manifest.json").read_text())["onnx"]
     onnx_file.write_bytes(b"\x08\x07garbage" * 10)
-    r = h.run_route("quantization.onnxruntime_route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "runs")], cache)
+    r = h.run_route("quantization.onnxruntime.route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "runs")], cache)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     # the recorded hash catches it before ONNX is parsed: one line naming the file and the fix
@@ -123,7 +123,7 @@ def test_cli_corrupt_onnx_exit_2(tmp_path, h):
 
 
 def test_cli_bad_method_lists_valid_ones(tmp_path, h):
-    r = h.run_route("quantization.onnxruntime_route", ["--model", "resnet50", "--methods", "minmax,bogus"],
+    r = h.run_route("quantization.onnxruntime.route", ["--model", "resnet50", "--methods", "minmax,bogus"],
                   tmp_path / "cache")
     assert r.returncode == 2
     err = r.stderr.strip()
@@ -139,7 +139,7 @@ def test_cli_end_to_end_rows_and_cache(tmp_path, h):
     args = ["--runs-dir", str(runs), "--batches", "1,2", "--min-time", "0.01", "--min-iters", "2",
             "--calib-samples", "16", "--eval-limit", "64", "--devices", "cpu"]
     # every method named: the calibration twins (entropy, percentile) are timed at every batch too
-    r = h.run_route("quantization.onnxruntime_route", args + ["--methods", "fp32,minmax,entropy,percentile"], cache)
+    r = h.run_route("quantization.onnxruntime.route", args + ["--methods", "fp32,minmax,entropy,percentile"], cache)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     assert len(rows) == 2 * 4 * 2  # models x methods x batches
@@ -163,7 +163,7 @@ def test_cli_end_to_end_rows_and_cache(tmp_path, h):
     # artifacts cached under <cache>/<model>/onnxruntime and reused by a second run
     files = sorted(p.name for p in (d / "onnxruntime").glob("*.onnx"))
     assert any(f.startswith("minmax-int8-") for f in files) and any(f.startswith("preprocessed-") for f in files)
-    r2 = h.run_route("quantization.onnxruntime_route", args[:] + ["--model", "resnet50", "--methods", "minmax"], cache)
+    r2 = h.run_route("quantization.onnxruntime.route", args[:] + ["--model", "resnet50", "--methods", "minmax"], cache)
     assert r2.returncode == 0, r2.stderr[-2000:]
     row = json.loads((runs / "resnet50__embedded__onnxruntime__minmax__int8__cpu__b1__lim64.json").read_text())
     assert "cached artifact reused" in row["notes"]
@@ -226,7 +226,7 @@ def test_weights_zeroed_in_place_are_caught_by_the_hash(tmp_path, h):
     init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     onnx.save(m, str(f))
     oc.check_onnx(f)  # still a valid model
-    r = h.run_route("quantization.onnxruntime_route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "runs")], cache)
+    r = h.run_route("quantization.onnxruntime.route", ["--model", "resnet50", "--runs-dir", str(tmp_path / "runs")], cache)
     assert r.returncode == 2 and "changed since it was made" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
 
@@ -236,11 +236,11 @@ def test_cached_artifact_changed_on_disk_is_made_again(tmp_path, h):
     d = h.fake_resnet_cache(cache)
     args = ["--model", "resnet50", "--methods", "minmax", "--runs-dir", str(runs), "--batches", "1", "--min-time",
             "0.01", "--min-iters", "2", "--calib-samples", "16", "--eval-limit", "32", "--no-preprocess"]
-    assert h.run_route("quantization.onnxruntime_route", args, cache).returncode == 0
+    assert h.run_route("quantization.onnxruntime.route", args, cache).returncode == 0
     (art,) = (d / "onnxruntime").glob("minmax-int8-*.onnx")
     good = art.read_bytes()
     art.write_bytes(good[: len(good) // 2])  # truncated in place
-    r = h.run_route("quantization.onnxruntime_route", args, cache)
+    r = h.run_route("quantization.onnxruntime.route", args, cache)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "cached artifact not reused" in r.stderr and "changed since it was made" in r.stderr
     row = json.loads(next(runs.glob("*minmax*.json")).read_text())
@@ -257,13 +257,13 @@ def test_prepared_cache_relocates_and_is_reused(tmp_path, h):
     h.fake_gpt2_cache(cache)
     args = ["--methods", "fp32,minmax", "--runs-dir", str(runs), "--batches", "1", "--min-time", "0.01",
             "--min-iters", "2", "--calib-samples", "16", "--eval-limit", "32", "--devices", "cpu"]
-    r1 = h.run_route("quantization.onnxruntime_route", args, cache)
+    r1 = h.run_route("quantization.onnxruntime.route", args, cache)
     assert r1.returncode == 0, r1.stderr[-2000:]
     first = {p.name: json.loads(p.read_text()) for p in runs.glob("*.json")}
     moved = tmp_path / "elsewhere" / "cache"
     shutil.copytree(cache, moved)  # copy2 keeps modification times
     shutil.rmtree(cache)
-    r2 = h.run_route("quantization.onnxruntime_route", args, moved)
+    r2 = h.run_route("quantization.onnxruntime.route", args, moved)
     assert r2.returncode == 0, r2.stderr[-2000:]
     again = {p.name: json.loads(p.read_text()) for p in runs.glob("*.json")}
     assert set(again) == set(first) and len(first) == 2 * 2

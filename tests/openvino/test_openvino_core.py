@@ -1,4 +1,4 @@
-"""quantization.openvino_route.ov on tiny offline ONNX models: real OpenVINO/NNCF behaviour on the CPU.
+"""quantization.openvino.ov on tiny offline ONNX models: real OpenVINO/NNCF behaviour on the CPU.
 
 Runs in the openvino environment (requirements/openvino.txt); skipped where openvino or nncf is missing.
 """
@@ -16,7 +16,7 @@ from onnx import numpy_helper
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from quantization.openvino_route import ov as O  # noqa: E402
+from quantization.openvino import ov as O  # noqa: E402
 from utils.errors import SuiteError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def bf16_cpu() -> bool:
 # ------------------------------------------------------------------------------ import / files
 
 def test_import_does_not_load_openvino_or_nncf():
-    code = ("import sys, quantization.openvino_route, quantization.openvino_route.ov; "
+    code = ("import sys, quantization.openvino, quantization.openvino.ov; "
             "print(sorted(m for m in ('openvino', 'nncf') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

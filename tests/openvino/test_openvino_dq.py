@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from quantization.openvino_route import ov as O  # noqa: E402
+from quantization.openvino import ov as O  # noqa: E402
 
 
 def int8_dot_product() -> bool:
@@ -103,7 +103,7 @@ def test_dq_command_writes_one_line_per_repeat_and_a_pooled_line(tmp_path, h):
     cache = tmp_path / "cache"
     h.fake_gpt2_cache(cache)
     out = tmp_path / "dq.csv"
-    r = h.run_route("quantization.openvino_route.dq", ["--model", "gpt2", "--weights", "embedded", "--methods",
+    r = h.run_route("quantization.openvino.dq", ["--model", "gpt2", "--weights", "embedded", "--methods",
                                                          "fp32,int8-wo", "--repeats", "2", "--budget", "0.05",
                                                          "--out", str(out), "--calib-samples", "16"], cache)
     assert r.returncode == 0, r.stderr[-2000:]

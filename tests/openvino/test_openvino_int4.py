@@ -19,8 +19,8 @@ from onnx import numpy_helper
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from quantization.openvino_route import ov as O  # noqa: E402
-from quantization.openvino_route.route import WEIGHT_ONLY  # noqa: E402
+from quantization.openvino import ov as O  # noqa: E402
+from quantization.openvino.route import WEIGHT_ONLY  # noqa: E402
 
 
 def decompressed_weights(model) -> dict:
@@ -55,7 +55,7 @@ def int4_ir(wide_net_path, tmp_path_factory):
     """The route's own int4-wo IR (route.make_ir with the route's default Options), read back from its cache."""
     from types import SimpleNamespace
 
-    from quantization.openvino_route import route
+    from quantization.openvino import route
     from utils.atomic import sha256_file
 
     opts = route.Options()

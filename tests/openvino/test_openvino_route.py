@@ -15,7 +15,7 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 REPO = Path(__file__).resolve().parents[2]
-MOD = "quantization.openvino_route"
+MOD = "quantization.openvino"
 # tiny LM: 32-wide layers, so int4 groups of 16 (the real GPT-2's 768/3072 take the default 128)
 ARGS = ["--batches", "1,2", "--min-time", "0.01", "--min-iters", "2", "--calib-samples", "16", "--eval-limit", "64",
         "--group-size", "16"]

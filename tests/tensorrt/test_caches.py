@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from quantization.tensorrt_route.cache import CalibKey, CalibrationCache, DeviceInfo, EngineCache
+from quantization.tensorrt.cache import CalibKey, CalibrationCache, DeviceInfo, EngineCache
 from utils.errors import SuiteError
 
 KEY = CalibKey(onnx_sha="onnx1", calib_sha="cal1", batch_size=32, trt_version="10.16.1.11", n_samples=128)

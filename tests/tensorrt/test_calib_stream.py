@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from quantization.tensorrt_route.calib import CalibrationStream
+from quantization.tensorrt.calib import CalibrationStream
 
 
 def images(n):
@@ -75,7 +75,7 @@ def test_empty_set():
 def test_check_calibration_fed_count_error_and_cache():
     from types import SimpleNamespace as NS
 
-    from quantization.tensorrt_route.calib import CalibrationError, check_calibration
+    from quantization.tensorrt.calib import CalibrationError, check_calibration
 
     s = CalibrationStream(images(10), 4)  # 3 batches
     check_calibration(NS(fed=3, error=None, cache_served=False), s)

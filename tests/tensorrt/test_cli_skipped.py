@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from quantization.tensorrt_route import route
-from quantization.tensorrt_route.plan import NOT_INSTALLED
+from quantization.tensorrt import route
+from quantization.tensorrt.plan import NOT_INSTALLED
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ("fp32", "fp16", "int8-entropy", "int8-qdq")
@@ -24,7 +24,7 @@ def trt_installed() -> bool:
 
 
 def test_help_runs_as_module():
-    out = subprocess.run([sys.executable, "-m", "quantization.tensorrt_route", "--help"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "quantization.tensorrt", "--help"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--qdq-method" in out.stdout and "--calib-partial" in out.stdout
 
@@ -32,7 +32,7 @@ def test_help_runs_as_module():
 @pytest.mark.skipif(trt_installed(), reason="TensorRT is installed here: the route runs instead of skipping")
 def test_cli_writes_exactly_the_skipped_rows(runs_dir):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-m", "quantization.tensorrt_route", "--runs-dir", str(runs_dir)],
+    out = subprocess.run([sys.executable, "-m", "quantization.tensorrt", "--runs-dir", str(runs_dir)],
                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
@@ -60,7 +60,7 @@ def test_tensorrt_without_cuda_device_skips_with_that_reason(runs_dir, monkeypat
     fake = types.ModuleType("tensorrt")
     fake.__version__ = "10.16.1.11"
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr("quantization.tensorrt_route.gpu.cuda_problem", lambda: "cudaErrorNoDevice")
+    monkeypatch.setattr("quantization.tensorrt.gpu.cuda_problem", lambda: "cudaErrorNoDevice")
     rc = route.main(["--model", "resnet50", "--runs-dir", str(runs_dir)])
     assert rc == 0
     rows = [json.loads(p.read_text()) for p in runs_dir.glob("*.json")]

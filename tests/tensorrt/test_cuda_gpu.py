@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
 pytestmark = pytest.mark.requires_cuda
 
-from quantization.tensorrt_route.gpu import DeviceBuffer, EventTimer, Stream  # noqa: E402
+from quantization.tensorrt.gpu import DeviceBuffer, EventTimer, Stream  # noqa: E402
 
 
 def test_round_trip_and_event_timing():

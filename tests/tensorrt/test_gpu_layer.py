@@ -1,7 +1,7 @@
 """cuda-python wrappers without a GPU (the CUDA-event timer: test_gpu_timing.py)."""
 import pytest
 
-from quantization.tensorrt_route import gpu
+from quantization.tensorrt import gpu
 
 
 def test_check_unwraps_tuples():

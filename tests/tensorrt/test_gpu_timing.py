@@ -8,7 +8,7 @@ before the host enqueues a run makes host enqueue time count as GPU time.
 """
 import pytest
 
-from quantization.tensorrt_route import gpu
+from quantization.tensorrt import gpu
 
 
 class SimRuntime:

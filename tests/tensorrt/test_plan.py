@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from quantization.tensorrt_route.plan import (NOT_INSTALLED, BuildPlan, TrtVersion, build_plan, calibration_profile,
+from quantization.tensorrt.plan import (NOT_INSTALLED, BuildPlan, TrtVersion, build_plan, calibration_profile,
                                               engine_key, image_profile, image_profiles, np_dtype, pad_right,
                                               select_profile, text_profile, text_profiles, trt_unavailable)
 

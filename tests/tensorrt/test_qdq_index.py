@@ -2,7 +2,7 @@
 import json
 import os
 
-from quantization.tensorrt_route.qdq import find_qdq, index_path
+from quantization.tensorrt.qdq import find_qdq, index_path
 from utils import artifacts
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from quantization.kit.tasks import task_for
-from quantization.tensorrt_route import gpu, route, trt_backend
-from quantization.tensorrt_route.cache import DeviceInfo
-from quantization.tensorrt_route.calib import CalibrationStream
+from quantization.tensorrt import gpu, route, trt_backend
+from quantization.tensorrt.cache import DeviceInfo
+from quantization.tensorrt.calib import CalibrationStream
 from tests.tensorrt import fake_trt
 from tests.tensorrt.fake_trt import BUILDS, FakeStream, FakeTimer, make_fake_trt, write_onnx
 from utils import artifacts
@@ -76,7 +76,7 @@ def env(tmp_path, monkeypatch):
 
 
 def run(env, version, *extra, model="resnet50,gpt2", batches="1,2", min_iters=3, calib_samples=20, tweak=None):
-    """One `python -m quantization.tensorrt_route` run with a fresh fake TensorRT `version`; its rows by
+    """One `python -m quantization.tensorrt` run with a fresh fake TensorRT `version`; its rows by
     (model, method, batch). Every run writes into its own runs folder (a failed row never replaces an ok one)."""
     trt = make_fake_trt(version)
     if tweak is not None:

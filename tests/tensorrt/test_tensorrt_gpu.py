@@ -14,13 +14,13 @@ trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA'
 pytestmark = pytest.mark.requires_cuda
 
 from utils.metrics import relative_error  # noqa: E402
-from quantization.tensorrt_route.cache import CalibKey, CalibrationCache  # noqa: E402
-from quantization.tensorrt_route.calib import CalibrationStream  # noqa: E402
+from quantization.tensorrt.cache import CalibKey, CalibrationCache  # noqa: E402
+from quantization.tensorrt.calib import CalibrationStream  # noqa: E402
 from utils.harness import Latency  # noqa: E402
-from quantization.tensorrt_route.gpu import Stream, device_info  # noqa: E402
-from quantization.tensorrt_route.plan import (build_plan, calibration_profile, image_profile, image_profiles,  # noqa: E402
+from quantization.tensorrt.gpu import Stream, device_info  # noqa: E402
+from quantization.tensorrt.plan import (build_plan, calibration_profile, image_profile, image_profiles,  # noqa: E402
                                               pad_right, text_profile, text_profiles)
-from quantization.tensorrt_route.trt_backend import (EngineRunner, build_serialized, make_entropy_calibrator,  # noqa: E402
+from quantization.tensorrt.trt_backend import (EngineRunner, build_serialized, make_entropy_calibrator,  # noqa: E402
                                                      make_logger)
 
 

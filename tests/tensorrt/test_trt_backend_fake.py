@@ -3,12 +3,12 @@ returned status checked, one optimization profile per timed batch selected at ru
 import numpy as np
 import pytest
 
-from quantization.tensorrt_route import trt_backend
-from quantization.tensorrt_route.cache import CalibKey, CalibrationCache
-from quantization.tensorrt_route.calib import CalibrationError, CalibrationStream
-from quantization.tensorrt_route.plan import (build_plan, calibration_profile, image_profile, image_profiles,
+from quantization.tensorrt import trt_backend
+from quantization.tensorrt.cache import CalibKey, CalibrationCache
+from quantization.tensorrt.calib import CalibrationError, CalibrationStream
+from quantization.tensorrt.plan import (build_plan, calibration_profile, image_profile, image_profiles,
                                               text_profiles)
-from quantization.tensorrt_route.trt_backend import EngineRunner, build_serialized, make_entropy_calibrator
+from quantization.tensorrt.trt_backend import EngineRunner, build_serialized, make_entropy_calibrator
 from tests.tensorrt import fake_trt
 from tests.tensorrt.fake_trt import BUILDS, FakeBuffer, FakeStream, make_fake_trt, write_onnx
 

@@ -118,7 +118,7 @@ def test_eval_limit_above_the_data_caps_and_says_so(tmp_path, resnet_weights):
                        text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     runs = tmp_path / "runs"
-    p = subprocess.run([sys.executable, "-m", "quantization.torch_route", *common, "--methods", "eager",
+    p = subprocess.run([sys.executable, "-m", "quantization.torch.route", *common, "--methods", "eager",
                         "--calib-samples", "4", "--eval-limit", "50", "--batches", "1", "--min-time", "0.01",
                         "--min-iters", "1", "--devices", "cpu", "--runs-dir", str(runs)],
                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)

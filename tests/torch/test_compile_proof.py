@@ -1,4 +1,4 @@
-"""A compiled row proves it ran compiled (quantization.torch_route.Compiled), with the real TorchDynamo on the CPU.
+"""A compiled row proves it ran compiled (quantization.torch.route.Compiled), with the real TorchDynamo on the CPU.
 
 Seen on an H200: after several variants were compiled in one process, an inductor-bf16 row ran eager (TorchDynamo's
 recompile limit is counted per code object, and every torch.compile'd nn.Module enters through one shared frame) and
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantization import torch_route as tr
+from quantization.torch import route as tr
 
 
 def tiny(seed: int, classes: int = 10):

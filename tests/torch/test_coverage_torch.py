@@ -34,7 +34,7 @@ def test_onnx_mac_table_equals_torch_flop_count_and_names_the_modules(tmp_path):
 
 
 def test_fx_and_pt2e_report_the_modules_they_quantized():
-    from quantization.torch_route import fx_quantized_modules, pt2e_quantized_modules, resnet_fx, resnet_pt2e
+    from quantization.torch.route import fx_quantized_modules, pt2e_quantized_modules, resnet_fx, resnet_pt2e
 
     torch.manual_seed(0)
     m = TinyNet().eval()
@@ -48,7 +48,7 @@ def test_fx_and_pt2e_report_the_modules_they_quantized():
 
 @pytest.mark.parametrize("scope,head", [("default", False), ("head", True)])
 def test_torchao_follows_the_scope_and_reports_the_swapped_layers(tmp_path, scope, head):
-    from quantization.torch_route import gpt2_quantized, quantized_linears
+    from quantization.torch.route import gpt2_quantized, quantized_linears
 
     _tiny_gpt2().save_pretrained(tmp_path)
     q, n = gpt2_quantized(str(tmp_path), "dynamic", keep=MODEL_DECLS["gpt2"].scope(scope).keeps)

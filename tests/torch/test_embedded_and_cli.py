@@ -68,7 +68,7 @@ def test_route_twice_gives_identical_accuracy(prepared, tmp_path):
     vals = []
     for i in range(2):
         d = tmp_path / f"runs{i}"
-        p = run("-m", "quantization.torch_route", "--model", "resnet50", "--methods", "eager,fx", "--batches", "1",
+        p = run("-m", "quantization.torch.route", "--model", "resnet50", "--methods", "eager,fx", "--batches", "1",
                 "--min-time", "0.05", "--min-iters", "2", "--devices", "cpu", "--runs-dir", str(d))
         assert p.returncode == 0, p.stderr[-2000:]
         rows = {f.name: json.loads(f.read_text()) for f in sorted(d.glob("*.json"))}
@@ -99,7 +99,7 @@ def _one_error_line(p):
     (["--model", "gpt2", "--calib-samples", "100000"], "larger than the train split"),
 ])
 def test_route_bad_input(prepared, args, expect, tmp_path):
-    line = _one_error_line(run("-m", "quantization.torch_route", *args, "--runs-dir", str(tmp_path)))
+    line = _one_error_line(run("-m", "quantization.torch.route", *args, "--runs-dir", str(tmp_path)))
     assert expect in line
     assert not list(tmp_path.glob("*.json"))  # nothing written
 
@@ -128,7 +128,7 @@ def test_truncated_cached_checkpoint_is_one_line_error(prepared, tmp_path):
     manifest = json.loads((cache / src.cache_dir.name / "manifest.json").read_text())
     manifest["checkpoint"] = str(ckpt)
     (cache / src.cache_dir.name / "manifest.json").write_text(json.dumps(manifest))
-    line = _one_error_line(run("-m", "quantization.torch_route", "--model", "resnet50", "--methods", "eager",
+    line = _one_error_line(run("-m", "quantization.torch.route", "--model", "resnet50", "--methods", "eager",
                                "--runs-dir", str(tmp_path / "runs"), env={"SUITE_CACHE_DIR": str(cache)}))
     assert str(ckpt) in line and "changed since it was made" in line and "--force" in line  # the recorded hash
 

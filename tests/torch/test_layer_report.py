@@ -31,7 +31,7 @@ class Tiny(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from quantization.torch_route import resnet_fx
+    from quantization.torch.route import resnet_fx
 
     torch.manual_seed(0)
     m = Tiny().eval()

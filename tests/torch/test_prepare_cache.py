@@ -60,7 +60,7 @@ def test_route_refuses_a_changed_checkpoint_with_one_line(moved):
     cache, d = moved
     (d / "model.pt").write_bytes(b"")
     env = {**os.environ, "SUITE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO_ROOT)}
-    r = subprocess.run([sys.executable, "-m", "quantization.torch_route", "--model", "resnet50", "--methods", "eager",
+    r = subprocess.run([sys.executable, "-m", "quantization.torch.route", "--model", "resnet50", "--methods", "eager",
                         "--runs-dir", str(cache / "runs")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 2

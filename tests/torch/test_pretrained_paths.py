@@ -44,7 +44,7 @@ def test_pretrained_resnet50_from_local_file_and_image_folder(tmp_path):
     p = run("-m", "models.prepare", *common, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     runs = tmp_path / "runs"
-    p = run("-m", "quantization.torch_route", *common, "--methods", "eager,fx", "--calib-samples", "4",
+    p = run("-m", "quantization.torch.route", *common, "--methods", "eager,fx", "--calib-samples", "4",
             "--batches", "1", "--min-time", "0.01", "--min-iters", "1", "--devices", "cpu", "--runs-dir", str(runs), env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(f.read_text()) for f in sorted(runs.glob("*.json"))]
@@ -67,7 +67,7 @@ def test_pretrained_gpt2_from_local_dir_and_text_file(tmp_path, embedded_models)
     p = run("-m", "models.prepare", *common, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     runs = tmp_path / "runs"
-    p = run("-m", "quantization.torch_route", *common, "--methods", "eager", "--calib-samples", "2", "--batches", "1",
+    p = run("-m", "quantization.torch.route", *common, "--methods", "eager", "--calib-samples", "2", "--batches", "1",
             "--min-time", "0.01", "--min-iters", "1", "--devices", "cpu", "--runs-dir", str(runs), env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = {r["latency_kind"]: r for r in (json.loads(f.read_text()) for f in runs.glob("*.json"))}

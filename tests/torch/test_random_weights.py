@@ -43,7 +43,7 @@ def test_digit_inputs_upscaled_after_picking_equal_the_full_upscale():
 
 
 def test_route_rows_have_latency_and_fidelity_but_no_accuracy(random_resnet, tmp_path):
-    from quantization.torch_route import main
+    from quantization.torch.route import main
     from utils.rows import read_rows
 
     runs = tmp_path / "runs"

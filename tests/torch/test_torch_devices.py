@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantization import torch_route as tr
+from quantization.torch import route as tr
 from utils.errors import SuiteError
 from utils.harness import measure
 from utils.paths import REPO_ROOT
@@ -163,7 +163,7 @@ def test_a_cuda_build_is_timed_with_cuda_events(monkeypatch, fake_events):
 
 def _route(tmp_path, *args):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    p = subprocess.run([sys.executable, "-m", "quantization.torch_route", "--runs-dir", str(tmp_path), *args],
+    p = subprocess.run([sys.executable, "-m", "quantization.torch.route", "--runs-dir", str(tmp_path), *args],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800, env=env)
     rows = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("*.json"))]
     return p, rows

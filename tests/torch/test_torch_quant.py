@@ -29,7 +29,7 @@ def tiny():
 
 
 def test_fx_int8_outputs_close_to_fp32(tiny):
-    from quantization.torch_route import resnet_fx
+    from quantization.torch.route import resnet_fx
 
     m, x = tiny
     with torch.no_grad():
@@ -46,12 +46,12 @@ def test_fx_int8_outputs_close_to_fp32(tiny):
 
 
 def test_pt2e_int8_outputs_close_to_fp32(tiny):
-    from quantization.torch_route import resnet_pt2e
+    from quantization.torch.route import resnet_pt2e
 
     m, x = tiny
     with torch.no_grad():
         ref = m(torch.from_numpy(x)).numpy()
-    from quantization.torch_route import qparams
+    from quantization.torch.route import qparams
 
     q, q_big = resnet_pt2e(m, x[:32], latency_resolution=32)
     with torch.no_grad():
@@ -75,7 +75,7 @@ def _tiny_gpt2():
 def test_conv1d_to_linear_is_exact():
     from transformers.pytorch_utils import Conv1D
 
-    from quantization.torch_route import conv1d_to_linear
+    from quantization.torch.route import conv1d_to_linear
 
     m = _tiny_gpt2()
     ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(0))
@@ -92,7 +92,7 @@ def test_conv1d_to_linear_is_exact():
 
 @pytest.mark.parametrize("method,bound", [("weight-only", 0.02), ("dynamic", 0.05)])
 def test_gpt2_torchao_int8_relative_error(tmp_path, method, bound):
-    from quantization.torch_route import gpt2_quantized
+    from quantization.torch.route import gpt2_quantized
 
     m = _tiny_gpt2()
     m.save_pretrained(tmp_path)
@@ -123,7 +123,7 @@ def test_cached_generation_equals_hf_generate(tmp_path, method):
     tokens, for the FP32 model and a torchao-quantized one."""
     from models.embedded import load_gpt2
     from quantization.kit import greedy
-    from quantization.torch_route import gpt2_quantized, lm_generate
+    from quantization.torch.route import gpt2_quantized, lm_generate
 
     m = _tiny_gpt2()
     m.save_pretrained(tmp_path)

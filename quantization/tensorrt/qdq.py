@@ -35,7 +35,7 @@ def index_path(modelopt_dir: Path) -> Path:
 def run_first(model: str, method: str) -> str:
     return (f"no Q/DQ ONNX from ModelOpt ({method!r} calibration) for {model}: run the modelopt-onnx route first "
             f"(python3 -m evaluation.bench --toolchains modelopt-onnx, or in its environment `python -m "
-            f"quantization.modelopt_onnx_route --model {model} --methods {method}`)")
+            f"quantization.modelopt_onnx.route --model {model} --methods {method}`)")
 
 
 def find_qdq(modelopt_dir: Path, model: str, method: str = "max", *, calib_sha: str | None = None,

@@ -1,7 +1,7 @@
 """OpenVINO + NNCF route: the manifest's FP32 ONNX read by OpenVINO, NNCF post-training INT8 quantization and
 NNCF weight-only compression, compiled for the OpenVINO CPU plugin.
 
-    python -m quantization.openvino_route --model gpt2 --methods fp32,int8,int8-wo,int4-wo
+    python -m quantization.openvino --model gpt2 --methods fp32,int8,int8-wo,int4-wo
 
 Rows (utils/registry.py declares them):
   fp32     the FP32 ONNX as OpenVINO's ONNX frontend reads it (INFERENCE_PRECISION_HINT=f32: no silent bf16)
@@ -32,7 +32,7 @@ from quantization.kit import Built, Calibration, ModelContext, Route, calibratio
 from quantization.kit import cache
 from quantization.kit import onnx as oc
 from quantization.kit.tasks import file_size_mb
-from quantization.openvino_route import ov as O
+from quantization.openvino import ov as O
 from utils import artifacts
 from utils.errors import SuiteError
 

@@ -1,4 +1,4 @@
-"""`python -m quantization.tensorrt_route`: FP32 / FP16 / implicit INT8 (entropy calibrator) /
+"""`python -m quantization.tensorrt`: FP32 / FP16 / implicit INT8 (entropy calibrator) /
 explicit Q/DQ INT8 TensorRT engines for ResNet50 and GPT-2, scored and timed on the GPU through the kit.
 
 Where TensorRT or a CUDA device is missing every selected row is written as `skipped` with
@@ -27,7 +27,7 @@ from .plan import (WORKSPACE_BYTES, BuildPlan, build_plan, calibration_profile, 
 from .gpu import E2E_KIND, GPU_COMPUTE_KIND
 from .qdq import QDQ_METHODS, find_qdq
 
-log = logging.getLogger("quantization.tensorrt_route")
+log = logging.getLogger("quantization.tensorrt")
 TOOLCHAIN = "tensorrt"
 DEFAULT_CALIB_BATCH = {"image-classification": 32, "language-model": 8}
 

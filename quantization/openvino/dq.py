@@ -1,7 +1,7 @@
 """Did the OpenVINO CPU plugin's dynamic quantization run? The on/off experiment behind the weight-only rows' compute
 precision, on any model the route builds.
 
-    python -m quantization.openvino_route.dq --model gpt2 --weights random --methods fp32,int8,int8-wo,int4-wo \
+    python -m quantization.openvino.dq --model gpt2 --weights random --methods fp32,int8,int8-wo,int4-wo \
         --repeats 3 --out results/openvino_dq_gpt2_random.csv
 
 Each method's artifact (the FP32 ONNX, or the cached NNCF IR the route makes) is compiled twice per repeat, with
@@ -24,12 +24,12 @@ import sys
 from pathlib import Path
 
 from quantization.kit import build_variant, cli_main, setup_logging
-from quantization.openvino_route import ov as O
+from quantization.openvino import ov as O
 from utils.atomic import atomic_write_text
 from utils.cli import ArgParser
 from utils.errors import SuiteError
 
-log = logging.getLogger("quantization.openvino_route.dq")
+log = logging.getLogger("quantization.openvino.dq")
 FIELDS = ["model", "weights", "method", "repeat", "order", "group_size", "off_min_ms", "off_median_ms", "on_min_ms",
           "on_median_ms", "off_cpu_min_ms", "on_cpu_min_ms", "off_over_on_min", "off_over_on_median",
           "wall_off_over_on_min", "wall_off_over_on_median", "off_gops", "on_gops", "fc_layers",
@@ -105,7 +105,7 @@ def to_csv(lines: list[dict]) -> str:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgParser(prog="python -m quantization.openvino_route.dq", description=__doc__.split("\n\n")[0])
+    ap = ArgParser(prog="python -m quantization.openvino.dq", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="gpt2")
     ap.add_argument("--weights", default="random", choices=("embedded", "random", "pretrained"))
     ap.add_argument("--methods", default="fp32,int8,int8-wo,int4-wo")

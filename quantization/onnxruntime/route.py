@@ -1,6 +1,6 @@
 """ONNX Runtime route: the FP32 ONNX baseline and `quantize_static` INT8 (QDQ, per-channel, U8/S8) on CPU.
 
-    python -m quantization.onnxruntime_route --model resnet50 --methods fp32,minmax
+    python -m quantization.onnxruntime --model resnet50 --methods fp32,minmax
 
 Rows: `fp32` (the manifest's FP32 ONNX as is) and `minmax` / `entropy` / `percentile`
 (ORT's calibrators on the shared calibration subset). ResNet50 quantizes every op ORT

@@ -1,6 +1,6 @@
 """ModelOpt ONNX PTQ route: `modelopt.onnx.quantization.quantize` on the FP32 ONNX, evaluated with ONNX Runtime.
 
-    python -m quantization.modelopt_onnx_route --model resnet50 --methods max,entropy
+    python -m quantization.modelopt_onnx --model resnet50 --methods max,entropy
 
 Methods: `max` / `entropy` (INT8, calibrated on the shared calibration subset), `fp8`
 (FP8 E4M3 Q/DQ), `int4` (block-wise INT4 weights, AWQ-clip by default). On CPU the route

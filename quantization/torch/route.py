@@ -1,7 +1,7 @@
 """Torch route: FX graph-mode and torchao pt2e INT8 for ResNet50; torchao INT8 for GPT-2 (torch env).
 
-    python -m quantization.torch_route --model resnet50 --methods eager,fx
-    python -m quantization.torch_route --model gpt2
+    python -m quantization.torch --model resnet50 --methods eager,fx
+    python -m quantization.torch --model gpt2
 
 ResNet50: `eager` FP32, `fx` INT8 (prepare_fx/convert_fx, x86 qconfig mapping; deprecated in
 torch 2.13 but still working), `inductor` FP32 and `pt2e` INT8 (torchao 0.18
@@ -42,7 +42,7 @@ from quantization.kit import Built, Calibration, ModelContext, Route, SkipVarian
 from utils.registry import TOOLCHAINS
 from utils.torchvision_compat import import_torchvision
 
-log = logging.getLogger("quantization.torch_route")
+log = logging.getLogger("quantization.torch.route")
 TOOLCHAIN = "torch"
 
 

@@ -1,0 +1,1 @@
+"""The onnxruntime route package (quantization/onnxruntime/route.py: ROUTE, main)."""

@@ -1,0 +1,5 @@
+import sys
+
+from quantization.onnxruntime.route import main
+
+sys.exit(main())

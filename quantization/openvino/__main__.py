@@ -1,0 +1,5 @@
+import sys
+
+from quantization.openvino.route import main
+
+sys.exit(main())

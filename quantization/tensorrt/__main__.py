@@ -1,0 +1,5 @@
+import sys
+
+from quantization.tensorrt.route import main
+
+sys.exit(main())

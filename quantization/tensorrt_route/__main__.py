@@ -1,3 +1,0 @@
-from quantization.tensorrt_route.route import main
-
-raise SystemExit(main())

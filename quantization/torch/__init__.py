@@ -1,0 +1,1 @@
+"""The torch route package (quantization/torch/route.py: ROUTE, main)."""

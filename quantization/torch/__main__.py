@@ -1,0 +1,5 @@
+import sys
+
+from quantization.torch.route import main
+
+sys.exit(main())
