@@ -131,7 +131,7 @@ def test_bad_timing_flags_exit_2_before_any_row(cache, capsys):
 
 def test_build_variant_is_the_public_build_api(cache, monkeypatch):
     route = NumpyRoute()
-    monkeypatch.setattr(kit, "route_for", lambda name: route)
+    monkeypatch.setattr("quantization.kit.cli.route_for", lambda name: route)
     ctx, built = kit.build_variant("onnxruntime", "resnet50", "minmax", argv=["--calib-samples", "16"])
     assert ctx.task.kind == "image-classification" and ctx.hashes["n_calib"] == 16
     s = kit.score_built(ctx, built)
