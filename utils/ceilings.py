@@ -562,7 +562,7 @@ def cuda_summary(rec: dict) -> str:
 # ------------------------------------------------------------------------------------------ memory bandwidth
 # The roofline's other side: how many bytes per second the cores can stream from main memory. A model call that
 # must read more bytes (weights, activations, KV cache) than this rate allows in the time its arithmetic needs is
-# memory-bound, and its efficiency is read against this ceiling, not the matmul one (evaluation/aggregate.py).
+# memory-bound, and its efficiency is read against this ceiling, not the matmul one (evaluation/report/aggregate.py).
 MEM_KERNELS = ("numpy.read", "numpy.copy", "numpy.triad", "torch.triad")
 MEM_METHOD = {"numpy.read": "numpy sum of a, one slice per thread (1 array counted: reads only, like streamed weights)",
               "numpy.copy": "numpy.copyto a = b, one slice per thread (2 arrays counted)",

@@ -25,7 +25,7 @@ COMMON_PACKAGES = recorded_packages()  # from the toolchain declarations (utils/
 
 
 def _is_suite_venv() -> bool:
-    """This interpreter is a venv made by evaluation/envs.py (it leaves its stamp file in the venv)."""
+    """This interpreter is a venv made by evaluation/launch/envs.py (it leaves its stamp file in the venv)."""
     from pathlib import Path
 
     return sys.prefix != sys.base_prefix and (Path(sys.prefix) / "suite-env.json").is_file()

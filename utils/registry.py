@@ -1,6 +1,6 @@
 """The one declaration of every toolchain and model (strings and tuples only: importing it imports no toolchain).
 
-Everything else reads this module: environment creation (`evaluation.envs`), the test command
+Everything else reads this module: environment creation (`evaluation.launch.envs`), the test command
 (`evaluation.test`), the bench and sweeps (run order, devices, skipped rows), the environment
 record (packages), aggregation (baselines, ordering, plot markers) and the route kit (variants,
 route resolution). Adding a toolchain takes its route module or package, one `Toolchain(...)`
@@ -115,14 +115,14 @@ class EnvDecl:
     # top-level modules its required parts provide: checked in an existing interpreter (--python NAME=PATH,
     # --use-current-python) before anything runs; optional parts (TensorRT, nvtripy) are not listed
     imports: tuple[str, ...] = ()
-    # self-contained modules (stdlib at import) that evaluation/envs.py copies into the environment's site-packages
+    # self-contained modules (stdlib at import) that evaluation/launch/envs.py copies into the environment's site-packages
     # with a .pth line calling their install() when any interpreter of it starts (also into an environment that
     # exists already): e.g. utils.torchvision_hook, so that `import torchvision` works without the suite's code
     site_hooks: tuple[str, ...] = ()
 
 
 # environments that are not a toolchain: the shared layer's tests and the report (pandas, matplotlib, scipy), and
-# the Ray driver / task wrapper of `bench --cluster` (evaluation/cluster.py; docs/scale-out.md)
+# the Ray driver / task wrapper of `bench --cluster` (evaluation/launch/cluster.py; docs/scale-out.md)
 SUPPORT_ENVS: dict[str, EnvDecl] = {
     "report": EnvDecl("report", (Part("report.txt"),), tests="tests/common",
                       imports=("numpy", "pandas", "matplotlib", "scipy", "tabulate")),

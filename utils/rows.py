@@ -1,6 +1,6 @@
 """The result row: one frozen dataclass per measurement, written as one JSON file, atomically.
 
-Tables are rendered from these rows (evaluation.aggregate), never from printed output.
+Tables are rendered from these rows (evaluation.report.aggregate), never from printed output.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class ResultRow:
     # come later under the same key; until then the table says "not timed"); "" for a finished row
     pending: str = ""
     # --repeats N: which pass of the run measured this row (1..N; None for a run of one pass); the table combines a
-    # run's passes into one line with their between-run spread (evaluation.aggregate)
+    # run's passes into one line with their between-run spread (evaluation.report.aggregate)
     repeat: int | None = None
     status: str = "ok"
     reason: str = ""

@@ -3,7 +3,7 @@
 PyPI only has torchvision's CUDA build; with CPU torch its `_C` extension fails to load
 silently and `import torchvision` then raises "operator torchvision::nms does not exist".
 The suite's torch environment gets a start-up hook for that (utils/torchvision_hook.py,
-installed by evaluation/envs.py), so a plain `import torchvision` works there; this function
+installed by evaluation/launch/envs.py), so a plain `import torchvision` works there; this function
 does the same for an interpreter without the hook (an existing one passed with --python):
 define the two missing op schemas and import again. The C ops such as nms stay unavailable,
 which classification does not need. Where the extension loads (a CUDA machine) the first

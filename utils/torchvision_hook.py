@@ -1,7 +1,7 @@
 """`import torchvision` as users expect in an environment with CPU torch and the CUDA-only torchvision wheel.
 
 PyPI has only torchvision's CUDA build (FACTS.md); next to CPU torch its `_C` extension fails to load silently and
-`import torchvision` then raises "operator torchvision::nms does not exist". evaluation/envs.py installs this file
+`import torchvision` then raises "operator torchvision::nms does not exist". evaluation/launch/envs.py installs this file
 into the site-packages of every environment that declares it (utils/registry.py `EnvDecl.site_hooks`: the torch
 environment) as `_ptq_suite_torchvision.py`, with a `.pth` line that imports it when any interpreter of that
 environment starts: a user's script, a notebook kernel, `python -c "import torchvision"`, without importing the

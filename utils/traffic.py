@@ -1,4 +1,4 @@
-"""Bytes one timed call of a model moves through memory: the memory side of the roofline (evaluation/aggregate.py).
+"""Bytes one timed call of a model moves through memory: the memory side of the roofline (evaluation/report/aggregate.py).
 
 An estimate from the model's shapes and the row, never a measurement:
 

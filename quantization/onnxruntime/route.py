@@ -337,7 +337,7 @@ class OrtRoute(oc.OnnxRoute):
 
     def unavailable(self, opts) -> str | None:
         return unavailable_import("onnx", "onnxruntime", "onnxruntime.quantization",
-                                  hint="create the environment with `python3 -m evaluation.envs onnxruntime`")
+                                  hint="create the environment with `python3 -m evaluation.launch.envs onnxruntime`")
 
     def make_artifact(self, ctx: ModelContext, method: str, precision: str) -> oc.Artifact:
         return make_artifact(ctx, method, precision, ctx.opts)

@@ -169,7 +169,7 @@ class OpenVinoRoute(Route):
 
     def unavailable(self, opts) -> str | None:
         return unavailable_import("openvino", "nncf", "onnx",
-                                  hint="create the environment with `python3 -m evaluation.envs openvino`")
+                                  hint="create the environment with `python3 -m evaluation.launch.envs openvino`")
 
     def open(self, ctx: ModelContext) -> None:
         ctx.state["src"] = oc.source_onnx(ctx.manifest)  # corrupt/missing FP32 ONNX -> one-line error before any row

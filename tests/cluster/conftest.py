@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import envs
+from evaluation.launch import envs
 from tests import bench_proc
 from utils.registry import PREPARE_TOOLCHAIN, TOOLCHAINS
 
@@ -20,7 +20,7 @@ ORT = "onnxruntime"
 def need_envs(*names: str) -> None:
     missing = [n for n in names if not envs.is_ready(n)]
     if missing:
-        pytest.skip(f"environment(s) {', '.join(missing)} not created yet (python3 -m evaluation.envs {' '.join(missing)})")
+        pytest.skip(f"environment(s) {', '.join(missing)} not created yet (python3 -m evaluation.launch.envs {' '.join(missing)})")
 
 
 def bench(args: list[str], cache: Path, node_cache: Path, extra_env: dict | None = None, **kw) -> subprocess.Popen:

@@ -3,7 +3,8 @@ import math
 import pandas as pd
 import pytest
 
-from evaluation.aggregate import aggregate, build_table
+from evaluation.report.aggregate import aggregate
+from evaluation.report.table import build_table
 from utils.metrics import pack_bits
 from utils.errors import SuiteError
 from utils.rows import ResultRow, write_row
@@ -169,7 +170,8 @@ def _at(row: ResultRow, stamp: str, host: str, **kw) -> ResultRow:
 def test_run_folders_from_several_machines_merge_by_key_and_timestamp(tmp_path):
     """Newest ok row wins; a failed row never replaces an ok one (it becomes the latest attempt); rows of another
     device and host stand beside them; the CLI takes --runs-dir several times."""
-    from evaluation.aggregate import main, merge_runs
+    from evaluation.report.aggregate import main
+    from evaluation.report.merge import merge_runs
 
     rows, _ = _rows()
     eager, fx = rows[0], rows[1]
@@ -214,15 +216,15 @@ def _cuda_row(method, compute, p50, gpu="NVIDIA H200", ceil=GPU_CEIL, batch=32):
 
 
 def test_cuda_rows_take_the_gpus_own_ceiling_of_their_precision():
-    from evaluation.aggregate import _ceiling
+    from evaluation.report.table import ceiling
 
     for compute in ("fp32", "bf16", "fp16", "fp8", "int8"):
-        assert _ceiling(_cuda_row("x", compute, 1.0)) == GPU_CEIL[f"{compute}_ops_per_s"]
-    assert _ceiling(_cuda_row("x", "int4", 1.0)) is None  # no int4 matmul measured
-    assert _ceiling(_cuda_row("x", "bf16", 1.0, gpu="NVIDIA A100")) is None  # another GPU's record never rates it
-    assert _ceiling(_cuda_row("x", "bf16", 1.0, ceil={"available": False, "reason": "no GPU"})) is None
+        assert ceiling(_cuda_row("x", compute, 1.0)) == GPU_CEIL[f"{compute}_ops_per_s"]
+    assert ceiling(_cuda_row("x", "int4", 1.0)) is None  # no int4 matmul measured
+    assert ceiling(_cuda_row("x", "bf16", 1.0, gpu="NVIDIA A100")) is None  # another GPU's record never rates it
+    assert ceiling(_cuda_row("x", "bf16", 1.0, ceil={"available": False, "reason": "no GPU"})) is None
     # a CPU row still takes the CPU's
-    assert _ceiling(_row("torch", "fx", "int8", 50.0, 94.5, [True])) == CEIL["int8_ops_per_s"]
+    assert ceiling(_row("torch", "fx", "int8", 50.0, 94.5, [True])) == CEIL["int8_ops_per_s"]
     df = build_table([_cuda_row("inductor-bf16", "bf16", 2.0), _cuda_row("inductor", "fp32", 20.0)]).set_index("method")
     # 8 GFLOP x 16,000 images/s over 700 TFLOP/s
     assert df.loc["inductor-bf16", "efficiency"] == pytest.approx(100 * 8e9 * 16000 / 700e12)
@@ -230,7 +232,7 @@ def test_cuda_rows_take_the_gpus_own_ceiling_of_their_precision():
 
 
 def test_a_cuda_row_above_its_ceiling_says_why_and_the_table_names_the_gpu_ceilings():
-    from evaluation.aggregate import render_markdown
+    from evaluation.report.markdown import render_markdown
 
     rows = [_cuda_row("inductor", "fp32", 2.0)]  # 8 GFLOP x 16,000/s = 128 TFLOP/s over a 50 TFLOP/s FP32 GEMM
     df = build_table(rows)
@@ -278,7 +280,8 @@ def _cov_row(toolchain, method, precision, p50, coverage=None, run="r"):
 
 
 def test_coverage_column_and_a_verdict_that_says_when_rows_did_other_work(tmp_path):
-    from evaluation.aggregate import Criterion, readme_block, render_markdown, verdicts
+    from evaluation.report.verdict import Criterion, verdicts
+    from evaluation.report.markdown import readme_block, render_markdown
 
     rows = [_cov_row("onnxruntime", "fp32", "fp32", 170.0), _cov_row("openvino", "fp32", "fp32", 160.0),
             _cov_row("onnxruntime", "minmax", "int8", 100.0, 67.4), _cov_row("openvino", "int8", "int8", 80.0, 67.4),

@@ -11,7 +11,7 @@ from utils.registry import EnvDecl, Part, Toolchain
 
 def test_layers_name_no_toolchain():
     """envs, test and bench read the declaration: no toolchain literal in them."""
-    for f in ("evaluation/envs.py", "evaluation/test.py", "evaluation/bench.py"):
+    for f in ("evaluation/launch/envs.py", "evaluation/launch/tests.py", "evaluation/launch/bench.py"):
         text = (REPO_ROOT / f).read_text()
         for lit in ("onnxruntime", "modelopt", "tensorrt", "tripy"):
             assert lit not in text, (f, lit)

@@ -1,13 +1,14 @@
 """Docs cannot go stale: every generated block in docs/ and the README's results block equal what aggregation
-renders from the committed results/summary.csv (rerun `python3 -m evaluation.aggregate --readme README.md
+renders from the committed results/summary.csv (rerun `python3 -m evaluation.report.aggregate --readme README.md
 --docs docs/...` after committing results)."""
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from evaluation.aggregate import (DOC_BLOCK, PROVENANCE, Criterion, _spec, block_source, doc_source,
-                                  readme_block, readme_block_of, render_block, rewrite_doc_blocks)
+from evaluation.report.docs import DOC_BLOCK, PROVENANCE, block_spec, block_source, doc_source, render_block, rewrite_doc_blocks
+from evaluation.report.verdict import Criterion
+from evaluation.report.markdown import readme_block, readme_block_of
 from utils.paths import REPO_ROOT, RESULTS_DIR
 
 SUMMARY = RESULTS_DIR / "summary.csv"
@@ -30,7 +31,7 @@ def test_generated_blocks_match_the_committed_summary(doc: Path, table):
     """Every block's first line names what it was rendered from (the committed summary, or a `csv` block's own file,
     relative to the repository: no machine's absolute path), and the rest is what that renders to now."""
     for m in DOC_BLOCK.finditer(doc.read_text()):
-        name, spec = m.group("name"), _spec(m.group("args"))
+        name, spec = m.group("name"), block_spec(m.group("args"))
         head, _, body = m.group("body").partition("\n")
         assert head == PROVENANCE.format(block_source(name, spec, "results/summary.csv")), (doc, name, head)
         assert body == render_block(name, spec, table), (doc, name)

@@ -1,4 +1,4 @@
-"""Environments created in the background while the models are prepared (evaluation/envs.py Builds, the bench's
+"""Environments created in the background while the models are prepared (evaluation/launch/envs.py Builds, the bench's
 first step): at most 2 at once, nothing timed until all finished, a failed one gives its toolchain the same
 skipped rows as before, and an interrupted one is never left marked ready."""
 import os
@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from evaluation import bench, envs, launch
+from evaluation.launch import bench, envs
+from evaluation.launch import routes as launch
 from utils.plan import Plan, write_item_record
 from utils.registry import Part
 from utils.rows import read_rows
@@ -243,7 +244,7 @@ def test_test_command_creates_later_environments_in_the_background_while_earlier
     """evaluation.test: the first environment in the foreground, the rest one at a time at low priority while the
     earlier folders' tests run; every folder's tests start only once its own environment is ready, and a failed
     background creation fails that folder alone."""
-    from evaluation import test as runner
+    from evaluation.launch import tests as runner
 
     log = Log()
     names = ["torch", "report", "onnxruntime", "openvino"]

@@ -1,4 +1,4 @@
-from evaluation import envs
+from evaluation.launch import envs
 
 
 def test_requirements_hash_tracks_every_included_file(tmp_path, monkeypatch):
@@ -16,7 +16,7 @@ def test_requirements_hash_tracks_every_included_file(tmp_path, monkeypatch):
 
 
 def test_every_env_has_its_requirements_and_a_test_folder():
-    from evaluation.test import TEST_DIRS
+    from evaluation.launch.tests import TEST_DIRS
     from utils.paths import REPO_ROOT, REQUIREMENTS_DIR
     from utils.registry import TOOLCHAINS
 
@@ -118,7 +118,7 @@ def test_rows_record_the_interpreter(monkeypatch):
 
 
 def test_test_command_checks_the_existing_interpreter_first(overrides, monkeypatch, capsys):
-    from evaluation import test as test_cmd
+    from evaluation.launch import tests as test_cmd
 
     monkeypatch.setitem(envs.IMPORTS, "report", ("no_such_module_for_the_suite_test",))
     monkeypatch.setattr(envs, "run_in_env", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran pytest")))

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.aggregate import build_table, render_compact, render_markdown, verdicts, Criterion
+from evaluation.report.table import build_table
+from evaluation.report.markdown import render_compact, render_markdown
+from evaluation.report.verdict import verdicts, Criterion
 from quantization.kit import greedy, token_match
 from utils.rows import ResultRow
 from utils.specs import RANDOM_REASON, ModelSource
@@ -150,7 +152,7 @@ def test_random_weights_skip_calibration_twins_unless_named(tmp_path):
 def test_a_route_killed_after_writing_its_skipped_cuda_rows_left_its_cpu_variants_unfinished(tmp_path):
     """The ModelOpt route writes skipped cuda rows first; killed later on the cpu, its cpu variants have no rows and
     must get failed rows (the cuda rows do not count for them)."""
-    from evaluation.launch import status_items, unfinished
+    from evaluation.launch.routes import status_items, unfinished
     from utils.plan import Settings, build_plan
 
     plan = build_plan(models="gpt2", toolchains="modelopt-onnx", settings=Settings(weights="random"), runs_dir=tmp_path)

@@ -1,8 +1,8 @@
-"""python3 -m evaluation.gpucheck: its plan (the bench's, on cuda, within a budget), the skipped reasons on a machine
+"""python3 -m evaluation.launch.gpucheck: its plan (the bench's, on cuda, within a budget), the skipped reasons on a machine
 without a GPU, failures -> exit 1."""
 import os
 
-from evaluation import bench, gpucheck
+from evaluation.launch import bench, gpucheck, run
 from utils.registry import TOOLCHAINS
 from utils.rows import read_attempts, read_rows, status_rows, write_row
 
@@ -53,7 +53,7 @@ def test_the_budget_keeps_each_toolchains_fp32_baseline_first_and_says_what_it_l
 
 def test_dry_run_lists_the_plan_and_runs_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gpucheck, "driver_missing", lambda: NO_DRIVER)
-    monkeypatch.setattr(bench, "execute", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran the bench")))
+    monkeypatch.setattr(run, "execute", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran the bench")))
     runs = tmp_path / "runs"
     assert gpucheck.main(["--dry-run", "--budget", "240", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
@@ -65,7 +65,7 @@ def test_dry_run_lists_the_plan_and_runs_nothing(tmp_path, monkeypatch, capsys):
 
 def test_without_a_driver_every_row_is_skipped_with_the_reason_and_exit_0(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gpucheck, "driver_missing", lambda: NO_DRIVER)
-    monkeypatch.setattr(bench, "execute", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran the bench")))
+    monkeypatch.setattr(run, "execute", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran the bench")))
     runs = tmp_path / "runs"
     _, checked = _checked(tmp_path, "--models", "resnet50", "--budget", "100000")
     assert gpucheck.main(["--runs-dir", str(runs), "--no-report", "--no-accuracy", "--models", "resnet50",
@@ -95,7 +95,7 @@ def test_a_failed_row_makes_the_check_fail_and_skips_are_grouped_by_reason(tmp_p
             write_row(row, runs)
         return 1
 
-    monkeypatch.setattr(bench, "execute", fake_execute)
+    monkeypatch.setattr(run, "execute", fake_execute)
     rc = gpucheck.main(["--runs-dir", str(runs), "--no-report", "--no-accuracy", "--toolchains", "torch",
                         "--models", "resnet50"])
     out = capsys.readouterr().out
@@ -117,7 +117,7 @@ def test_only_skips_exit_0_with_a_driver(tmp_path, monkeypatch):
             write_row(row, runs)
         return 0
 
-    monkeypatch.setattr(bench, "execute", fake_execute)
+    monkeypatch.setattr(run, "execute", fake_execute)
     assert gpucheck.main(["--runs-dir", str(runs), "--no-report", "--no-accuracy", "--toolchains", "tensorrt",
                           "--models", "gpt2"]) == 0
 
@@ -142,7 +142,7 @@ def test_not_a_gpu_toolchain_is_one_line_exit_2(tmp_path, capsys):
 def test_the_check_counts_the_gpu_ceilings_only(tmp_path):
     """A cuda-only plan measures the GPU's ceilings alone (the bench passes --devices cuda to utils.ceilings): the
     fixed cost it plans for is that, not the CPU's 45 s."""
-    from evaluation import launch
+    from evaluation.launch import routes as launch
 
     bargs, checked = _checked(tmp_path, "--toolchains", "torch", "--budget", "100000")
     total, lines = launch.fixed_seconds(checked.plan, [], ceilings=True, report=False)

@@ -240,7 +240,7 @@ class StoppingRoute(NumpyRoute):
 
 def _stopped_run(cache, runs, methods="fp32,minmax,entropy,percentile"):
     """A route stopped while building its third variant (percentile): two variants scored, none timed yet."""
-    from evaluation.launch import mark_unfinished
+    from evaluation.launch.routes import mark_unfinished
     from utils.plan import Plan
 
     args = ARGS + ["--runs-dir", str(runs), "--methods", methods]
@@ -270,7 +270,7 @@ def test_resume_times_what_was_scored_and_runs_only_the_rest(cache):
     from the stopped run's rows), the other two run fully; a second --resume has nothing left to run."""
     import dataclasses
 
-    from evaluation.launch import Estimates, mark_unfinished, narrow
+    from evaluation.launch.routes import Estimates, mark_unfinished, narrow
     from quantization.kit.config import plan_from_args
     from utils.plan import read_item_records
 

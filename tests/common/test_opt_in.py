@@ -3,7 +3,7 @@ them, in the bench and in a route; on cuda they run by default."""
 import subprocess
 import sys
 
-from evaluation.launch import mark_unfinished, status_items
+from evaluation.launch.routes import mark_unfinished, status_items
 from utils import registry
 from utils.plan import build_plan
 from utils.paths import REPO_ROOT

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from evaluation import bench
+from evaluation.launch import bench
 from utils.errors import SuiteError
 from utils.paths import LOCAL_DIR, PUBLISHED_RUNS_DIR, REPO_ROOT, RESULTS_DIR, RUNS_DIR
 from utils.plan import (Estimates, Item, Plan, Settings, build_plan, describe, fit_budget, parse_batches,

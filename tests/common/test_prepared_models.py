@@ -1,5 +1,5 @@
 """A test that needs an embedded model fails when the test command's model-preparing folder ran first and the model
-is still missing; it skips (saying why) only when nothing has prepared it (tests/prepared.py, evaluation/test.py)."""
+is still missing; it skips (saying why) only when nothing has prepared it (tests/prepared.py, evaluation/launch/tests.py)."""
 import subprocess
 
 import pytest
@@ -28,8 +28,8 @@ def test_missing_model_skips_with_the_reason_when_nothing_prepared_it(empty_cach
 
 
 def test_the_test_command_tells_the_folders_after_the_preparing_one(monkeypatch, tmp_path):
-    from evaluation import envs
-    from evaluation import test as runner
+    from evaluation.launch import envs
+    from evaluation.launch import tests as runner
 
     names = ["torch", "report", "onnxruntime"]
     seen = {}

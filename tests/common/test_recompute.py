@@ -3,7 +3,7 @@
 Per row: a paired speedup (speedup_paired, speedup_ci_low/high) is recomputed from the row's own samples and
 trial indices and its baseline's samples and trial indices (extra.latency, extra.latency.baseline), with the
 interval settings the row records. Per table: a committed summary.csv is rebuilt from the row files of its runs
-folder (evaluation.aggregate.build_table: combined passes, speedups over the best FP32 row, between-run columns)
+folder (evaluation.report.aggregate.build_table: combined passes, speedups over the best FP32 row, between-run columns)
 and every number compared.
 """
 import json
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.aggregate import build_table
-from evaluation.combine import paired_samples
+from evaluation.report.table import build_table
+from evaluation.report.combine import paired_samples
 from utils.paths import RESULTS_DIR
 from utils.rows import read_attempts, read_rows
 from utils.stats import speedup_ci

@@ -1,10 +1,11 @@
-"""evaluation.sweep: argument checks, the route commands it runs, and the tables/plots from rows (report env)."""
+"""evaluation.launch.sweep: argument checks, the route commands it runs, and the tables/plots from rows (report env)."""
 import numpy as np
 import pytest
 
 from utils.errors import SuiteError
 
-from evaluation import sweep
+from evaluation.launch import sweep
+from evaluation.report import sweeps
 from utils.metrics import pack_bits
 from utils.stats import mcnemar_exact
 from utils.rows import ResultRow, write_row
@@ -29,7 +30,7 @@ def calls(monkeypatch):
     seen = []
     monkeypatch.setattr(sweep, "_ensure", lambda names: None)
     monkeypatch.setattr(sweep, "probe_train_size", lambda args, env: 1438)
-    from evaluation import launch
+    from evaluation.launch import routes as launch
 
     monkeypatch.setattr(launch, "run_plan", lambda plan, who, prepared=None: seen.append(plan) or launch.Outcome())
     return seen
@@ -98,7 +99,7 @@ def test_calib_table_and_plot_from_rows(tmp_path):
         write_row(ResultRow(model="resnet50", weights="embedded", dataset="d", toolchain="onnxruntime", method="entropy",
                             precision="int8", device="cpu", batch=1, metric="top1", status="failed", reason="boom"),
                   root / f"n{n}")
-    df, b = sweep.calib_table("onnxruntime", "resnet50", root)
+    df, b = sweeps.calib_table("onnxruntime", "resnet50", root)
     assert b.method == "fp32"
     mm = df[df["method"] == "minmax"].set_index("calib_size")
     assert list(mm.index) == [16, 64]
@@ -107,7 +108,7 @@ def test_calib_table_and_plot_from_rows(tmp_path):
     assert bool(mm.loc[16, "delta_significant"]) and not bool(mm.loc[64, "delta_significant"])
     assert set(df.loc[df["method"] == "entropy", "status"]) == {"failed"}
     png, csv = tmp_path / "c.png", tmp_path / "c.csv"
-    assert sweep.plot_calib("onnxruntime", "resnet50", root, png, csv) == 0
+    assert sweeps.plot_calib("onnxruntime", "resnet50", root, png, csv) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "calib_size" in csv.read_text()
 
 
@@ -116,11 +117,11 @@ def test_batch_table_and_plot_from_rows(tmp_path):
     for b, p50 in ((1, 10.0), (2, 16.0), (4, 28.0)):
         write_row(_row("fp32", "fp32", b, c, latency_kind="host-wall", latency_p10_ms=p50 * 0.9, latency_p50_ms=p50,
                        latency_p90_ms=p50 * 1.2, throughput=b / (p50 / 1000), throughput_unit="images/s"), tmp_path / "r")
-    df = sweep.batch_table("resnet50", tmp_path / "r")
+    df = sweeps.batch_table("resnet50", tmp_path / "r")
     assert list(df["batch"]) == [1, 2, 4]
     assert list(df["throughput"].round(3)) == [100.0, 125.0, 142.857]
     assert list(df["ms_per_item"]) == [10.0, 8.0, 7.0]
-    assert sweep.plot_batch("resnet50", tmp_path / "r", tmp_path / "b.png", tmp_path / "b.csv") == 0
+    assert sweeps.plot_batch("resnet50", tmp_path / "r", tmp_path / "b.png", tmp_path / "b.csv") == 0
     assert (tmp_path / "b.png").stat().st_size > 1000
 
 

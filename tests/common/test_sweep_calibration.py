@@ -8,7 +8,7 @@ embedded GPT-2's real token files (skipped with a reason when it has not been pr
 import numpy as np
 import pytest
 
-from evaluation.sweep import DEFAULT_CALIB_SIZES
+from evaluation.launch.sweep import DEFAULT_CALIB_SIZES
 from utils.data import calibration_subset, digits_splits
 from utils.errors import SuiteError
 from utils.text import lm_calibration

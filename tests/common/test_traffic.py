@@ -2,7 +2,8 @@
 GPT-2 small and ResNet50 shapes, the bound that applies, and the note when a row reads above its memory bound."""
 import pytest
 
-from evaluation.aggregate import build_table, render_markdown, roofline
+from evaluation.report.table import build_table, roofline
+from evaluation.report.markdown import render_markdown
 from utils import traffic
 from utils.rows import ResultRow
 

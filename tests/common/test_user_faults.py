@@ -17,8 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluation import bench, envs
+from evaluation.launch import bench, envs
+from evaluation.launch import run
 from tests import bench_proc
+from utils.paths import REPO_ROOT
 from utils.rows import ResultRow, write_row
 
 
@@ -43,9 +45,9 @@ def test_a_truncated_row_file_is_named_in_one_line_moved_aside_and_the_rest_tabl
     runs, out = tmp_path / "runs", tmp_path / "tables"
     bad = _truncated_runs(runs)
     half = bad.read_bytes()
-    cmd = [sys.executable, "-m", "evaluation.aggregate", "--runs-dir", str(runs), "--out", str(out)]
+    cmd = [sys.executable, "-m", "evaluation.report.aggregate", "--runs-dir", str(runs), "--out", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": "."},
-                       cwd=Path(bench.__file__).parents[1])
+                       cwd=REPO_ROOT)
     assert p.returncode == 1, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     naming = [ln for ln in p.stderr.splitlines() if bad.name in ln]
@@ -55,25 +57,25 @@ def test_a_truncated_row_file_is_named_in_one_line_moved_aside_and_the_rest_tabl
     assert not bad.exists() and moved.read_bytes() == half  # moved, never deleted or rewritten
     table = pd.read_csv(out / "summary.csv")
     assert sorted(table["method"]) == ["entropy", "fp32"]  # the tables from the rest
-    # the next report (a later run, evaluation.aggregate again) no longer trips on it
+    # the next report (a later run, evaluation.report.aggregate again) no longer trips on it
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": "."},
-                       cwd=Path(bench.__file__).parents[1])
+                       cwd=REPO_ROOT)
     assert p.returncode == 0 and "damaged" not in p.stderr, p.stderr[-3000:]
     assert [f.name for f in (runs / "damaged").iterdir()] == [bad.name]
 
 
 def test_the_bench_report_step_names_the_damaged_file_and_the_run_fails(tmp_path, monkeypatch, capfd):
-    """The bench's report step (bench.report, as run at the end of every bench) in the report environment."""
+    """The bench's report step (run.report, as run at the end of every bench) in the report environment."""
     runs, out = tmp_path / "runs", tmp_path / "tables"
     bad = _truncated_runs(runs)
     monkeypatch.setattr(envs, "OVERRIDES", {"report": Path(sys.executable)})  # this interpreter is the report env
     args = argparse.Namespace(no_report=False, runs_dir=runs, publish=False, update_readme=False)  # (older name)
     failures: list[str] = []
-    bench.report(args, out, failures)
+    run.report(args, out, failures)
     err = capfd.readouterr().err
     assert "Traceback" not in err
     assert len([ln for ln in err.splitlines() if bad.name in ln]) == 1
-    assert failures == ["report step (evaluation.aggregate) exited 1: see its lines above"]
+    assert failures == ["report step (evaluation.report.aggregate) exited 1: see its lines above"]
     assert (runs / "damaged" / bad.name).is_file()
     assert sorted(pd.read_csv(out / "summary.csv")["method"]) == ["entropy", "fp32"]
 
@@ -109,16 +111,16 @@ def test_a_failed_ceiling_measurement_is_a_failure_of_the_run(tmp_path, monkeypa
 
     monkeypatch.setattr(envs, "run_in_env", fake_run)
     failures: list[str] = []
-    bench.measure_ceilings(argparse.Namespace(threads=2), ["torch", "onnxruntime"], tmp_path, lambda name: {},
+    run.measure_ceilings(argparse.Namespace(threads=2), ["torch", "onnxruntime"], tmp_path, lambda name: {},
                            failures=failures)
     assert [c[0] for c in calls] == ["torch", "onnxruntime"]  # the ORT merge still runs
     assert failures == ["ceilings through torch's libraries exited 1"]
 
 
 def test_a_run_log_that_cannot_be_written_is_a_failure_of_the_run(tmp_path):
-    (tmp_path / bench.RUN_LOG).mkdir()  # made a folder after the checks (another process, a hand)
+    (tmp_path / run.RUN_LOG).mkdir()  # made a folder after the checks (another process, a hand)
     failures: list[str] = []
     args = argparse.Namespace(weights="embedded")
-    bench.record_run(tmp_path, "r1", args, ["resnet50"], ["onnxruntime"], 12.0, failures, [])
-    assert len(failures) == 1 and failures[0].startswith(f"could not record the run in {tmp_path / bench.RUN_LOG}: "
+    run.record_run(tmp_path, "r1", args, ["resnet50"], ["onnxruntime"], 12.0, failures, [])
+    assert len(failures) == 1 and failures[0].startswith(f"could not record the run in {tmp_path / run.RUN_LOG}: "
                                                          "IsADirectoryError")

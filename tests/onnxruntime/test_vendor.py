@@ -1,4 +1,4 @@
-"""The route beside ONNX Runtime's own recipe (evaluation/vendor.py) on the tiny LM: both built for real, timed in
+"""The route beside ONNX Runtime's own recipe (evaluation/analysis/vendor.py) on the tiny LM: both built for real, timed in
 the same trials, the CSV the command writes."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_measure_times_the_route_beside_the_recipe_and_writes_the_csv(tmp_path, 
     d = h.fake_gpt2_cache(cache)
     part = tmp_path / "part.json"
     env = {**os.environ, "SUITE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "evaluation.vendor", "measure", "--toolchain", "onnxruntime", "--model",
+    r = subprocess.run([sys.executable, "-m", "evaluation.analysis.vendor", "measure", "--toolchain", "onnxruntime", "--model",
                         "gpt2", "--weights", "embedded", "--batches", "1,2", "--min-iters", "3", "--calib-samples", "16",
                         "--part", str(part)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -37,7 +37,7 @@ def test_measure_times_the_route_beside_the_recipe_and_writes_the_csv(tmp_path, 
     # the recipe's artifact is cached beside the route's, keyed by what made it
     assert len(list((d / "vendor").glob("ort-quantize_static-*.onnx"))) == 1
 
-    from evaluation.vendor import FIELDS, write_csv
+    from evaluation.analysis.vendor import FIELDS, write_csv
 
     path = write_csv(tmp_path / "vendor_gpt2.csv", rows)
     with open(path, newline="") as fh:
@@ -50,6 +50,6 @@ def test_bad_selections_are_one_line_errors(tmp_path):
     for args, msg in ((["--toolchains", "modelopt-onnx"], "unknown toolchain"),
                       (["--models", "resnet50", "--methods", "dynamic"], "select no (route, vendor recipe) pair"),
                       (["--publish", "--out", str(tmp_path)], "drop --out")):
-        r = subprocess.run([sys.executable, "-m", "evaluation.vendor", *args], cwd=REPO, env=env, capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "evaluation.analysis.vendor", *args], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

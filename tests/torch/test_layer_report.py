@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.layer_report import (apply_plant, layer_errors, parse_plant, plant_weight_bits, quantized_layers,
+from evaluation.analysis.layer_report import (apply_plant, layer_errors, parse_plant, plant_weight_bits, quantized_layers,
                                      read_csv, write_csv)
 from utils.metrics import sqnr_db
 from utils.errors import SuiteError

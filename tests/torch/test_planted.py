@@ -3,7 +3,7 @@
 (a) the top-1 drop vs FP32 is significant by the McNemar exact test the results table uses
     (utils.stats.mcnemar_exact on per-sample correctness, 359 test samples), while the clean
     FX INT8 model's difference is not;
-(b) the per-layer report (evaluation.layer_report, local SQNR) ranks the planted layer first.
+(b) the per-layer report (evaluation.analysis.layer_report, local SQNR) ranks the planted layer first.
 The embedded ResNet50 comes from the folder's `embedded_models` fixture (models.prepare): a missing model is
 prepared, and a failure to prepare it fails these tests instead of skipping them.
 """
@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def setup(embedded_models):
-    from evaluation.planted import evaluate_plant
+    from evaluation.analysis.planted import evaluate_plant
     from quantization.kit import build_variant, score_built
 
     ctx, fp32_built = build_variant("torch", "resnet50", "eager", argv=["--calib-samples", "128"])
@@ -37,7 +37,7 @@ def test_clean_fx_int8_is_not_flagged(setup):
 # the table's McNemar test must call significant on any machine
 @pytest.mark.parametrize("spec,layer,min_drop", [("int2:fc", "fc", None), ("int3:conv1", "conv1", 5.0)])
 def test_planted_layer_is_flagged(setup, spec, layer, min_drop):
-    from evaluation.planted import evaluate_plant
+    from evaluation.analysis.planted import evaluate_plant
 
     data, fp32, q, base, clean = setup
     r = evaluate_plant(fp32, q, data, base.correct, spec)
@@ -65,7 +65,7 @@ def test_planted_layer_is_flagged(setup, spec, layer, min_drop):
 @pytest.mark.parametrize("spec", ["act-x4", "int4:fc", "int4:layer2.0.downsample.0"])
 def test_fidelity_columns_see_faults_top1_does_not(setup, spec):
     """Faults that leave top-1 (almost) unchanged still show in the logit SQNR / KL against FP32."""
-    from evaluation.planted import evaluate_plant
+    from evaluation.analysis.planted import evaluate_plant
 
     data, fp32, q, base, clean = setup
     r = evaluate_plant(fp32, q, data, base.correct, spec)

@@ -1,5 +1,5 @@
 """`import torchvision` in the torch environment without the suite's code (utils/torchvision_hook.py, installed by
-evaluation/envs.py): CPU torch with the CUDA-only torchvision wheel otherwise fails with `torchvision::nms does not
+evaluation/launch/envs.py): CPU torch with the CUDA-only torchvision wheel otherwise fails with `torchvision::nms does not
 exist`, e.g. for a user saving a torchvision checkpoint, and breaks `from transformers import GPT2LMHeadModel`.
 
 The environment under test is a layered copy of the one running these tests (its own site-packages folder, the real
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import envs
+from evaluation.launch import envs
 
 NO_SUITE = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
 

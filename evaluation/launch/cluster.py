@@ -23,7 +23,7 @@ Driver (this process, the `ray` environment; docs/scale-out.md):
   8. the tables, as the bench makes them.
 
 Task (a node's `ray` environment, the shipped working tree as its working directory): creates or reuses the
-toolchain's environment from requirements/ with evaluation.envs (in SUITE_VENVS_DIR of the node, default
+toolchain's environment from requirements/ with evaluation.launch.envs (in SUITE_VENVS_DIR of the node, default
 ~/.cache/ptq-suite/venvs), unpacks the model, measures the node's ceilings once per run (when the node has the
 model-preparing environment), runs `python -m quantization.kit <toolchain>` with SUITE_LAUNCHER=ray into a
 node-local temporary runs folder and returns the rows, each with `environment.cluster` = node, host, attempt and
@@ -46,8 +46,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluation import bench, envs
-from evaluation.launch import (Outcome, PeakRss, RunLock, died_reason, mark_unfinished, say as _say, status_items,
+from evaluation.launch import bench, envs, run
+from evaluation.launch.routes import (Outcome, PeakRss, RunLock, died_reason, mark_unfinished, say as _say, status_items,
                                unfinished)
 from utils.errors import SuiteError, cli_main, failure_reason
 from utils.paths import REPO_ROOT
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     args = bench.build_parser().parse_args(argv)
     checked = bench.validate(args)
     if args.cluster is None:
-        raise SuiteError("evaluation.cluster runs `bench --cluster ADDRESS`; pass --cluster")
+        raise SuiteError("evaluation.launch.cluster runs `bench --cluster ADDRESS`; pass --cluster")
     plan, out = checked.plan, checked.out
     run_id = new_run_id("-ray")
     plan.run_id = run_id
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             f"on cluster {args.cluster}; rows -> {plan.runs_dir}, tables -> {out}")
 
         # 1. models prepared once, here (the nodes get the files, never retrain); ceilings are measured per node
-        prepared, rc = bench.prepare_models(args, plan.models(), outcome.failures, ceilings=False)
+        prepared, rc = run.prepare_models(args, plan.models(), outcome.failures, ceilings=False)
         if rc == 2:
             return 2
 
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         finally:
             ray.shutdown()
-        return bench.finish(args, plan, out, outcome, envs.ensure_env, t_start, argv, who="cluster")
+        return run.finish(args, plan, out, outcome, envs.ensure_env, t_start, argv, who="cluster")
 
 
 def run_routes(args, plan: Plan, prepared: dict, failures: list[str]) -> None:

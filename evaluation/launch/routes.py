@@ -1,7 +1,7 @@
 """What every launcher shares: running a plan's routes, marking what a stopped route left unfinished, estimates.
 
 Stdlib only. The local bench, the sweeps and the GPU check run a plan's routes through `run_routes`; the Ray driver
-(`evaluation.cluster`) runs each route as a task and uses the same `status_items` / `mark_unfinished` for what its
+(`evaluation.launch.cluster`) runs each route as a task and uses the same `status_items` / `mark_unfinished` for what its
 tasks did not finish. A route process gets its part of the plan as a file and runs exactly those items
 (`python -m quantization.kit <toolchain> --plan FILE`); each item it finishes leaves a record
 (`<runs_dir>/items/<item id>.json`), so a route that dies is answered item by item: the items it finished keep
@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from evaluation import envs
+from evaluation.launch import envs
 from utils.errors import SuiteError
 from utils.paths import PUBLISHED_RUNS_DIR
 from utils.plan import (Estimates, Item, Plan, finished_items, fit_budget, read_item_records, with_estimates,
                         write_item_record)
-from utils.registry import METRIC, PREPARE_TOOLCHAIN, TOOLCHAINS
+from utils.registry import METRIC, TOOLCHAINS
 from utils.rows import ResultRow, read_row, status_rows, write_row
 
 

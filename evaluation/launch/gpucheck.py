@@ -1,8 +1,8 @@
 """One GPU check: every GPU path this machine offers, through the bench's plan with a time budget, and a summary.
 
-    python3 -m evaluation.gpucheck                     # run (rows -> results/local/gpu/runs, tables beside them)
-    python3 -m evaluation.gpucheck --dry-run --budget 240   # the plan, what fits, what is left out and why
-    python3 -m evaluation.gpucheck --publish           # the committed GPU reference: results/gpu/
+    python3 -m evaluation.launch.gpucheck                     # run (rows -> results/local/gpu/runs, tables beside them)
+    python3 -m evaluation.launch.gpucheck --dry-run --budget 240   # the plan, what fits, what is left out and why
+    python3 -m evaluation.launch.gpucheck --publish           # the committed GPU reference: results/gpu/
 
 Stdlib only. The GPU paths are the declared toolchains whose `devices` include "cuda" (utils/registry.py): the
 torch route's cuda rows, the ONNX routes' CUDA/TensorRT execution providers, the TensorRT route and the Tripy
@@ -18,14 +18,12 @@ input: 2), never for skips.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from evaluation import bench, envs
-from evaluation.launch import driver_missing, item_summary, status_items
+from evaluation.launch import bench, envs, run
+from evaluation.launch.routes import driver_missing, item_summary, status_items
 from utils.cli import ArgParser, positive_float
 from utils.errors import SuiteError, cli_main
 from utils.paths import LOCAL_DIR, RESULTS_DIR
@@ -57,7 +55,7 @@ def known_reasons(toolchain: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = ArgParser(prog="python3 -m evaluation.gpucheck", description=__doc__.split("\n\n")[0],
+    ap = ArgParser(prog="python3 -m evaluation.launch.gpucheck", description=__doc__.split("\n\n")[0],
                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--models", default="all", help=f"comma list or 'all': {', '.join(MODELS)}")
     ap.add_argument("--toolchains", default="all", help=f"comma list of GPU toolchains: {', '.join(gpu_toolchains())}")
@@ -214,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             bargs = bench.build_parser().parse_args(bargv)
             checked = bench.validate(bargs, device_missing=None)
         print(f"\nGPU check: {what}")
-        prc = bench.execute(bargs, checked, bargv, who="gpucheck")
+        prc = run.execute(bargs, checked, bargv, who="gpucheck")
         if prc == 2:
             return 2
         rc = rc or prc
@@ -223,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if no_driver and not args.no_report:
         envs.ensure_env("report")
         out = bench.report_dir(runs_dir, args.out)
-        rc = envs.run_in_env("report", ["-m", "evaluation.aggregate", "--runs-dir", str(runs_dir),
+        rc = envs.run_in_env("report", ["-m", "evaluation.report.aggregate", "--runs-dir", str(runs_dir),
                                         "--out", str(out)]).returncode
     from utils.rows import read_attempts, read_rows
 

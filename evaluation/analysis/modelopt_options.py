@@ -1,7 +1,7 @@
 """What ModelOpt's quantize() options do to its Q/DQ placement on ONNX Runtime's CPU EP (modelopt-onnx environment).
 
-    .venvs/modelopt-onnx/bin/python -m evaluation.modelopt_options              # -> results/local/
-    .venvs/modelopt-onnx/bin/python -m evaluation.modelopt_options --publish    # -> results/ (docs/routes/onnx.md)
+    .venvs/modelopt-onnx/bin/python -m evaluation.analysis.modelopt_options              # -> results/local/
+    .venvs/modelopt-onnx/bin/python -m evaluation.analysis.modelopt_options --publish    # -> results/ (docs/routes/onnx.md)
 
 Each option set is one build of the route's `max` INT8 variant (quantization.kit.build_variant with
 `--mo-option KEY=VALUE`), exactly as the bench builds it; the CSV has, per option set, the kernels ONNX Runtime
@@ -32,7 +32,7 @@ FIELDS = ("option", "qlinear_kernels", "standalone_dequantize", "float_conv_kern
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgParser(prog="python -m evaluation.modelopt_options", description=__doc__.split("\n\n")[0],
+    ap = ArgParser(prog="python -m evaluation.analysis.modelopt_options", description=__doc__.split("\n\n")[0],
                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--calib-samples", type=positive_int, default=32)

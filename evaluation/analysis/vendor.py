@@ -1,11 +1,11 @@
 """Each CPU route beside its vendor's own minimal recipe, on the same FP32 artifact and the same quantization scope,
 timed in the same interleaved trials.
 
-    python3 -m evaluation.vendor                                    # both models, random weights -> results/local/
-    python3 -m evaluation.vendor --models resnet50 --toolchains onnxruntime --min-iters 5
-    python3 -m evaluation.vendor --publish                          # results/vendor_<model>.csv (docs/routes/*.md)
+    python3 -m evaluation.analysis.vendor                                    # both models, random weights -> results/local/
+    python3 -m evaluation.analysis.vendor --models resnet50 --toolchains onnxruntime --min-iters 5
+    python3 -m evaluation.analysis.vendor --publish                          # results/vendor_<model>.csv (docs/routes/*.md)
 
-Stdlib launcher (like evaluation.sweep): prepares the models in the torch environment, then runs this module's
+Stdlib launcher (like evaluation.launch.sweep): prepares the models in the torch environment, then runs this module's
 `measure` sub-command in each toolchain's environment. There, for every (route method, vendor recipe) pair, the
 route's variant is built exactly as the bench builds it (quantization.kit.build_variant) and the vendor's minimal
 documented recipe is applied to the same FP32 artifact (the manifest's ONNX, or the same torch checkpoint) with
@@ -95,7 +95,7 @@ def default_batches(model: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------ the launcher (stdlib)
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = ArgParser(prog="python3 -m evaluation.vendor", description=__doc__.split("\n\n")[0],
+    ap = ArgParser(prog="python3 -m evaluation.analysis.vendor", description=__doc__.split("\n\n")[0],
                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = ap.add_subparsers(dest="cmd")
     for p in (ap, sub.add_parser("measure", help="(internal) one toolchain and model, in its environment")):
@@ -167,7 +167,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def launch(args) -> int:
-    from evaluation import envs
+    from evaluation.launch import envs
 
     pairs = selection(args)
     out = out_dir(args)
@@ -190,7 +190,7 @@ def launch(args) -> int:
         for tc, model, methods in pairs:
             env = TOOLCHAINS[tc].env.name
             part = Path(tmp) / f"{tc}-{model}.json"
-            cmd = ["-m", "evaluation.vendor", "measure", "--toolchain", tc, "--model", model, "--methods",
+            cmd = ["-m", "evaluation.analysis.vendor", "measure", "--toolchain", tc, "--model", model, "--methods",
                    ",".join(methods), "--weights", args.weights, "--threads", str(args.threads), "--min-iters",
                    str(args.min_iters), "--part", str(part)]
             for flag, val in (("--batches", args.batches), ("--calib-samples", args.calib_samples)):

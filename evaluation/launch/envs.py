@@ -279,7 +279,7 @@ def hook_files(module: str) -> dict[str, str]:
     repository under a name of the suite's) and a .pth line that runs its install() at interpreter start."""
     mod = HOOK_PREFIX + module.rsplit(".", 1)[-1]
     src = (REPO_ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
-    header = f"# copied from {module} by the PTQ suite (evaluation/envs.py); rewritten when it changes\n"
+    header = f"# copied from {module} by the PTQ suite (evaluation/launch/envs.py); rewritten when it changes\n"
     return {f"{mod}.py": header + src, f"{mod}.pth": f"import {mod}; {mod}.install()\n"}
 
 
@@ -447,7 +447,7 @@ def popen_in_env(name: str, args: list[str], extra_env: dict | None = None, **kw
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python3 -m evaluation.envs", description="Create or reuse toolchain virtualenvs.")
+    ap = argparse.ArgumentParser(prog="python3 -m evaluation.launch.envs", description="Create or reuse toolchain virtualenvs.")
     ap.add_argument("names", nargs="*", default=list(ENVS), help=f"environments (default: all): {', '.join(ENVS)}")
     args = ap.parse_args(argv)
     rc = 0

@@ -1,8 +1,8 @@
 """Per-layer error of a quantized model against FP32 (torch env): which layer loses the most?
 
-    python -m evaluation.layer_report --model resnet50 --toolchain torch
-    python -m evaluation.layer_report --model resnet50 --toolchain torch --plant int4:layer3.0.conv2
-    python -m evaluation.layer_report --model resnet50 --toolchain onnxruntime --method minmax   # onnxruntime env
+    python -m evaluation.analysis.layer_report --model resnet50 --toolchain torch
+    python -m evaluation.analysis.layer_report --model resnet50 --toolchain torch --plant int4:layer3.0.conv2
+    python -m evaluation.analysis.layer_report --model resnet50 --toolchain onnxruntime --method minmax   # onnxruntime env
 
 For the Torch.FX INT8 ResNet50 (the route's own `resnet_fx`, same calibration subset), every quantized
 module of the converted GraphModule (quantized Conv2d / ConvReLU2d / Linear: conv+BN(+ReLU) fused) is
@@ -20,7 +20,7 @@ here sees calibration data). Two numbers per layer, both over all samples (energ
 
 SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) (utils.metrics.sqnr_db on the concatenated
 outputs); relative error = ||ref - q|| / ||ref||. Writes `results/layer_report_<toolchain>_<model>[_<plant>].csv`
-and a bar plot (.png). `--plant` corrupts the model on purpose (see evaluation/planted.py): `int4:<layer>`
+and a bar plot (.png). `--plant` corrupts the model on purpose (see evaluation/analysis/planted.py): `int4:<layer>`
 (or `int2:<layer>`) makes one layer's weights per-tensor INT4 (INT2) values, `act-x4` scales every
 activation quantizer's range by 4.
 
@@ -47,7 +47,7 @@ import numpy as np
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils.paths import LOCAL_DIR, RESULTS_DIR
 
-log = logging.getLogger("evaluation.layer_report")
+log = logging.getLogger("evaluation.analysis.layer_report")
 
 CSV_COLUMNS = ["rank", "layer", "kind", "local_sqnr_db", "local_rel_err", "accum_sqnr_db", "accum_rel_err",
                "weight_qscheme", "weight_levels", "out_scale", "out_shape", "planted"]
@@ -322,13 +322,13 @@ def plot_anywhere(rows: list[dict], csv_path: Path, title: str) -> Path | None:
     png = plot(rows, csv_path.with_suffix(".png"), title)
     if png is not None:
         return png
-    from evaluation import envs
+    from evaluation.launch import envs
 
     if not envs.is_ready("report"):
-        log.warning("no matplotlib here and no report env: run `python3 -m evaluation.envs report`, then "
-                    "`.venvs/report/bin/python -m evaluation.layer_report --plot-csv %s`", csv_path)
+        log.warning("no matplotlib here and no report env: run `python3 -m evaluation.launch.envs report`, then "
+                    "`.venvs/report/bin/python -m evaluation.analysis.layer_report --plot-csv %s`", csv_path)
         return None
-    rc = envs.run_in_env("report", ["-m", "evaluation.layer_report", "--plot-csv", str(csv_path), "--title", title]).returncode
+    rc = envs.run_in_env("report", ["-m", "evaluation.analysis.layer_report", "--plot-csv", str(csv_path), "--title", title]).returncode
     return csv_path.with_suffix(".png") if rc == 0 else None
 
 
@@ -495,7 +495,7 @@ def resnet50_setup(calib_samples: int = 128, eval_limit: int | None = None, thre
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.layer_report", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m evaluation.analysis.layer_report", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="resnet50", choices=("resnet50",))
     ap.add_argument("--toolchain", default="torch", choices=("torch", "onnxruntime"),

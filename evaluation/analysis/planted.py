@@ -1,15 +1,15 @@
 """Planted degradation: corrupt one thing on purpose and check that the suite flags it (torch env).
 
-    python -m evaluation.planted                       # default plants -> results/local/planted/
-    python -m evaluation.planted --publish             # the committed check: results/planted/
-    python -m evaluation.planted --plants int2:fc,int3:conv1,int4:layer2.0.downsample.0,int4:fc,act-x4,act-x16
+    python -m evaluation.analysis.planted                       # default plants -> results/local/planted/
+    python -m evaluation.analysis.planted --publish             # the committed check: results/planted/
+    python -m evaluation.analysis.planted --plants int2:fc,int3:conv1,int4:layer2.0.downsample.0,int4:fc,act-x4,act-x16
 
 For each plant, the Torch.FX INT8 ResNet50 (the route's `resnet_fx`, default calibration subset) is
-corrupted after conversion (evaluation.layer_report: `int<b>:<layer>` = that layer's weights become
+corrupted after conversion (evaluation.analysis.layer_report: `int<b>:<layer>` = that layer's weights become
 symmetric per-tensor b-bit values; `act-x<f>` = every activation quantizer's scale x f), scored on the
 test split and reported per layer. Rows go to a separate runs dir (results/planted/runs/, toolchain `torch`,
 methods `eager` (FP32 baseline), `fx` (clean INT8) and `fx-planted-<plant>`), never results/runs, so the
-main table stays clean; `evaluation.aggregate --runs-dir results/planted --out results/planted` (run at
+main table stays clean; `evaluation.report.aggregate --runs-dir results/planted --out results/planted` (run at
 the end in the report env) gives them the same Δ and McNemar columns as the main table. Per plant it
 prints: top-1, Δ vs FP32, McNemar exact p on the per-sample correctness, and the worst layers of the
 per-layer report (results/planted/layer_report_<plant>.csv; planted_summary.json has it all).
@@ -26,7 +26,7 @@ from pathlib import Path
 from utils.errors import cli_main, setup_logging
 from utils.paths import LOCAL_DIR, RESULTS_DIR
 
-log = logging.getLogger("evaluation.planted")
+log = logging.getLogger("evaluation.analysis.planted")
 PLANTED_DIR = RESULTS_DIR / "planted"  # published (--publish): rows in runs/, tables, layer reports and the summary
 LOCAL_PLANTED_DIR = LOCAL_DIR / "planted"  # a user's run
 DEFAULT_PLANTS = "int2:fc,int3:conv1,int4:layer2.0.downsample.0,int4:fc,act-x4,act-x16"
@@ -34,7 +34,7 @@ DEFAULT_PLANTS = "int2:fc,int3:conv1,int4:layer2.0.downsample.0,int4:fc,act-x4,a
 
 def evaluate_plant(fp32, qmodel, data, base_correct, spec: str) -> dict:
     """Corrupt a copy of qmodel with `spec`; score it and report its layers (one pass over the test split)."""
-    from evaluation.layer_report import apply_plant, layer_errors, parse_plant
+    from evaluation.analysis.layer_report import apply_plant, layer_errors, parse_plant
     from utils.metrics import classification_score
     from utils.fidelity import classifier_fidelity
     from utils.stats import mcnemar_exact
@@ -55,7 +55,7 @@ def evaluate_plant(fp32, qmodel, data, base_correct, spec: str) -> dict:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.planted", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m evaluation.analysis.planted", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--plants", default=DEFAULT_PLANTS, help="comma list; '+' joins faults into one plant (int4:fc+act-x4)")
     ap.add_argument("--calib-samples", type=int, default=128)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="rows go to <out>/runs; reports and tables to <out> (default results/local/planted)")
     ap.add_argument("--publish", action="store_true", help="the committed check: --out results/planted")
-    ap.add_argument("--no-aggregate", action="store_true", help="do not run evaluation.aggregate on the runs dir")
+    ap.add_argument("--no-aggregate", action="store_true", help="do not run evaluation.report.aggregate on the runs dir")
     args = ap.parse_args(argv)
     setup_logging()
     if args.publish and args.out is not None:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         raise SuiteError("--publish writes results/planted; drop --out")
     args.out = PLANTED_DIR if args.publish else (args.out or LOCAL_PLANTED_DIR)
-    from evaluation.layer_report import parse_plant, write_csv
+    from evaluation.analysis.layer_report import parse_plant, write_csv
     from quantization.kit import build_variant, score_built
     from quantization.kit.config import RouteConfig, RowWriter
 
@@ -138,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "planted_summary.json",
                       json.dumps({"fp32_top1": base.top1, "n_eval": len(data.test), "plants": summary}, indent=1))
     if not args.no_aggregate:
-        from evaluation import envs
+        from evaluation.launch import envs
 
         if envs.is_ready("report"):
-            envs.run_in_env("report", ["-m", "evaluation.aggregate", "--runs-dir", str(args.out / "runs"),
+            envs.run_in_env("report", ["-m", "evaluation.report.aggregate", "--runs-dir", str(args.out / "runs"),
                                        "--out", str(args.out)])
         else:
-            log.warning("report env not ready: run `python3 -m evaluation.envs report` and aggregate %s", args.out / "runs")
+            log.warning("report env not ready: run `python3 -m evaluation.launch.envs report` and aggregate %s", args.out / "runs")
     return 0
 
 

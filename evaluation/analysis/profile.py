@@ -1,7 +1,7 @@
 """Where a variant's time goes: torch.profiler over a built variant's timed call (torch environment).
 
-    .venvs/torch/bin/python -m evaluation.profile --method fx --batch 32            # -> results/local/
-    .venvs/torch/bin/python -m evaluation.profile --method pt2e --batch 32 --publish  # -> results/ (docs render it)
+    .venvs/torch/bin/python -m evaluation.analysis.profile --method fx --batch 32            # -> results/local/
+    .venvs/torch/bin/python -m evaluation.analysis.profile --method pt2e --batch 32 --publish  # -> results/ (docs render it)
 
 The variant is built exactly as the bench builds it (quantization.kit.build_variant), its timed callable (what the
 latency rows time) is called `--warmup` times, then `--calls` times under torch.profiler (CPU activities); the CSV
@@ -41,7 +41,7 @@ def profile_ops(fn, calls: int, top: int) -> list[dict]:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgParser(prog="python -m evaluation.profile", description=__doc__.split("\n\n")[0],
+    ap = ArgParser(prog="python -m evaluation.analysis.profile", description=__doc__.split("\n\n")[0],
                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--method", default="fx", help="a torch method of the model (quantization/torch/route.py)")
