@@ -1,9 +1,12 @@
-"""The offline embedded default: real data, real training, cached under models/cache by config.
+"""The offline embedded weights: real data, real training, cached under models/cache by recipe.
 
-- resnet50: torchvision's ResNet50 (10 classes) trained on scikit-learn's handwritten digits,
-  upscaled to 32x32.
-- gpt2: transformers' GPT2LMHeadModel (small config) with a byte-level BPE tokenizer trained by
-  `tokenizers` on the training documents of CPython's `pydoc_data.topics`.
+The recipe is the model declaration's `embedded` dict (models/catalog.py); the architecture its `arch`:
+
+- classifiers ("torchvision:<builder>"): torchvision's builder with the recipe's classes, trained on scikit-learn's
+  handwritten digits upscaled to the recipe's resolution (the declared ResNet50: 10 classes at 16x16);
+- causal language models ("hf:<model_type>"): transformers' AutoModelForCausalLM from AutoConfig.for_model(model_type,
+  the recipe's config arguments), with a byte-level BPE tokenizer trained by `tokenizers` on the training documents
+  of CPython's `pydoc_data.topics` (the declared GPT-2: 4 layers x 128).
 
 Torch environment only.
 """
@@ -18,7 +21,6 @@ import numpy as np
 
 from utils.atomic import atomic_write_json
 from utils.errors import SuiteError
-from utils.specs import EMBEDDED
 from utils.torchvision_compat import import_torchvision
 
 log = logging.getLogger(__name__)
@@ -34,33 +36,41 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_resnet50(num_classes: int):
+def build_classifier(arch: str, num_classes: int, *, train: bool = False):
+    """torchvision's `arch` builder (torchvision.models.get_model), no pretrained weights. For training from scratch
+    on a small dataset, a residual network starts with each block's last BN gamma at zero (each block the identity):
+    that keeps a 50-layer network stable (builders without `zero_init_residual` are built as they are)."""
     tv = import_torchvision()
-    # zero-initialised last BN gamma per residual block: each block starts as identity, which keeps
-    # training a 50-layer network from scratch on a small dataset stable
-    return tv.models.resnet50(weights=None, num_classes=num_classes, zero_init_residual=True)
+    if train:
+        try:
+            return tv.models.get_model(arch, weights=None, num_classes=num_classes, zero_init_residual=True)
+        except TypeError:  # not a residual network of torchvision's ResNet family
+            pass
+    return tv.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def train_resnet50(out: Path, cfg: dict = EMBEDDED["resnet50"]) -> dict:
+def train_classifier(out: Path, cfg: dict, arch: str) -> dict:
     """Train on the digits train split; returns {'checkpoint', 'test_top1', 'train_seconds'}."""
     import torch
     from tqdm import tqdm
 
     from utils.data import digits_splits
 
+    if cfg.get("data", "sklearn-digits") != "sklearn-digits":
+        raise SuiteError(f"embedded recipe of {arch}: data {cfg['data']!r} is not known (sklearn-digits is)")
     _seed(cfg["seed"])
     torch.set_flush_denormal(True)
     sp = digits_splits(resolution=cfg["resolution"])
     x = torch.from_numpy(sp["train"].x)
     y = torch.from_numpy(sp["train"].y)
-    model = build_resnet50(cfg["num_classes"])
+    model = build_classifier(arch, cfg["num_classes"], train=True)
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps_per_epoch = math.ceil(len(y) / cfg["batch_size"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch)
     gen = torch.Generator().manual_seed(cfg["seed"])
     t0 = time.time()
     model.train()
-    bar = tqdm(total=cfg["epochs"] * steps_per_epoch, desc="train resnet50 (digits)", unit="step")
+    bar = tqdm(total=cfg["epochs"] * steps_per_epoch, desc=f"train {arch} (digits)", unit="step")
     for _epoch in range(cfg["epochs"]):
         perm = torch.randperm(len(y), generator=gen)
         for i in range(steps_per_epoch):
@@ -85,26 +95,31 @@ def train_resnet50(out: Path, cfg: dict = EMBEDDED["resnet50"]) -> dict:
     tmp = out / "model.pt.tmp"
     torch.save(model.state_dict(), tmp)
     tmp.replace(ckpt)
-    log.info("resnet50 embedded: test top-1 %.2f%% after %.0f s", top1, time.time() - t0)
+    log.info("%s embedded: test top-1 %.2f%% after %.0f s", arch, top1, time.time() - t0)
     return {"checkpoint": str(ckpt), "train_test_top1": top1, "train_seconds": time.time() - t0}
 
 
-def load_resnet50(checkpoint: Path | str, num_classes: int):
+def load_classifier(arch: str, checkpoint: Path | str, num_classes: int):
     import torch
 
-    model = build_resnet50(num_classes)
+    model = build_classifier(arch, num_classes)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except FileNotFoundError:
         raise SuiteError(f"checkpoint {checkpoint} does not exist") from None
     except Exception as exc:  # truncated zip, wrong keys, not a state dict ...
-        raise SuiteError(f"checkpoint {checkpoint} is corrupt or not a ResNet50 state dict "
+        raise SuiteError(f"checkpoint {checkpoint} is corrupt or not a {arch} state dict "
                          f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
     return model.eval()
 
 
-# ------------------------------------------------------------------------------- GPT-2
+def load_manifest_classifier(manifest: dict):
+    """The prepared classifier of a manifest (its architecture, checkpoint and classes)."""
+    return load_classifier(manifest["arch_name"], manifest["checkpoint"], manifest["num_classes"])
+
+
+# ------------------------------------------------------------------------------- causal language models
 
 EOS = "<|endoftext|>"
 
@@ -117,13 +132,31 @@ def train_tokenizer(text: str, vocab_size: int):
     return tok
 
 
-def gpt2_config(cfg: dict, eos_id: int):
+def lm_config(model_type: str, args: dict, eos_id: int | None = None):
+    """AutoConfig.for_model(model_type, **args); trained from scratch (eos_id given): every dropout off and the
+    tokenizer's end-of-text as BOS/EOS."""
     import_torchvision()  # transformers imports torchvision when it is installed (FACTS: CPU torch fix)
-    from transformers import GPT2Config
+    from transformers import AutoConfig
 
-    return GPT2Config(vocab_size=cfg["vocab_size"], n_positions=cfg["n_positions"], n_embd=cfg["n_embd"],
-                      n_layer=cfg["n_layer"], n_head=cfg["n_head"], bos_token_id=eos_id, eos_token_id=eos_id,
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    if eos_id is not None:
+        args = {**args, "bos_token_id": eos_id, "eos_token_id": eos_id}
+    try:
+        config = AutoConfig.for_model(model_type, **args)
+    except (ValueError, KeyError) as exc:
+        raise SuiteError(f"transformers has no architecture {model_type!r} ({' '.join(str(exc).split())[:120]})") \
+            from None
+    if eos_id is not None:
+        for k, v in list(vars(config).items()):
+            if (k.endswith("pdrop") or k.endswith("dropout")) and isinstance(v, float):
+                setattr(config, k, 0.0)
+    return config
+
+
+def causal_lm_from_config(config):
+    import_torchvision()
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config)
 
 
 def torch_logits_fn(model):
@@ -136,13 +169,13 @@ def torch_logits_fn(model):
     return fn
 
 
-def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
+def train_causal_lm(out: Path, cfg: dict, model_type: str, config_args: dict) -> dict:
     """Tokenizer + model trained on the corpus' train documents; saved with save_pretrained."""
     import torch
     from tqdm import tqdm
 
     import_torchvision()
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from utils.metrics import strided_perplexity
     from utils.specs import ppl_stride
@@ -157,9 +190,11 @@ def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
     np.save(out / "train_ids.npy", train_ids)
     np.save(out / "val_ids.npy", val_ids)
 
-    config = gpt2_config(cfg, eos_id)
-    model = GPT2LMHeadModel(config)
-    L = cfg["n_positions"]
+    if cfg.get("corpus", "pydoc_data.topics") != "pydoc_data.topics":
+        raise SuiteError(f"embedded recipe of {model_type}: corpus {cfg['corpus']!r} is not known (pydoc_data.topics is)")
+    config = lm_config(model_type, config_args, eos_id)
+    model = causal_lm_from_config(config)
+    L = int(config.max_position_embeddings)
     ppl_fn = lambda m: strided_perplexity(torch_logits_fn(m), val_ids, max_length=L, stride=ppl_stride(L)).ppl  # noqa: E731
     model.eval()
     ppl_untrained = ppl_fn(model)
@@ -173,7 +208,7 @@ def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
     gen = torch.Generator().manual_seed(cfg["seed"])
     t0 = time.time()
     model.train()
-    bar = tqdm(total=total, desc="train gpt2 (pydoc topics)", unit="step")
+    bar = tqdm(total=total, desc=f"train {model_type} (pydoc topics)", unit="step")
     for _epoch in range(cfg["epochs"]):
         # a random offset per epoch so windows differ between epochs
         perm = torch.randperm(n_seq, generator=gen)
@@ -195,21 +230,24 @@ def train_gpt2(out: Path, cfg: dict = EMBEDDED["gpt2"]) -> dict:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
                                    model_max_length=L)
     fast.save_pretrained(hf_dir)
-    log.info("gpt2 embedded: val ppl %.2f (untrained %.1f) after %.0f s", ppl_trained, ppl_untrained, time.time() - t0)
+    log.info("%s embedded: val ppl %.2f (untrained %.1f) after %.0f s", model_type, ppl_trained, ppl_untrained,
+             time.time() - t0)
     return {"hf_dir": str(hf_dir), "train_ids": str(out / "train_ids.npy"), "val_ids": str(out / "val_ids.npy"),
             "ppl_untrained": ppl_untrained, "ppl_trained": ppl_trained, "train_seconds": time.time() - t0,
             "train_tokens": int(train_ids.size), "val_tokens": int(val_ids.size)}
 
 
-def load_gpt2(hf_dir: Path | str, attn_implementation: str | None = None):
+def load_causal_lm(hf_dir: Path | str, attn_implementation: str | None = None):
+    """A saved (or hub) causal language model, in evaluation mode."""
     import_torchvision()
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     try:
         kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        return GPT2LMHeadModel.from_pretrained(str(hf_dir), **kw).eval()
-    except OSError as exc:
-        raise SuiteError(f"cannot load GPT-2 from {hf_dir}: {str(exc).splitlines()[0][:160]}") from None
+        return AutoModelForCausalLM.from_pretrained(str(hf_dir), **kw).eval()
+    except (OSError, ValueError) as exc:
+        raise SuiteError(f"cannot load a causal language model from {hf_dir}: {str(exc).splitlines()[0][:160]}") \
+            from None
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -2,6 +2,7 @@
 
     python -m models.prepare --model resnet50            # embedded default, trained on first use
     python -m models.prepare --model gpt2 --weights pretrained --weights-path gpt2 --data wikitext-2
+    python -m models.prepare --models-file my_models.py --model my-vit --weights pretrained --data /data/imagenette
 
 Writes models/cache/<model>-<weights>-<key>/manifest.json (see docs/architecture.md). Also
 measures the device's FP32/INT8 matmul ceilings once (results/device.json) with --ceilings.
@@ -17,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_write_json, config_key, sha256_file
+from utils.atomic import atomic_write_json, sha256_file
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils import artifacts
-from utils.registry import MODELS, WEIGHTS, parse_list, task_of
-from utils.specs import EMBEDDED, PATH_KEYS, RANDOM, ModelSource, ppl_stride
+from utils.registry import CAUSAL_LM, CLASSIFIER, MODELS, SOURCE_HELP, WEIGHTS, parse_list, task_of
+from utils.specs import PATH_KEYS, ModelSource, ppl_stride
 
 log = logging.getLogger("models.prepare")
 ONNX_OPSET = 17
@@ -105,31 +106,39 @@ class _LogitsOnly:
         return Wrapper(model).eval()
 
 
-def prepare_resnet50(src: ModelSource, out: Path, force: bool = False) -> dict:
+LATENCY_RESOLUTION = 224  # classifiers are timed at ImageNet's 224 x 224, whatever resolution they are scored at
+
+
+def prepare_classifier(src: ModelSource, out: Path, force: bool = False) -> dict:
     import torch
 
-    from models.embedded import load_resnet50, train_resnet50
+    from models.embedded import load_classifier, train_classifier
 
-    info: dict = {"model": "resnet50", "weights": src.weights}
+    decl = src.decl
+    arch = decl.arch_name
+    info: dict = {"model": src.model, "weights": src.weights, "task": decl.task, "arch": decl.arch, "arch_name": arch}
     if src.weights == "embedded":
-        cfg = EMBEDDED["resnet50"]
+        cfg = src.recipe
         ckpt = out / "model.pt"
         if force or not ckpt.exists():
-            info.update(train_resnet50(out, cfg))
-        model = load_resnet50(ckpt, cfg["num_classes"])
+            info.update(train_classifier(out, cfg, arch))
+        model = load_classifier(arch, ckpt, cfg["num_classes"])
         info.update(checkpoint=str(ckpt), resolution=cfg["resolution"], num_classes=cfg["num_classes"],
-                    dataset="sklearn-digits-16px")
+                    dataset=decl.dataset("embedded") or cfg.get("data"))
     elif src.weights == "random":
-        model, ckpt = _random_resnet50(out, RANDOM["resnet50"])
-        info.update(checkpoint=str(ckpt), resolution=RANDOM["resnet50"]["resolution"], num_classes=1000,
-                    dataset="digits-224 inputs", random_init=RANDOM["resnet50"])
+        cfg = src.recipe
+        model, ckpt = _random_classifier(out, arch, cfg)
+        info.update(checkpoint=str(ckpt), resolution=cfg["resolution"], num_classes=cfg["num_classes"],
+                    dataset=decl.dataset("random") or "random inputs", random_init=cfg, n_eval=cfg.get("n_eval", 64))
     else:
-        model, ckpt = _pretrained_resnet50(src, out)
-        info.update(checkpoint=str(ckpt), resolution=224, num_classes=1000,
+        model, ckpt = _pretrained_classifier(src, out, arch)
+        info.update(checkpoint=str(ckpt), resolution=LATENCY_RESOLUTION, num_classes=1000,
                     dataset=f"imagefolder:{Path(src.data).name}")
     info["fp32_size_mb"] = Path(info["checkpoint"]).stat().st_size / 1e6
-    info["latency_resolution"] = 224
-    info["ops_per_item"] = count_flops(model, torch.zeros(1, 3, 224, 224))
+    info["latency_resolution"] = LATENCY_RESOLUTION
+    example = torch.zeros(1, 3, LATENCY_RESOLUTION, LATENCY_RESOLUTION)
+    info["ops_per_item"] = count_flops(model, example)
+    info["activation_elements"] = activation_elements(model, example)
     onnx_path = out / "fp32.onnx"
     if force or not onnx_path.exists():
         t0 = time.time()
@@ -140,87 +149,132 @@ def prepare_resnet50(src: ModelSource, out: Path, force: bool = False) -> dict:
     return info
 
 
-def _random_resnet50(out: Path, cfg: dict):
-    """torchvision's ResNet50 (1,000 classes) with its own default initialisation, seeded; saved as a state dict."""
+# the layers whose outputs an image classifier writes to memory (batch norm and activations fold into the
+# convolution before them in every deployment runtime); residual adds are counted from the traced graph
+_OUTPUT_LAYERS = ("Conv", "Linear", "MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool")
+
+
+def activation_elements(model, example) -> int | None:
+    """Elements of every layer output one image writes (utils/traffic.py): convolutions, linear layers and pools
+    (batch norm and ReLU fused into them), and the residual adds, from torch.fx's traced graph with its shapes
+    propagated; None when the graph cannot be traced."""
+    import operator
+
+    import torch
+    from torch.fx import symbolic_trace
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        gm = symbolic_trace(model)
+        ShapeProp(gm).propagate(example)
+    except Exception as exc:  # noqa: BLE001 - data-dependent control flow: no estimate, said in the log
+        log.warning("activation elements not counted (%s: %s)", exc.__class__.__name__, exc)
+        return None
+    total = 0
+    for node in gm.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            continue
+        if node.op == "call_module":
+            kind = type(gm.get_submodule(node.target)).__name__
+            counted = kind.startswith(_OUTPUT_LAYERS)
+        else:
+            counted = node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)
+        if counted:
+            total += int(torch.Size(meta.shape).numel()) // int(example.shape[0])
+    return total
+
+
+def _random_classifier(out: Path, arch: str, cfg: dict):
+    """torchvision's `arch` with its own default initialisation, seeded; saved as a state dict."""
     import torch
 
-    from models.embedded import load_resnet50
-    from utils.torchvision_compat import import_torchvision
+    from models.embedded import build_classifier, load_classifier
 
     ckpt = out / "model.pt"
     if not ckpt.exists():
         torch.manual_seed(cfg["seed"])
-        m = import_torchvision().models.resnet50(weights=None, num_classes=cfg["num_classes"])
+        m = build_classifier(arch, cfg["num_classes"])
         torch.save(m.state_dict(), ckpt.with_suffix(".pt.tmp"))
         ckpt.with_suffix(".pt.tmp").replace(ckpt)
-    return load_resnet50(ckpt, cfg["num_classes"]), ckpt
+    return load_classifier(arch, ckpt, cfg["num_classes"]), ckpt
 
 
-def _pretrained_resnet50(src: ModelSource, out: Path):
+def _pretrained_classifier(src: ModelSource, out: Path, arch: str):
+    """A state-dict file (--weights-path FILE), or torchvision's own weights of the architecture: a weights name
+    of it (--weights-path IMAGENET1K_V1, or the declaration's) or its DEFAULT ones, downloaded when online."""
     import torch
 
-    from models.embedded import load_resnet50
+    from models.embedded import load_classifier
 
-    if src.weights_path:
-        return _load_checked(src.weights_path, 1000), Path(src.weights_path)
-    ckpt = out / "resnet50_imagenet1k_v1.pt"
+    path = src.weights_path
+    if path and (os.sep in path or Path(path).exists()):
+        return _load_checked(path, arch, 1000), Path(path)
+    name = path or "DEFAULT"
+    ckpt = out / f"{arch}_{name.lower()}.pt"
     if not ckpt.exists():
         if os.environ.get("HF_HUB_OFFLINE") == "1" and not os.environ.get("SUITE_ONLINE"):
-            raise SuiteError("pretrained ResNet50 weights are not cached and the run is offline: pass --weights-path "
-                             "FILE (a torchvision resnet50 state dict) or run with --online")
+            raise SuiteError(f"pretrained {arch} weights are not cached and the run is offline: pass --weights-path "
+                             f"FILE (a torchvision {arch} state dict) or run with --online")
         from utils.torchvision_compat import import_torchvision
 
         tv = import_torchvision()
         try:
-            m = tv.models.resnet50(weights=tv.models.ResNet50_Weights.IMAGENET1K_V1)
+            weights = tv.models.get_model_weights(arch)[name]
+        except (KeyError, ValueError):
+            raise SuiteError(f"torchvision has no weights {name!r} for {arch}") from None
+        try:
+            m = tv.models.get_model(arch, weights=weights)
         except Exception as exc:  # URLError, HTTPError, ...
-            raise SuiteError(f"could not download torchvision ResNet50 weights ({exc.__class__.__name__}); "
+            raise SuiteError(f"could not download torchvision {arch} weights ({exc.__class__.__name__}); "
                              "pass --weights-path FILE") from None
         torch.save(m.state_dict(), ckpt)
-    return load_resnet50(ckpt, 1000), ckpt
+    return load_classifier(arch, ckpt, 1000), ckpt
 
 
-def _load_checked(path, num_classes: int):
-    """load_resnet50 with load-time library errors (empty/truncated/foreign file) as one line naming the file."""
-    from models.embedded import load_resnet50
+def _load_checked(path, arch: str, num_classes: int):
+    """load_classifier with load-time library errors (empty/truncated/foreign file) as one line naming the file."""
+    from models.embedded import load_classifier
 
     p = Path(path)
     if not p.is_file():
-        raise SuiteError(f"ResNet50 weights {p} do not exist")
+        raise SuiteError(f"{arch} weights {p} do not exist")
     if p.stat().st_size == 0:
-        raise SuiteError(f"ResNet50 weights {p} are an empty file (0 bytes)")
+        raise SuiteError(f"{arch} weights {p} are an empty file (0 bytes)")
     try:
-        return load_resnet50(p, num_classes)
+        return load_classifier(arch, p, num_classes)
     except Exception as exc:  # noqa: BLE001 - torch raises EOFError, RuntimeError, UnpicklingError, KeyError ...
         msg = " ".join(str(exc).split())[:160]
-        raise SuiteError(f"cannot load ResNet50 weights from {p} ({exc.__class__.__name__}: {msg}); "
-                         "pass a torchvision resnet50 state dict") from None
+        raise SuiteError(f"cannot load {arch} weights from {p} ({exc.__class__.__name__}: {msg}); "
+                         f"pass a torchvision {arch} state dict") from None
 
 
-def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
+def prepare_causal_lm(src: ModelSource, out: Path, force: bool = False) -> dict:
     import torch
 
-    from models.embedded import load_gpt2, train_gpt2
+    from models.embedded import load_causal_lm, train_causal_lm
 
-    info: dict = {"model": "gpt2", "weights": src.weights}
+    decl = src.decl
+    info: dict = {"model": src.model, "weights": src.weights, "task": decl.task, "arch": decl.arch,
+                  "arch_name": decl.arch_name}
     if src.weights == "embedded":
-        cfg = EMBEDDED["gpt2"]
         stamp = out / "train.json"
         if force or not stamp.exists():
-            atomic_write_json(stamp, train_gpt2(out, cfg))
+            atomic_write_json(stamp, train_causal_lm(out, src.recipe, decl.arch_name, decl.config_args("embedded")))
         import json
 
         info.update(json.loads(stamp.read_text()))
-        info["dataset"] = "pydoc-topics"
+        info["dataset"] = decl.dataset("embedded") or src.recipe.get("corpus")
     elif src.weights == "random":
-        info.update(_random_gpt2(out, RANDOM["gpt2"]))
+        info.update(_random_causal_lm(out, src))
     else:
-        info.update(_pretrained_gpt2_data(src, out))
-    model = load_gpt2(info["hf_dir"], attn_implementation="eager")
-    # evaluation windows: the full context (128 embedded, 1024 for HF gpt2); random weights: a 128-token prefill
-    L = int(RANDOM["gpt2"]["seq_len"] if src.weights == "random" else model.config.n_positions)
-    info.update(seq_len=L, vocab_size=int(model.config.vocab_size), ppl_stride=ppl_stride(L),
-                n_positions=int(model.config.n_positions), **decoder_shape(model.config))
+        info.update(_pretrained_lm_data(src, out))
+    model = load_causal_lm(info["hf_dir"], attn_implementation="eager")
+    shape = decoder_shape(model.config)
+    # evaluation windows: the full context (128 embedded, 1024 for HF gpt2); random weights: the declared prefill
+    L = int(src.recipe["seq_len"] if src.weights == "random" else shape["n_positions"])
+    info.update(seq_len=L, vocab_size=int(model.config.vocab_size), ppl_stride=ppl_stride(L), **shape,
+                **mlp_shape(model))
     info["fp32_size_mb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     wrapped = _LogitsOnly(model)
     info["ops_per_item"] = count_flops(wrapped, torch.zeros(1, L, dtype=torch.long)) / L
@@ -241,37 +295,58 @@ def prepare_gpt2(src: ModelSource, out: Path, force: bool = False) -> dict:
     return info
 
 
-def _random_gpt2(out: Path, cfg: dict) -> dict:
-    """Hugging Face GPT-2 small from its default config (124M parameters), transformers' own initialisation, seeded;
-    seeded uniform token ids stand in for text (calibration and fidelity samples)."""
+def _random_causal_lm(out: Path, src: ModelSource) -> dict:
+    """The architecture from the declared random config (e.g. GPT-2 small, 124M parameters), transformers' own
+    initialisation, seeded; seeded uniform token ids stand in for text (calibration and fidelity samples)."""
     import torch
 
-    from models.embedded import import_torchvision
+    from models.embedded import causal_lm_from_config, lm_config
 
-    import_torchvision()
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    cfg = src.recipe
     hf_dir = out / "hf"
     if not (hf_dir / "config.json").exists():
         torch.manual_seed(cfg["seed"])
-        conf = GPT2Config(n_layer=cfg["n_layer"], n_embd=cfg["n_embd"], n_head=cfg["n_head"],
-                          n_positions=cfg["n_positions"], vocab_size=cfg["vocab_size"])
-        model = GPT2LMHeadModel(conf).eval()
+        model = causal_lm_from_config(lm_config(src.decl.arch_name, src.decl.config_args("random"))).eval()
         tmp = hf_dir.with_suffix(".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tmp.replace(hf_dir)
+    vocab = int(cfg.get("vocab_size") or json_config(hf_dir)["vocab_size"])
     rng = np.random.default_rng(cfg["seed"])
-    np.save(out / "train_ids.npy", rng.integers(0, cfg["vocab_size"], cfg["train_tokens"], dtype=np.int64))
-    np.save(out / "val_ids.npy", rng.integers(0, cfg["vocab_size"], cfg["val_tokens"], dtype=np.int64))
+    np.save(out / "train_ids.npy", rng.integers(0, vocab, cfg["train_tokens"], dtype=np.int64))
+    np.save(out / "val_ids.npy", rng.integers(0, vocab, cfg["val_tokens"], dtype=np.int64))
     return {"hf_dir": str(hf_dir), "train_ids": str(out / "train_ids.npy"), "val_ids": str(out / "val_ids.npy"),
-            "dataset": "random token ids", "random_init": cfg}
+            "dataset": src.decl.dataset("random") or "random token ids", "random_init": cfg}
+
+
+def json_config(hf_dir: Path) -> dict:
+    import json
+
+    return json.loads((Path(hf_dir) / "config.json").read_text())
 
 
 def decoder_shape(config) -> dict:
-    """What a KV-cache decoder's past inputs look like: (batch, heads, past, head_dim) per layer, keys and values."""
-    return {"n_layer": int(config.n_layer), "n_head": int(config.n_head),
-            "head_dim": int(config.n_embd) // int(config.n_head)}
+    """A transformer decoder's shape from its Hugging Face config (the generic names every causal LM config maps:
+    num_hidden_layers, num_attention_heads, hidden_size, max_position_embeddings; num_key_value_heads and head_dim
+    where the architecture has them): a KV-cache decoder's past inputs are (batch, n_kv_head, past, head_dim) per
+    layer, keys and values."""
+    heads = int(config.num_attention_heads)
+    hidden = int(config.hidden_size)
+    return {"n_layer": int(config.num_hidden_layers), "n_head": heads,
+            "n_kv_head": int(getattr(config, "num_key_value_heads", None) or heads),
+            "head_dim": int(getattr(config, "head_dim", None) or hidden // heads), "hidden_size": hidden,
+            "n_positions": int(config.max_position_embeddings)}
+
+
+def mlp_shape(model) -> dict:
+    """The feed-forward block of a decoder layer (utils/traffic.py): its inner width (config.intermediate_size, or
+    GPT-2's n_inner, default 4 x hidden) and whether it is gated (a gate and an up projection multiplied, Llama's
+    `gate_proj`) or not (one projection and an activation, GPT-2's)."""
+    c = model.config
+    hidden = int(c.hidden_size)
+    inner = int(getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden)
+    gated = any(name.rsplit(".", 1)[-1] in ("gate_proj", "gate_up_proj") for name, _ in model.named_modules())
+    return {"mlp_inner": inner, "mlp_gated": gated}
 
 
 def decoder_io_names(n_layer: int) -> tuple[list[str], list[str]]:
@@ -281,7 +356,7 @@ def decoder_io_names(n_layer: int) -> tuple[list[str], list[str]]:
 
 
 class _DecoderWithPast:
-    """Wrap a HF GPT-2 so tracing sees (input_ids, past keys/values ...) -> (last-position logits, presents ...).
+    """Wrap a HF causal LM so tracing sees (input_ids, past keys/values ...) -> (last-position logits, presents ...).
 
     One graph serves the prompt (past length 0) and every generated token (input length 1): positions continue
     from the past length, and only the last position's logits are computed (`logits_to_keep=1`)."""
@@ -290,7 +365,7 @@ class _DecoderWithPast:
         import torch
         from transformers import DynamicCache
 
-        n_layer = int(model.config.n_layer)
+        n_layer = int(model.config.num_hidden_layers)
 
         class Wrapper(torch.nn.Module):
             def __init__(self, m):
@@ -326,7 +401,7 @@ def export_decoder_onnx(model, path: Path) -> None:
     names_in, names_out = decoder_io_names(shape["n_layer"])
     wrapped = _DecoderWithPast(model)
     ids = torch.zeros(2, 3, dtype=torch.long)
-    past = [torch.zeros(2, shape["n_head"], 5, shape["head_dim"]) for _ in names_in[1:]]
+    past = [torch.zeros(2, shape["n_kv_head"], 5, shape["head_dim"]) for _ in names_in[1:]]
     dyn = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
     dyn.update({n: {0: "batch", 2: "past"} for n in names_in[1:]})
     dyn.update({n: {0: "batch", 2: "total"} for n in names_out[1:]})
@@ -342,12 +417,12 @@ def export_decoder_onnx(model, path: Path) -> None:
     tmp.replace(path)
 
 
-def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
-    """HF gpt2 (hub id or local dir) + WikiText-2 (HF datasets) or a local text file."""
+def _pretrained_lm_data(src: ModelSource, out: Path) -> dict:
+    """A Hugging Face causal LM (hub id or local dir) + WikiText-2 (HF datasets) or a local text file."""
     from utils.torchvision_compat import import_torchvision
 
     import_torchvision()
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if src.data != "wikitext-2":  # check the data before loading (and later exporting) the model
         p = Path(src.data)
@@ -355,12 +430,15 @@ def _pretrained_gpt2_data(src: ModelSource, out: Path) -> dict:
             raise SuiteError(f"text file {p} does not exist (or pass --data wikitext-2)")
         if p.stat().st_size == 0:
             raise SuiteError(f"text file {p} is empty: pass a text file with the evaluation corpus")
-    ident = src.weights_path or "gpt2"
+    ident = src.weights_path
+    if not ident:
+        raise SuiteError(f"--weights pretrained for {src.model}: pass --weights-path (a hub id or a saved model's "
+                         "directory), or declare weights_path with the model")
     try:
         tok = AutoTokenizer.from_pretrained(ident)
-        model = GPT2LMHeadModel.from_pretrained(ident)
+        model = AutoModelForCausalLM.from_pretrained(ident)
     except OSError:
-        raise SuiteError(f"GPT-2 weights {ident!r} not found locally and the hub is unreachable or offline "
+        raise SuiteError(f"{src.model} weights {ident!r} not found locally and the hub is unreachable or offline "
                          "(HF_HUB_OFFLINE=1): pass --weights-path DIR with a saved model, or run with --online") from None
     if src.data == "wikitext-2":
         try:
@@ -412,7 +490,10 @@ def layer_macs(info: dict, task_kind: str) -> dict | None:
         return None
 
 
-PREPARERS = {"image-classification": "prepare_resnet50", "language-model": "prepare_gpt2"}
+PREPARERS = {CLASSIFIER: prepare_classifier, CAUSAL_LM: prepare_causal_lm}
+# manifest entries this version writes: a cached manifest without them is prepared again (files are kept: nothing
+# is retrained or re-exported, only recounted)
+MANIFEST_KEYS = {CLASSIFIER: ("arch_name", "activation_elements"), CAUSAL_LM: ("arch_name", "n_kv_head", "mlp_inner")}
 
 
 def cached_ok(src: ModelSource) -> dict | None:
@@ -435,8 +516,11 @@ def cached_ok(src: ModelSource) -> dict | None:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()  # only files the suite made; a user's file stays
     if "files" not in manifest or not all(Path(manifest[k]).exists() for k in ("onnx",) if k in manifest):
         bad.append("manifest without recorded hashes")
-    if task_of(src.model) == "language-model" and "decoder_onnx" not in manifest:
+    if task_of(src.model) == CAUSAL_LM and "decoder_onnx" not in manifest:
         bad.append("no KV-cache decoder ONNX yet (made by this version)")
+    missing = [k for k in MANIFEST_KEYS[task_of(src.model)] if k not in manifest]
+    if missing:
+        bad.append(f"manifest without {', '.join(missing)} (recorded by this version)")
     if bad:
         log.warning("%s (%s): cached files changed, preparing again: %s", src.model, src.weights, "; ".join(bad))
         return None
@@ -456,13 +540,13 @@ def prepare(src: ModelSource, force: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     try:
-        info = globals()[PREPARERS[task_of(src.model)]](src, out, force)
+        info = PREPARERS[task_of(src.model)](src, out, force)
     except BaseException:
         if fresh and not src.manifest_path.exists():  # a failed first preparation leaves no half-made cache folder
             shutil.rmtree(out, ignore_errors=True)
         raise
-    info.update(source=src.to_dict(), key=src.key, embedded_config=EMBEDDED.get(src.model) if src.weights == "embedded"
-                else None, prepared_seconds=time.time() - t0)
+    info.update(source=src.to_dict(), key=src.key, embedded_config=src.recipe if src.weights == "embedded" else None,
+                prepared_seconds=time.time() - t0)
     info["layer_macs"] = layer_macs(info, task_of(src.model))
     # every file is recorded with its hash, and stored relative to the cache folder (a moved cache still works)
     info["files"] = {k: artifacts.fingerprint(info[k]) for k in PATH_KEYS if info.get(k)}
@@ -478,10 +562,12 @@ def prepare(src: ModelSource, force: bool = False) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m models.prepare", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="resnet50,gpt2", help=f"comma list: {', '.join(MODELS)}")
+    ap.add_argument("--model", default=None, help=f"comma list (default: every declared model): {', '.join(MODELS)}")
+    ap.add_argument("--models-file", default=None, metavar="FILE",
+                    help="a Python file declaring more models (MODELS = [ModelDecl(...)]; docs/architecture.md)")
     ap.add_argument("--weights", default="embedded", choices=WEIGHTS)
-    ap.add_argument("--weights-path", default=None, help="ResNet50 state-dict file or GPT-2 hub id / directory")
-    ap.add_argument("--data", default=None, help="ImageNet-layout folder (resnet50); 'wikitext-2' or text file (gpt2)")
+    ap.add_argument("--weights-path", default=None, help=SOURCE_HELP["weights_path"])
+    ap.add_argument("--data", default=None, help=SOURCE_HELP["data"])
     ap.add_argument("--force", action="store_true", help="retrain / re-export even if cached")
     ap.add_argument("--ceilings", action="store_true", help="also measure the device's matmul ceilings")
     ap.add_argument("--threads", type=int, default=2)
@@ -497,7 +583,13 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum-registration chatter
     torch.set_num_threads(args.threads)
-    models = parse_list("model", args.model, MODELS)
+    if args.models_file:
+        from models.catalog import use_models_file
+
+        use_models_file(args.models_file)
+    from models.catalog import models_with
+
+    models = parse_list("model", args.model, MODELS) if args.model else models_with(args.weights)
     sources = [ModelSource(m, args.weights, args.weights_path, args.data) for m in models]
     for src in sources:
         prepare(src, force=args.force)

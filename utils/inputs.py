@@ -82,12 +82,14 @@ def check_text(path: Path, n_calib: int, context: int | None = None) -> str:
 
 
 def model_context(weights_path: str | None) -> int | None:
-    """n_positions of a local Hugging Face model directory (config.json), else None."""
+    """The context length of a local Hugging Face model directory (config.json: max_position_embeddings, or GPT-2's
+    n_positions), else None."""
     if not weights_path:
         return None
     cfg = Path(weights_path) / "config.json"
     try:
-        return int(json.loads(cfg.read_text()).get("n_positions") or 0) or None
+        conf = json.loads(cfg.read_text())
+        return int(conf.get("max_position_embeddings") or conf.get("n_positions") or 0) or None
     except (OSError, ValueError, TypeError):
         return None
 
@@ -123,7 +125,7 @@ def npy_length(path: Path) -> int | None:
 def check_calibration(model: str, weights: str, n_calib: int, cache_dir: Path | None = None) -> None:
     """The calibration size against the split it is drawn from, where that is known before preparation (the
     digits; the random-weights token ids; a prepared embedded corpus)."""
-    from utils.specs import RANDOM
+    from utils.registry import model_decl
 
     if task_of(model) == "image-classification":
         if weights in ("embedded", "random") and n_calib > digits_train_size():
@@ -131,7 +133,8 @@ def check_calibration(model: str, weights: str, n_calib: int, cache_dir: Path | 
                              f"({digits_train_size()} images): pass --calib-samples {digits_train_size()} or fewer")
         return
     if weights == "random":
-        avail = RANDOM[model]["train_tokens"] // RANDOM[model]["seq_len"]
+        cfg = model_decl(model).random or {}
+        avail = cfg["train_tokens"] // cfg["seq_len"] if cfg.get("train_tokens") and cfg.get("seq_len") else None
     elif weights == "embedded" and cache_dir is not None:
         try:
             manifest = json.loads((cache_dir / "manifest.json").read_text())

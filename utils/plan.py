@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Iterable
 
 from utils.errors import SuiteError
-from utils.registry import MODELS, ORDER, TOOLCHAINS, WEIGHTS, default_batches, default_calib, parse_list, task_of
+from utils.registry import (MODELS, ORDER, TOOLCHAINS, WEIGHTS, default_batches, default_calib, models_with, parse_list,
+                             task_of)
 
 PLAN_VERSION = 1
 ITEMS = "items"  # <runs_dir>/items/<item id>.json: the record of each finished (or abandoned) item
@@ -278,9 +279,9 @@ def selected_variants(toolchain: str, model: str, device: str, weights: str,
     declaration's defaults (all but the device's opt-in methods and, with random weights, the calibration twins)."""
     tc = TOOLCHAINS[toolchain]
     if methods is not None:
-        return [v for v in tc.variants.get(model, ()) if v[0] in methods]
+        return [v for v in tc.model_variants(model) if v[0] in methods]
     keep = set(tc.default_methods(model, device, weights))
-    return [v for v in tc.variants.get(model, ()) if v[0] in keep]
+    return [v for v in tc.model_variants(model) if v[0] in keep]
 
 
 def build_plan(*, models=None, toolchains=None, methods=None, devices=None, batches=None, calib_samples=None,
@@ -293,7 +294,8 @@ def build_plan(*, models=None, toolchains=None, methods=None, devices=None, batc
     None (each model's default). A method no selected toolchain has on a selected model, a device no selected
     toolchain declares: SuiteError (exit 2). `strict_devices`: a toolchain that declares none of the named devices is
     an error (a route started on its own) instead of being left out (the bench)."""
-    models = _names("model", models, MODELS)
+    # every declared model that has the run's weights, unless named (a named one without them: one line, exit 2)
+    models = models_with(settings.weights) if models in (None, "all") else _names("model", models, MODELS)
     toolchains = _names("toolchain", toolchains, ORDER)
     toolchains = tuple(t for t in ORDER if t in toolchains)  # run order from the declarations' `needs`
     named = parse_methods(methods) if not isinstance(methods, (tuple, list)) else (tuple(methods) or None)
@@ -317,7 +319,7 @@ def build_plan(*, models=None, toolchains=None, methods=None, devices=None, batc
     for t in toolchains:
         tc = TOOLCHAINS[t]
         for m in models:
-            if m not in tc.variants:
+            if not tc.methods(m):
                 continue
             mb = (bs.get(m) if isinstance(bs, dict) else bs) or default_batches(m, settings.weights)
             n_calib = calib_samples if calib_samples is not None else default_calib(m, settings.weights)
@@ -331,7 +333,7 @@ def build_plan(*, models=None, toolchains=None, methods=None, devices=None, batc
                         model=m, weights=settings.weights, toolchain=t, method=meth, precision=prec, device=d,
                         batches=(1,) if d in tc.accuracy_only else (min(mb),) if once else tuple(mb),
                         calib_samples=int(n_calib),
-                        eval_limit=settings.eval_limit, decode=meth in tc.generates.get(m, ()),
+                        eval_limit=settings.eval_limit, decode=meth in tc.generating(m),
                         notes=(TWIN_NOTE.format(twin=twin, batch=min(mb), method=meth),) if once else (),
                         baseline=tc.baseline == (t, meth), skip=tc.unsupported.get(d, {}).get(meth, "")))
     return Plan(settings=settings, items=items, runs_dir=str(runs_dir), route_args=dict(route_args or {}),

@@ -10,89 +10,68 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+
+from models.catalog import (CAUSAL_LM, CLASSIFIER, DEFAULT_SCOPE, MODEL_DECLS, MODELS, ModelDecl,  # noqa: F401
+                            Scope, models_with)  # (re-exported: the model side of the declaration)
 
 # embedded: the offline default trained on first use; pretrained: real weights and data; random: the real
-# architectures (torchvision ResNet50, Hugging Face GPT-2 small) randomly initialised, for latency, size and memory only
+# architectures randomly initialised, for latency, size and memory only
 WEIGHTS = ("embedded", "pretrained", "random")
 
 
-# ------------------------------------------------------------------------------ models
+# ------------------------------------------------------------------------------ models (declared in models/catalog.py)
 
-@dataclass(frozen=True)
-class Scope:
-    """Which layers a quantized variant leaves in the higher precision. A layer is a torch module path
-    (`transformer.h.0.attn.c_attn`, `lm_head`, `layer1.0.conv1`) or a module's bucket of activation x activation
-    MatMuls (`transformer.h.0.attn:scores`: attention scores and context); `keep` holds fnmatch patterns of them
-    (quantization/kit/macs.py names the layers of the exported FP32 ONNX the same way)."""
-
-    keep: tuple[str, ...] = ()
-    doc: str = ""
-
-    def keeps(self, layer: str) -> bool:
-        return any(fnmatchcase(layer, p) for p in self.keep)
+def task_of(model: str) -> str:
+    return model_decl(model).task
 
 
-DEFAULT_SCOPE = "default"
+def model_decl(model: str) -> ModelDecl:
+    try:
+        return MODEL_DECLS[model]
+    except KeyError:
+        from utils.errors import SuiteError
 
-
-@dataclass(frozen=True)
-class ModelDecl:
-    name: str
-    task: str  # "image-classification" | "language-model": the kit's task object scores and times it
-    metric: str  # top1 (percent) | ppl
-    batches: tuple[int, ...]  # default latency batches
-    calib_samples: int  # default calibration size (from the train split)
-    # --weights random: the real-size model on 2 cores (one latency batch, fewer calibration samples: bounded memory)
-    random_batches: tuple[int, ...] = (1,)
-    random_calib: int = 32
-    # the quantization scopes of this model: "default" is what every INT8/INT4/FP8 variant quantizes unless its
-    # toolchain declares another scope for it (Toolchain.method_scopes); a route honours its variant's scope or its
-    # rows say which layers differ (the kit compares the scope with the layers the runtime ran in reduced precision)
-    scopes: dict[str, Scope] = field(default_factory=lambda: {DEFAULT_SCOPE: Scope()})
-
-    def scope(self, name: str = DEFAULT_SCOPE) -> Scope:
-        return self.scopes[name]
-
-
-MODEL_DECLS: dict[str, ModelDecl] = {
-    "resnet50": ModelDecl("resnet50", "image-classification", "top1", (1, 32), 128,
-                          scopes={DEFAULT_SCOPE: Scope((), "every convolution and the classifier")}),
-    # GPT-2: the LM head (tied to the token embedding; 768 x 50,257 per token, a third of GPT-2 small's prefill
-    # arithmetic) and the attention score/context MatMuls stay in the higher precision by default, as ModelOpt's and
-    # most LLM recipes do; "head" quantizes the LM head too
-    "gpt2": ModelDecl("gpt2", "language-model", "ppl", (1, 8), 64,
-                      scopes={DEFAULT_SCOPE: Scope(("lm_head", "*:scores"),
-                                                   "the transformer blocks' linear layers; LM head and attention "
-                                                   "score/context MatMuls in the higher precision"),
-                              "head": Scope(("*:scores",), "the blocks' linear layers and the LM head; attention "
-                                                           "score/context MatMuls in the higher precision")}),
-}
-MODELS = tuple(MODEL_DECLS)
-METRIC = {m: d.metric for m, d in MODEL_DECLS.items()}
-DEFAULT_BATCHES = {m: d.batches for m, d in MODEL_DECLS.items()}
-DEFAULT_CALIB = {m: d.calib_samples for m, d in MODEL_DECLS.items()}
+        raise SuiteError(f"unknown model {model!r}; valid: {', '.join(MODELS)}") from None
 
 
 def default_batches(model: str, weights: str = "embedded") -> tuple[int, ...]:
-    d = MODEL_DECLS[model]
+    d = model_decl(model)
     return d.random_batches if weights == "random" else d.batches
 
 
 def default_calib(model: str, weights: str = "embedded") -> int:
-    d = MODEL_DECLS[model]
+    d = model_decl(model)
     return d.random_calib if weights == "random" else d.calib_samples
 
 
-def task_of(model: str) -> str:
-    return MODEL_DECLS[model].task
+def batches_text(weights: str | None = None) -> str:
+    """'resnet50 1,32; gpt2 1,8' style text of every declared model's default batches (help texts)."""
+    return "; ".join(f"{m} {','.join(map(str, default_batches(m, weights or 'embedded')))}" for m in MODELS)
+
+
+def batches_example() -> str:
+    """A per-model --batches value from the declared defaults ('resnet50=1,32;gpt2=1,8')."""
+    return ";".join(f"{m}={','.join(map(str, default_batches(m)))}" for m in MODELS)
+
+
+def calib_text(weights: str | None = None) -> str:
+    return ", ".join(f"{m} {default_calib(m, weights or 'embedded')}" for m in MODELS)
+
+
+SOURCE_HELP = {
+    "weights_path": "pretrained weights: a classifier's state-dict file (default: torchvision's own weights of the "
+                    "architecture, downloaded when online) or a language model's Hugging Face hub id / local "
+                    "directory (default: the model declaration's)",
+    "data": "pretrained data: an ImageNet-layout folder (classifiers); 'wikitext-2' or a local text file (language "
+            "models)",
+}
 
 
 def scope_of(toolchain: str, model: str, method: str) -> tuple[str, Scope]:
     """(name, Scope) a toolchain's variant quantizes: its declared scope (Toolchain.method_scopes), else the
     model's default."""
     name = TOOLCHAINS[toolchain].method_scopes.get(method, DEFAULT_SCOPE)
-    return name, MODEL_DECLS[model].scope(name)
+    return name, model_decl(model).scope(name)
 
 
 # ------------------------------------------------------------------------------ environments
@@ -137,7 +116,7 @@ class Toolchain:
     name: str
     route: str  # "module:attribute" of its Route object, resolved lazily (quantization.kit.route_for)
     env: EnvDecl
-    # model -> ((method, precision), ...) it produces, in display order
+    # task -> ((method, precision), ...) it produces for every model of that task, in display order
     variants: dict[str, tuple[tuple[str, str], ...]]
     packages: tuple[str, ...] = ()  # distributions recorded in every row's environment record
     devices: tuple[str, ...] = ("cpu",)  # devices its rows may target ("cpu", "cuda")
@@ -158,7 +137,7 @@ class Toolchain:
     # --weights random (no accuracy to tell them apart; latency, size and memory identical) only the latter runs,
     # unless --methods names the twin
     latency_twins: dict[str, str] = field(default_factory=dict)
-    # model -> methods whose built variant generates with a KV cache (Built.generate): their items get a decode row
+    # task -> methods whose built variant generates with a KV cache (Built.generate): their items get a decode row
     generates: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # devices whose rows are accuracy only (not a deployment runtime there): one row at batch 1, never timed
     accuracy_only: tuple[str, ...] = ()
@@ -172,6 +151,9 @@ class Toolchain:
     # methods that run by default only with --weights random (elsewhere when --methods names them): the scope
     # variants, whose point is the real model's speed and whose cost the embedded default run need not carry
     random_only: tuple[str, ...] = ()
+    # the architectures its route implements ("hf:gpt2"), where not every architecture of a task: other models of
+    # the task have no variants of it
+    archs: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -179,8 +161,23 @@ class Toolchain:
         mod = self.route.split(":", 1)[0]
         return mod[: -len(".route")] if mod.endswith(".route") else mod
 
+    def model_variants(self, model: str) -> tuple[tuple[str, str], ...]:
+        """((method, precision), ...) this toolchain produces for `model` (by its task and architecture)."""
+        d = model_decl(model)
+        if self.archs and d.arch not in self.archs:
+            return ()
+        return self.variants.get(d.task, ())
+
     def methods(self, model: str) -> tuple[str, ...]:
-        return tuple(m for m, _ in self.variants.get(model, ()))
+        return tuple(m for m, _ in self.model_variants(model))
+
+    def models(self) -> tuple[str, ...]:
+        """The declared models it has variants of."""
+        return tuple(m for m in MODELS if self.methods(m))
+
+    def generating(self, model: str) -> tuple[str, ...]:
+        """The methods whose variants of `model` also generate (decode rows)."""
+        return self.generates.get(task_of(model), ()) if self.methods(model) else ()
 
     def default_methods(self, model: str, device: str, weights: str = "embedded") -> tuple[str, ...]:
         """The methods a run on `device` does when --methods names none: all but the device's opt-in ones (and, with
@@ -194,7 +191,7 @@ class Toolchain:
         return "; ".join(f"{d}: {','.join(ms)}" for d, ms in self.opt_in.items() if ms)
 
     def precision(self, model: str, method: str) -> str:
-        return dict(self.variants[model])[method]
+        return dict(self.model_variants(model))[method]
 
     def baseline_for(self, method: str) -> tuple[str, str] | None:
         if method in self.method_baselines:
@@ -205,14 +202,14 @@ class Toolchain:
         return self.devices[0]
 
 
-_ONNX_MODELS = ("resnet50", "gpt2")
+_TASKS = (CLASSIFIER, CAUSAL_LM)
 _TORCH_HALF = (("eager-fp16", "fp16"), ("eager-bf16", "bf16"), ("inductor-fp16", "fp16"), ("inductor-bf16", "bf16"))
 # the GPU fast paths PyTorch and torchao document, each one change from its baseline (docs/routes/torch.md, docs/gpu.md):
 # channels-last + cudnn.benchmark (ResNet50), torch.compile mode="max-autotune" (Triton autotuning + CUDA graphs), and
 # torchao FP8 (dynamic activations and weights, compute capability >= 8.9) on GPT-2's block linears
 _TORCH_CL = (("inductor-cl", "fp32"), ("inductor-cl-fp16", "fp16"))
 _TORCH_MAX = (("inductor-max", "fp32"), ("inductor-max-fp16", "fp16"))
-_TORCH_GPU = {"resnet50": _TORCH_CL + _TORCH_MAX, "gpt2": _TORCH_MAX + (("fp8", "fp8"),)}
+_TORCH_GPU = {CLASSIFIER: _TORCH_CL + _TORCH_MAX, CAUSAL_LM: _TORCH_MAX + (("fp8", "fp8"),)}
 _TORCH_CUDA_ONLY = {
     "inductor-cl": "channels-last + cudnn.benchmark is cuDNN's convolution fast path (NHWC tensor-core kernels, "
                    "algorithms picked by timing); on the CPU channels-last was measured for the eager and inductor "
@@ -233,10 +230,10 @@ _DECLS = (
         # fx/pt2e: x86 CPU backend only; *-fp16/*-bf16: cuda, and the CPU where oneDNN has that dtype natively (opt-in
         # there: see opt_in)
         variants={
-            "resnet50": (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"),
-                         *_TORCH_HALF, *_TORCH_GPU["resnet50"]),
-            "gpt2": (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"), ("inductor", "fp32"),
-                     *_TORCH_HALF, *_TORCH_GPU["gpt2"]),
+            CLASSIFIER: (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"),
+                         *_TORCH_HALF, *_TORCH_GPU[CLASSIFIER]),
+            CAUSAL_LM: (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"), ("inductor", "fp32"),
+                        *_TORCH_HALF, *_TORCH_GPU[CAUSAL_LM]),
         },
         packages=_BASE + ("torch", "torchvision", "torchao", "transformers", "tokenizers", "onnx", "datasets"),
         devices=("cpu", "cuda"),
@@ -259,7 +256,7 @@ _DECLS = (
             "pt2e": "pt2e uses X86InductorQuantizer, which targets the x86 CPU backend (oneDNN INT8 through inductor's "
                     "CPU code generation); it has no CUDA path"}},
         # Hugging Face's cached decoding: eager (any dtype) and the torchao variants; inductor compiles static shapes
-        generates={"gpt2": ("eager", "weight-only", "dynamic", "eager-fp16", "eager-bf16", "fp8")},
+        generates={CAUSAL_LM: ("eager", "weight-only", "dynamic", "eager-fp16", "eager-bf16", "fp8")},
         # max-autotune benchmarks candidate kernels at every new shape (scoring, each batch): not measured here yet,
         # planned at several times the default compile until a run's item records say better
         estimate_factor={m: 6.0 for m, _ in _TORCH_MAX},
@@ -269,17 +266,17 @@ _DECLS = (
         route="quantization.onnxruntime.route:ROUTE",
         env=EnvDecl("onnxruntime", (Part("onnxruntime.txt"),), tests="tests/onnxruntime",
                     imports=_BASE_IMPORTS + ("onnx", "onnxruntime")),
-        # minmax+head: the "head" scope (GPT-2's LM head quantized too), beside minmax's default scope
-        variants={"resnet50": (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8")),
-                  "gpt2": (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8"),
-                           ("minmax+head", "int8"))},
+        # minmax+head: the "head" scope (a language model's LM head quantized too), beside minmax's default scope
+        variants={CLASSIFIER: (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8")),
+                  CAUSAL_LM: (("fp32", "fp32"), ("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8"),
+                              ("minmax+head", "int8"))},
         packages=_BASE + ("onnx", "onnxruntime", "onnxruntime-gpu"),
         devices=("cpu", "cuda"),
         device_flag=True,
         needs=("torch",),
         baseline=("onnxruntime", "fp32"),
         latency_twins={"entropy": "minmax", "percentile": "minmax"},
-        generates={"gpt2": ("fp32", "minmax", "entropy", "percentile")},  # the exported KV-cache decoder graph
+        generates={CAUSAL_LM: ("fp32", "minmax", "entropy", "percentile")},  # the exported KV-cache decoder graph
         marker="s",
         measures_ceilings=True,
         method_scopes={"minmax+head": "head"},
@@ -290,7 +287,7 @@ _DECLS = (
         route="quantization.modelopt_onnx.route:ROUTE",
         env=EnvDecl("modelopt-onnx", (Part("modelopt-onnx.txt"),), tests="tests/modelopt_onnx",
                     imports=_BASE_IMPORTS + ("torch", "onnx", "onnxruntime", "modelopt", "requests")),
-        variants={m: (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")) for m in _ONNX_MODELS},
+        variants={t: (("max", "int8"), ("entropy", "int8"), ("fp8", "fp8"), ("int4", "int4")) for t in _TASKS},
         packages=_BASE + ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt"),
         devices=("cpu", "cuda"),
         device_flag=True,
@@ -307,9 +304,9 @@ _DECLS = (
         # int8: NNCF post-training quantization (GPT-2 with model_type=transformer, the scope's kept layers in NNCF's
         # ignored scope); int8+head: the same with GPT-2's LM head quantized too ("head" scope); int8-wo / int4-wo:
         # NNCF weight-only compression (INT8_ASYM; INT4_SYM, group 128, embedding and LM head kept INT8_ASYM by NNCF)
-        variants={"resnet50": (("fp32", "fp32"), ("int8", "int8")),
-                  "gpt2": (("fp32", "fp32"), ("int8", "int8"), ("int8-wo", "int8"), ("int4-wo", "int4"),
-                           ("int8+head", "int8"))},
+        variants={CLASSIFIER: (("fp32", "fp32"), ("int8", "int8")),
+                  CAUSAL_LM: (("fp32", "fp32"), ("int8", "int8"), ("int8-wo", "int8"), ("int4-wo", "int4"),
+                              ("int8+head", "int8"))},
         packages=_BASE + ("openvino", "nncf", "onnx"),
         devices=("cpu",),
         needs=("torch",),  # reads the FP32 ONNX that models.prepare exports
@@ -324,8 +321,10 @@ _DECLS = (
         env=EnvDecl("modelopt-tripy", (Part("modelopt-tripy.txt"), Part("modelopt-tripy-gpu.txt", optional=True)),
                     tests="tests/modelopt_tripy",
                     imports=_BASE_IMPORTS + ("torch", "transformers", "tokenizers", "modelopt", "requests")),
-        variants={"gpt2": (("fp32", "fp32"), ("int8-weight-only", "int8"), ("int4-weight-only", "int4"),
-                           ("float8", "fp8"))},
+        # the seed's route: Hugging Face GPT-2 re-implemented in Tripy (quantization/modelopt_tripy/model.py)
+        variants={CAUSAL_LM: (("fp32", "fp32"), ("int8-weight-only", "int8"), ("int4-weight-only", "int4"),
+                              ("float8", "fp8"))},
+        archs=("hf:gpt2",),
         packages=_BASE + ("torch", "transformers", "tokenizers", "nvidia-modelopt", "nvtripy", "tensorrt-cu12",
                           "datasets"),
         devices=("cpu", "cuda"),
@@ -340,8 +339,8 @@ _DECLS = (
         route="quantization.tensorrt.route:ROUTE",
         env=EnvDecl("tensorrt", (Part("tensorrt.txt"), Part("tensorrt-gpu.txt", optional=True)), tests="tests/tensorrt",
                     imports=_BASE_IMPORTS + ("onnx", "cuda.bindings")),
-        variants={m: (("fp32", "fp32"), ("fp16", "fp16"), ("int8-entropy", "int8"), ("int8-qdq", "int8"))
-                  for m in _ONNX_MODELS},
+        variants={t: (("fp32", "fp32"), ("fp16", "fp16"), ("int8-entropy", "int8"), ("int8-qdq", "int8"))
+                  for t in _TASKS},
         packages=_BASE + ("onnx", "tensorrt", "tensorrt-cu12", "cuda-python", "cuda-bindings"),
         devices=("cuda",),
         needs=("torch", "modelopt-onnx"),  # the FP32 ONNX, and ModelOpt's Q/DQ ONNX for int8-qdq

@@ -16,38 +16,10 @@ from utils.artifacts import resolve
 from utils.atomic import config_key
 from utils.errors import SuiteError
 from utils.paths import CACHE_DIR
-from utils.registry import DEFAULT_CALIB, MODELS, WEIGHTS, check_choice  # noqa: F401 (DEFAULT_CALIB re-exported)
+from utils.registry import CLASSIFIER, MODELS, WEIGHTS, check_choice, model_decl
 
-EMBEDDED = {
-    "resnet50": {
-        "arch": "torchvision.models.resnet50", "num_classes": 10, "data": "sklearn-digits", "resolution": 16,
-        "epochs": 15, "batch_size": 64, "lr": 0.05, "seed": 0, "version": 1,
-    },
-    "gpt2": {
-        "arch": "transformers.GPT2LMHeadModel", "n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 128,
-        "vocab_size": 2048, "corpus": "pydoc_data.topics", "tokenizer": "tokenizers.ByteLevelBPE",
-        "epochs": 10, "batch_size": 16, "lr": 2e-3, "seed": 0, "version": 2,  # v2: split by document groups
-    },
-}
-# --weights random: the real architectures with randomly initialised weights (no download), for latency,
-# throughput, size and memory; accuracy is meaningless and stays empty. Inputs: calibration and fidelity samples
-# are scikit-learn's digits upscaled to 224x224 (ResNet50) and seeded uniform token ids (GPT-2); latency is
-# measured at ResNet50's 224x224 and a 128-token GPT-2 prefill (plus KV-cache generation).
-RANDOM = {
-    "resnet50": {
-        "arch": "torchvision.models.resnet50", "num_classes": 1000, "init": "torchvision default",
-        "resolution": 224, "inputs": "sklearn-digits upscaled to 224", "n_eval": 64, "seed": 0, "version": 1,
-    },
-    "gpt2": {
-        "arch": "transformers.GPT2LMHeadModel", "config": "GPT2Config() defaults", "n_layer": 12, "n_embd": 768,
-        "n_head": 12, "n_positions": 1024, "vocab_size": 50257, "init": "transformers default (std 0.02)",
-        "inputs": "seeded uniform token ids", "seq_len": 128, "train_tokens": 8192, "val_tokens": 1024, "seed": 0,
-        "version": 1,
-    },
-}
+# the embedded recipes, random-weights configs and dataset names are declared with each model (models/catalog.py)
 RANDOM_REASON = "random weights: latency only"
-DATASET_NAME = {("resnet50", "embedded"): "sklearn-digits-16px", ("gpt2", "embedded"): "pydoc-topics",
-                ("resnet50", "random"): "digits-224 inputs", ("gpt2", "random"): "random token ids"}
 # the longest calibration window of a language model (tokens): bounded calibration memory for long contexts
 # (HF GPT-2's 1,024 positions); the embedded GPT-2's 128-token context is calibrated whole
 LM_CALIB_WINDOW = 256
@@ -64,25 +36,41 @@ PATH_KEYS = ("checkpoint", "onnx", "decoder_onnx", "hf_dir", "train_ids", "val_i
 class ModelSource:
     model: str
     weights: str = "embedded"
-    weights_path: str | None = None  # resnet50: a state-dict file; gpt2: hub id or local dir
-    data: str | None = None  # resnet50: ImageNet-layout folder; gpt2: text file or 'wikitext-2'
+    weights_path: str | None = None  # classifier: a state-dict file; language model: hub id or local dir
+    data: str | None = None  # classifier: ImageNet-layout folder; language model: text file or 'wikitext-2'
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODELS)
         check_choice("weights", self.weights, WEIGHTS)
+        decl = model_decl(self.model)
         if self.weights in ("embedded", "random") and (self.weights_path or self.data):
             raise SuiteError("--weights-path/--data apply to --weights pretrained only")
+        if self.weights not in decl.weights_kinds():
+            raise SuiteError(f"model {self.model} declares no {self.weights} weights (it has: "
+                             f"{', '.join(decl.weights_kinds())})")
+        if self.weights == "pretrained":  # the declaration's defaults where the flags name none
+            if self.weights_path is None and decl.weights_path:
+                object.__setattr__(self, "weights_path", decl.weights_path)
+            if self.data is None and decl.data:
+                object.__setattr__(self, "data", decl.data)
         if self.weights == "pretrained" and not self.data:
-            what = "an ImageNet-layout folder (--data PATH)" if self.model == "resnet50" else \
+            what = "an ImageNet-layout folder (--data PATH)" if decl.task == CLASSIFIER else \
                 "WikiText-2 (--data wikitext-2, needs HF datasets online or cached) or a local text file (--data FILE)"
             raise SuiteError(f"--weights pretrained needs {what}")
 
     @property
+    def decl(self):
+        return model_decl(self.model)
+
+    @property
+    def recipe(self) -> dict | None:
+        """The embedded recipe or random-weights config the weights come from (None: pretrained)."""
+        return self.decl.recipe(self.weights)
+
+    @property
     def key(self) -> str:
-        if self.weights == "embedded":
-            return config_key(EMBEDDED[self.model], 10)
-        if self.weights == "random":
-            return config_key(RANDOM[self.model], 10)
+        if self.weights in ("embedded", "random"):
+            return config_key(self.recipe, 10)
         return config_key([self.weights_path, _abs(self.data)], 10)
 
     @property

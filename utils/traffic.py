@@ -8,7 +8,9 @@ An estimate from the model's shapes and the row, never a measurement:
 - activations: every layer's output written once and read once, in the row's activation element size (4 bytes,
   2 for fp16/bf16 rows, 1 for integer convolutional rows whose activations stay quantized; language models keep
   LayerNorm, softmax and GELU in float between their integer matmuls, so 4 for int8 rows); attention scores and
-  probabilities; the logits (4 bytes).
+  probabilities; the logits (4 bytes). A classifier's layer outputs are counted once at preparation from its traced
+  graph (models/prepare.py: convolutions, linear layers, pools, residual adds; batch norm and ReLU fused); a
+  decoder's from its shape (`outputs_per_token`).
 - KV cache (generation rows, one call = one generated token): the past keys and values of every layer read once,
   at the mean past length of the timed tokens, and the new token's written.
 - inputs: the image batch (4 bytes per value) or the token ids (8 bytes).
@@ -22,57 +24,36 @@ from __future__ import annotations
 VERSION = 1
 FLOAT_BYTES = {"fp16": 2, "bf16": 2}
 CONV_ACT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 1, "fp8": 1}
-RESNET50_STAGES = ((3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2))  # (blocks, width, stride); expansion 4
-GPT2_OUTPUTS_PER_LAYER = 18  # x n_embd per token: ln1 1, qkv 3, attention context 1, proj 1, add 1, ln2 1, fc 4,
-#                              gelu 4, fc2 1, add 1
+CLASSIFIER_KEYS = ("activation_elements", "latency_resolution")
+DECODER_KEYS = ("n_layer", "n_head", "head_dim", "vocab_size")
 
 
-def shapes_from_manifest(model: str, manifest: dict | None) -> dict | None:
-    """The shapes the estimate needs, from a prepared model's manifest (None when it lacks them)."""
+def shapes_from_manifest(manifest: dict | None) -> dict | None:
+    """The shapes the estimate needs, from a prepared model's manifest (models/prepare.py records them for image
+    classifiers and for decoders; None when it lacks them)."""
     m = manifest or {}
-    if model == "gpt2" and all(m.get(k) for k in ("n_layer", "n_head", "head_dim", "vocab_size")):
-        return {"arch": "gpt2", "n_layer": int(m["n_layer"]), "n_head": int(m["n_head"]),
-                "n_embd": int(m["n_head"]) * int(m["head_dim"]), "vocab_size": int(m["vocab_size"])}
-    if model == "resnet50" and m.get("num_classes"):
-        return {"arch": "resnet50", "num_classes": int(m["num_classes"])}
+    if all(m.get(k) for k in CLASSIFIER_KEYS):
+        return {"kind": "classifier", "activation_elements": int(m["activation_elements"]),
+                "resolution": int(m["latency_resolution"])}
+    if all(m.get(k) for k in DECODER_KEYS):
+        heads, hd = int(m["n_head"]), int(m["head_dim"])
+        hidden = int(m.get("hidden_size") or heads * hd)
+        return {"kind": "decoder", "n_layer": int(m["n_layer"]), "n_head": heads,
+                "n_kv_head": int(m.get("n_kv_head") or heads), "head_dim": hd, "hidden_size": hidden,
+                "mlp_inner": int(m.get("mlp_inner") or 4 * hidden), "mlp_gated": bool(m.get("mlp_gated")),
+                "vocab_size": int(m["vocab_size"])}
     return None
 
 
-def declared_shapes(model: str, weights: str) -> dict | None:
-    """The shapes of the suite's own models (utils.specs: embedded and random weights), for rows written before the
-    kit recorded them; None for pretrained weights (the user's model may be another size)."""
-    from utils.specs import EMBEDDED, RANDOM
-
-    spec = {"embedded": EMBEDDED, "random": RANDOM}.get(weights, {}).get(model)
-    if spec is None:
-        return None
-    if model == "gpt2":
-        return {"arch": "gpt2", "n_layer": spec["n_layer"], "n_head": spec["n_head"], "n_embd": spec["n_embd"],
-                "vocab_size": spec["vocab_size"]}
-    return {"arch": "resnet50", "num_classes": spec["num_classes"]}
-
-
-def resnet50_activations(h: int, w: int, num_classes: int) -> int:
-    """Elements of every layer output of torchvision's ResNet50 (stride on the 3x3 convolution) for one image of
-    h x w: convolutions (batch norm and ReLU fused), the max pool, the residual adds, the pooled features, logits."""
-    def down(x, k, s, p):
-        return (x + 2 * p - k) // s + 1
-
-    h, w = down(h, 7, 2, 3), down(w, 7, 2, 3)
-    total = 64 * h * w
-    h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
-    total += 64 * h * w
-    cin = 64
-    for blocks, width, stride in RESNET50_STAGES:
-        for i in range(blocks):
-            s = stride if i == 0 else 1
-            ho, wo = down(h, 3, s, 1), down(w, 3, s, 1)
-            total += width * h * w + width * ho * wo + 4 * width * ho * wo  # conv1 (1x1), conv2 (3x3), conv3 (1x1)
-            if i == 0 and (s != 1 or cin != 4 * width):
-                total += 4 * width * ho * wo  # downsample
-            total += 4 * width * ho * wo  # residual add (+ ReLU)
-            h, w, cin = ho, wo, 4 * width
-    return total + cin + num_classes  # pooled features, logits
+def outputs_per_token(s: dict) -> int:
+    """Elements one decoder layer writes per token, attention scores aside: ln1, the q/k/v projections (k and v at
+    the key-value heads), the attention context, the output projection, the residual add, ln2, the feed-forward block
+    (one projection + activation + the down projection; gated: gate, up, activation, their product, down) and the
+    second residual add. GPT-2 (hidden d, 4d inner): 18 d."""
+    d, q, kv = s["hidden_size"], s["n_head"] * s["head_dim"], s["n_kv_head"] * s["head_dim"]
+    inner = s["mlp_inner"]
+    mlp = (4 * inner if s["mlp_gated"] else 2 * inner) + d
+    return d + (q + 2 * kv) + q + d + d + d + mlp + d
 
 
 def estimate(shapes: dict, *, size_mb: float | None, batch: int, latency_kind: str | None,
@@ -84,31 +65,34 @@ def estimate(shapes: dict, *, size_mb: float | None, batch: int, latency_kind: s
         return None
     weights = int(round(float(size_mb) * 1e6))
     b = int(batch)
-    if shapes.get("arch") == "resnet50":
+    if shapes.get("kind") == "classifier":
         if not latency_shape or len(latency_shape) != 4:
             return None
         h, w = int(latency_shape[2]), int(latency_shape[3])
         eb = CONV_ACT_BYTES.get(compute_precision or "fp32", 4)
-        act = 2 * b * resnet50_activations(h, w, shapes["num_classes"]) * eb
+        per_image = shapes["activation_elements"] * (h * w) / float(shapes["resolution"] ** 2)
+        act = int(round(2 * b * per_image * eb))
         inputs = b * 3 * h * w * 4
         return _out(weights, act, 0, inputs, b, f"one forward of {b} images of 3x{h}x{w}")
-    if shapes.get("arch") != "gpt2":
+    if shapes.get("kind") != "decoder":
         return None
-    d, layers, heads, vocab = shapes["n_embd"], shapes["n_layer"], shapes["n_head"], shapes["vocab_size"]
+    d, layers, heads, vocab = shapes["hidden_size"], shapes["n_layer"], shapes["n_head"], shapes["vocab_size"]
+    per_layer = outputs_per_token(shapes)
+    kv_width = shapes["n_kv_head"] * shapes["head_dim"]
     eb = FLOAT_BYTES.get(compute_precision or "", 4)
     if latency_kind == "decode":
         if not prompt_tokens or not new_tokens:
             return None
         past = prompt_tokens + max(0, new_tokens - 2) / 2.0  # mean past length of the timed tokens (2nd to last)
         ctx = past + 1
-        act = 2 * b * (layers * (GPT2_OUTPUTS_PER_LAYER * d + 2 * heads * ctx) + d) * eb + b * vocab * 4
-        kv = int(round(2 * layers * b * d * eb * (past + 1)))  # past keys/values read, the new ones written
+        act = 2 * b * (layers * (per_layer + 2 * heads * ctx) + d) * eb + b * vocab * 4
+        kv = int(round(2 * layers * b * kv_width * eb * (past + 1)))  # past keys/values read, the new ones written
         return _out(weights, int(round(act)), kv, b * 8, b,
                     f"one generated token (batch {b}, mean past {past:g} tokens)")
     if not latency_shape or len(latency_shape) != 2:
         return None
     seq = int(latency_shape[1])
-    act = 2 * b * seq * (layers * (GPT2_OUTPUTS_PER_LAYER * d + 2 * heads * seq) + d) * eb + b * seq * vocab * 4
+    act = 2 * b * seq * (layers * (per_layer + 2 * heads * seq) + d) * eb + b * seq * vocab * 4
     return _out(weights, act, 0, b * seq * 8, b * seq, f"one forward of {b} x {seq} tokens")
 
 
@@ -119,11 +103,10 @@ def _out(weights: int, act: int, kv: int, inputs: int, items: int, call: str) ->
 
 def for_row(row, shapes: dict | None = None) -> dict | None:
     """The estimate of a result row (a ResultRow): its recorded one (extra.traffic, written by the kit from the
-    manifest), else one from `shapes` or the suite's declared shapes of its model and weights."""
+    manifest), else one from `shapes` (None without them)."""
     extra = getattr(row, "extra", None) or {}
     if extra.get("traffic"):
         return extra["traffic"]
-    shapes = shapes or declared_shapes(row.model, row.weights)
     gen = extra.get("generation") or {}
     return estimate(shapes, size_mb=row.size_mb, batch=row.batch, latency_kind=row.latency_kind,
                     latency_shape=extra.get("latency_shape"), prompt_tokens=gen.get("prompt_tokens"),

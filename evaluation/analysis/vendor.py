@@ -371,9 +371,9 @@ def recipe_torch(ctx, method: str, threads: int) -> Recipe:
     calib = ctx.task.calib_array(ctx.data)
     if method == "dynamic":
         return _torchao_dynamic(ctx, method)
-    from models.embedded import load_resnet50
+    from models.embedded import load_manifest_classifier
 
-    model = load_resnet50(ctx.manifest["checkpoint"], ctx.manifest["num_classes"]).eval()
+    model = load_manifest_classifier(ctx.manifest).eval()
     if method == "fx":
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -430,13 +430,13 @@ def _torchao_dynamic(ctx, method: str) -> Recipe:
     import torch
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-    from models.embedded import load_gpt2
+    from models.embedded import load_causal_lm
     from utils.torchvision_compat import import_torchvision
 
     import_torchvision()
     from transformers.pytorch_utils import Conv1D
 
-    model = load_gpt2(ctx.manifest["hf_dir"]).eval()
+    model = load_causal_lm(ctx.manifest["hf_dir"]).eval()
     for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, Conv1D)]:
         parent, _, child = name.rpartition(".")
         lin = torch.nn.Linear(m.weight.shape[0], m.weight.shape[1], bias=m.bias is not None)

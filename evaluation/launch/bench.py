@@ -48,7 +48,8 @@ from utils.cli import ArgParser, positive_float, positive_int
 from utils.errors import SuiteError, cli_main
 from utils.paths import PUBLISHED_RUNS_DIR, REPO_ROOT, RESULTS_DIR, RUNS_DIR, report_dir_for
 from utils.plan import Settings, build_plan, describe, passes, routes_seconds
-from utils.registry import DEFAULT_BATCHES, MODELS, ORDER, PREPARE_TOOLCHAIN, TOOLCHAINS, WEIGHTS, default_batches
+from utils.registry import (MODELS, ORDER, PREPARE_TOOLCHAIN, SOURCE_HELP, TOOLCHAINS, WEIGHTS, batches_example,
+                             batches_text)
 
 CLUSTER_ENV = "ray"  # the support environment (utils/registry.py SUPPORT_ENVS) the --cluster driver runs in
 
@@ -56,7 +57,12 @@ CLUSTER_ENV = "ray"  # the support environment (utils/registry.py SUPPORT_ENVS) 
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgParser(prog="python3 -m evaluation.bench", description=__doc__.split("\n\n")[0],
                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--models", default="all", help=f"comma list or 'all': {', '.join(MODELS)}")
+    ap.add_argument("--models", default="all",
+                    help=f"comma list or 'all' (every declared model that has the --weights): {', '.join(MODELS)}")
+    ap.add_argument("--models-file", default=None, metavar="FILE",
+                    help="a Python file declaring your own models (MODELS = [ModelDecl(...)]: a torchvision classifier "
+                         "or a Hugging Face causal LM with its data; docs/architecture.md, Adding a model); they join "
+                         "the declared ones for this run and every process it starts")
     ap.add_argument("--toolchains", default="all", help=f"comma list or 'all': {', '.join(ORDER)}")
     opt_in = "; ".join(f"{t} on {tc.opt_in_text()}" for t, tc in TOOLCHAINS.items() if tc.opt_in_text())
     ap.add_argument("--methods", default=None,
@@ -64,19 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "except the opt-in ones, which run only when named here" + (f" ({opt_in})" if opt_in else "") +
                          "; a method that differs from another only by calibration (utils/registry.py latency_twins, "
                          "e.g. ORT entropy/percentile) is timed at the smallest batch only unless named here")
-    ap.add_argument("--batches", type=batches_text, default=None,
-                    help="comma list of latency batch sizes, or per model 'resnet50=1,32;gpt2=1,8' (default per model: " +
-                         "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) +
-                         "; --weights random: " + "; ".join(f"{m} {','.join(map(str, default_batches(m, 'random')))}"
-                                                           for m in DEFAULT_BATCHES) + ")")
+    ap.add_argument("--batches", type=batches_arg, default=None,
+                    help=f"comma list of latency batch sizes, or per model '{batches_example()}' (default per model: "
+                         f"{batches_text()}; --weights random: {batches_text('random')})")
     ap.add_argument("--weights", default="embedded", choices=WEIGHTS,
                     help="embedded: offline default; pretrained: real weights (--weights-path/--data); random: the "
                          "real architectures randomly initialised (latency, size, memory; accuracy empty); methods "
                          "that differ from another only by calibration (utils/registry.py latency_twins, e.g. ORT "
                          "entropy/percentile) run only when --methods names them")
-    ap.add_argument("--weights-path", default=None, help="pretrained: ResNet50 state-dict file or GPT-2 hub id/dir")
-    ap.add_argument("--data", default=None,
-                    help="pretrained: ImageNet-layout folder (resnet50); wikitext-2 or a text file (gpt2)")
+    ap.add_argument("--weights-path", default=None, help=SOURCE_HELP["weights_path"])
+    ap.add_argument("--data", default=None, help=SOURCE_HELP["data"])
     ap.add_argument("--calib-samples", type=positive_int, default=None, help="calibration samples (default per model)")
     ap.add_argument("--eval-limit", type=positive_int, default=None,
                     help="cap on evaluation samples (rows are marked as subset rows); a cap above the data's size "
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def batches_text(text: str) -> str:
+def batches_arg(text: str) -> str:
     """--batches checked at parse time (a bad list is one line, exit 2), kept as text for the plan."""
     from utils.plan import parse_batches
 
@@ -214,6 +217,12 @@ def validate(args, device_missing: str | None = PROBE) -> Checked:
         args.runs_dir, args.out = PUBLISHED_RUNS_DIR, RESULTS_DIR
     elif args.runs_dir is None:
         args.runs_dir = RUNS_DIR
+    if args.models_file:
+        if args.publish:
+            raise SuiteError("--publish covers the suite's declared models: drop --models-file")
+        from models.catalog import use_models_file
+
+        use_models_file(args.models_file)
     plan = build_plan(models=args.models, toolchains=args.toolchains, methods=args.methods, devices=args.devices,
                       batches=args.batches, calib_samples=args.calib_samples, settings=settings_of(args),
                       runs_dir=args.runs_dir)
@@ -232,7 +241,7 @@ def validate(args, device_missing: str | None = PROBE) -> Checked:
             raise SuiteError(f"--weights-path {p} is an empty file (0 bytes): pass a saved state dict")
         if p.is_dir() and not (p / "config.json").is_file():
             raise SuiteError(f"--weights-path {p} is a folder without config.json (save the model with "
-                             "save_pretrained, or pass a state-dict file for resnet50)")
+                             "save_pretrained, or pass a state-dict file for a classifier)")
     if args.data and args.data != "wikitext-2":
         from utils.inputs import check_data
 

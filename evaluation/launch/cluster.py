@@ -52,6 +52,7 @@ from evaluation.launch.routes import (Outcome, PeakRss, RunLock, died_reason, ma
 from utils.errors import SuiteError, cli_main, failure_reason
 from utils.paths import REPO_ROOT
 from utils.plan import Plan, new_run_id, read_item_records, write_item_record
+from models.catalog import MODELS_ENV
 from utils.registry import PREPARE_TOOLCHAIN, TOOLCHAINS
 from utils.rows import ResultRow, write_row
 
@@ -319,6 +320,16 @@ def start_sink():
         return None
 
 
+def shipped_path(path: str) -> str:
+    """A file's path on a node: relative to the working tree when it is inside it (the tree is the task's working
+    directory there), else as it is (a local cluster's node is this machine)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return str(p)
+
+
 def connect(address: str, runtime_env: dict) -> str:
     import ray
 
@@ -389,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                 env_vars["SUITE_NODE_CACHE_DIR"] = os.environ["SUITE_NODE_CACHE_DIR"]
         if os.environ.get(CRASH_HOOK):
             env_vars[CRASH_HOOK] = os.environ[CRASH_HOOK]
+        if os.environ.get(MODELS_ENV):  # a user's models files (--models-file), by their path inside the shipped tree
+            env_vars[MODELS_ENV] = os.pathsep.join(shipped_path(f) for f in os.environ[MODELS_ENV].split(os.pathsep) if f)
         runtime_env = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
 
         import ray

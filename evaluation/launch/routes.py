@@ -25,7 +25,7 @@ from utils.errors import SuiteError
 from utils.paths import PUBLISHED_RUNS_DIR
 from utils.plan import (Estimates, Item, Plan, finished_items, fit_budget, read_item_records, with_estimates,
                         write_item_record)
-from utils.registry import METRIC, TOOLCHAINS
+from utils.registry import TOOLCHAINS, model_decl
 from utils.rows import ResultRow, read_row, status_rows, write_row
 
 
@@ -36,9 +36,7 @@ def say(msg: str, who: str = "bench") -> None:
 # ------------------------------------------------------------------------------ rows of items the launcher writes
 
 def _dataset(model: str, weights: str, data: str | None) -> str:
-    from utils.specs import DATASET_NAME
-
-    return DATASET_NAME.get((model, weights), str(data))
+    return model_decl(model).dataset(weights) or str(data)
 
 
 def status_items(plan: Plan, items, status: str, reason: str, *, run_id: str, launcher: str = "local",
@@ -54,7 +52,7 @@ def status_items(plan: Plan, items, status: str, reason: str, *, run_id: str, la
     for it in items:
         rows = status_rows(status=status, reason=reason, model=it.model, weights=it.weights,
                            dataset=_dataset(it.model, it.weights, plan.settings.data), toolchain=it.toolchain,
-                           variants=[it.variant], device=it.device, batches=it.batches, metric=METRIC[it.model],
+                           variants=[it.variant], device=it.device, batches=it.batches, metric=model_decl(it.model).metric,
                            eval_limit=it.eval_limit, environment=env, repeat=it.repeat)
         if it.decode:
             rows.append(rows[0].replace(batch=1, latency_kind="decode") if rows else None)
@@ -267,8 +265,7 @@ def item_summary(plan: Plan, run_id: str) -> tuple[list[str], list[str]]:
 
 # ------------------------------------------------------------------------------ estimates, resume, budget
 
-PREPARE_DEFAULT_S = {("resnet50", "embedded"): 220.0, ("gpt2", "embedded"): 100.0, ("resnet50", "random"): 30.0,
-                     ("gpt2", "random"): 60.0, ("resnet50", "pretrained"): 120.0, ("gpt2", "pretrained"): 120.0}
+PREPARE_DEFAULT_S = 120.0  # a model whose declaration names no preparation time for its weights
 PREPARED_S = 8.0  # a prepared model: its manifest and hashes verified
 ENV_DEFAULT_S = 90.0  # an environment not created yet (pip installs from the registry)
 CEILINGS_S = 45.0
@@ -293,7 +290,7 @@ def fixed_seconds(plan: Plan, env_names: list[str], *, ceilings: bool, report: b
         if src.manifest_path.is_file():
             prep += PREPARED_S
         else:
-            secs = PREPARE_DEFAULT_S.get((m, s.weights), 120.0)
+            secs = model_decl(m).prepare_seconds.get(s.weights, PREPARE_DEFAULT_S)
             prep += secs
             lines.append(f"  {m} ({s.weights}): not prepared yet, ~{secs:.0f} s")
     todo = [n for n in env_names if n not in envs.OVERRIDES and not envs.is_ready(n)]

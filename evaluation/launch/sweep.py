@@ -24,7 +24,7 @@ from utils.cli import ArgParser, positive_float, positive_int
 from utils.errors import SuiteError, cli_main
 from utils.paths import LOCAL_DIR, RESULTS_DIR
 from utils.plan import Settings, build_plan, parse_methods
-from utils.registry import MODELS, ORDER, TOOLCHAINS, check_choice, parse_list, task_of
+from utils.registry import MODELS, ORDER, TOOLCHAINS, check_choice, model_decl, parse_list, task_of
 
 SWEEPS_DIR = LOCAL_DIR / "sweeps"  # a user's sweeps; --publish: results/sweeps and the plots in results/
 # calibration sweep: every non-FP32 method of the toolchain, except those too slow to repeat per size
@@ -35,9 +35,7 @@ NO_CALIBRATION = {("torch", "weight-only"), ("torch", "dynamic"), ("torch", "fp8
                   *(("torch", m) for m in ("eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16",
                                            "inductor-cl-fp16", "inductor-max-fp16"))}  # casts
 DEFAULT_CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
-# batch sweep: bounded for a 2-core CPU (ResNet50 FP32 eager is ~90 ms per 224x224 image there: batch 64
-# is ~6 s per call, each row makes first + 1 warm-up (calls over 1 s) + >=2 timed calls). 128 and 256 are opt-in.
-DEFAULT_SWEEP_BATCHES = {"resnet50": (1, 2, 4, 8, 16, 32, 64), "gpt2": (1, 2, 4, 8, 16)}
+# batch sweep: each model declares its default batches (models/catalog.py sweep_batches, bounded for a 2-core CPU)
 # task -> toolchain -> methods a batch sweep runs by default (a toolchain not listed runs all its methods)
 DEFAULT_BATCH_METHODS = {
     "image-classification": {"torch": ("eager", "fx"), "onnxruntime": ("fp32", "minmax"), "modelopt-onnx": ("max",),
@@ -73,7 +71,7 @@ def batch_dir(model: str, root: Path = SWEEPS_DIR) -> Path:
 def default_calib_methods(toolchain: str, model: str) -> tuple[str, ...]:
     tc = TOOLCHAINS[toolchain]
     skip = CALIB_DEFAULT_EXCLUDE.get(toolchain, ())
-    return tuple(m for m, p in tc.variants[model]
+    return tuple(m for m, p in tc.model_variants(model)
                  if p != "fp32" and m not in skip and (toolchain, m) not in NO_CALIBRATION)
 
 
@@ -93,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def common(p, min_time: float, min_iters: int):
-        p.add_argument("--model", default="resnet50", help=f"one of {', '.join(MODELS)}")
+        p.add_argument("--model", default=MODELS[0], help=f"one of {', '.join(MODELS)}")
+        p.add_argument("--models-file", default=None, metavar="FILE",
+                       help="a Python file declaring more models (as the bench's --models-file)")
         p.add_argument("--weights", default="embedded", choices=("embedded", "pretrained"))
         p.add_argument("--weights-path", default=None)
         p.add_argument("--data", default=None)
@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="latency/throughput vs batch, per toolchain and method",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--toolchains", default="torch,onnxruntime", help="comma list")
-    b.add_argument("--batches", default=None, help="comma list (default: resnet50 1,2,4,8,16,32,64; gpt2 1,2,4,8,16)")
+    b.add_argument("--batches", default=None, help="comma list (default: the model declaration's sweep batches: " +
+                   "; ".join(f"{m} {','.join(map(str, model_decl(m).sweep_batches))}" for m in MODELS) + ")")
     b.add_argument("--methods", default=None,
                    help="comma list; each toolchain runs the ones it has (default: torch eager,fx; onnxruntime fp32,minmax)")
     b.add_argument("--calib-samples", type=positive_int, default=None)
@@ -187,11 +188,11 @@ def run_calib(args) -> int:
     toolchain = check_choice("toolchain", args.toolchain, ORDER)
     model = check_choice("model", args.model, MODELS)
     tc = TOOLCHAINS[toolchain]
-    if model not in tc.variants:
+    if not tc.methods(model):
         raise SuiteError(f"toolchain {toolchain} has no {model} variants")
     valid = tc.methods(model)
     methods = parse_list("method", args.methods, valid) if args.methods else default_calib_methods(toolchain, model)
-    fp32 = [m for m in methods if dict(tc.variants[model])[m] == "fp32"]
+    fp32 = [m for m in methods if dict(tc.model_variants(model))[m] == "fp32"]
     if fp32:
         raise SuiteError(f"{', '.join(fp32)} is FP32 and does not calibrate; the baseline runs once by itself")
     uncal = [m for m in (methods or valid) if (toolchain, m) in NO_CALIBRATION]
@@ -250,14 +251,14 @@ def run_calib(args) -> int:
 def run_batch(args) -> int:
     model = check_choice("model", args.model, MODELS)
     toolchains = parse_list("toolchain", args.toolchains, ORDER)
-    batches = int_list("batches", args.batches) if args.batches else DEFAULT_SWEEP_BATCHES[model]
+    batches = int_list("batches", args.batches) if args.batches else model_decl(model).sweep_batches
     if args.calib_samples is not None and args.calib_samples < 1:
         raise SuiteError(f"calibration size must be >= 1 (got {args.calib_samples})")
     wanted = parse_methods(args.methods)
     plan: dict[str, tuple[str, ...]] = {}
     for t in toolchains:
         tc = TOOLCHAINS[t]
-        if model not in tc.variants:
+        if not tc.methods(model):
             raise SuiteError(f"toolchain {t} has no {model} variants")
         have = tc.methods(model)
         defaults = DEFAULT_BATCH_METHODS[task_of(model)].get(t, have)
@@ -342,6 +343,12 @@ def _folders(args) -> None:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "models_file", None):
+        if getattr(args, "publish", False):
+            raise SuiteError("--publish covers the suite's declared models: drop --models-file")
+        from models.catalog import use_models_file
+
+        use_models_file(args.models_file)
     if args.cmd in ("calib", "batch"):
         _folders(args)
     if args.cmd == "calib":

@@ -16,9 +16,10 @@ from utils.cli import ArgParser, int_list, positive_float, positive_int
 from utils.errors import SuiteError
 from utils.paths import RUNS_DIR
 from utils.plan import Item, Plan, Settings, build_plan
-from utils.registry import DEFAULT_BATCHES, DEFAULT_CALIB, METRIC, TOOLCHAINS, WEIGHTS, default_batches, default_calib, parse_list
+from utils.registry import (SOURCE_HELP, TOOLCHAINS, WEIGHTS, batches_text, calib_text,
+                             model_decl, parse_list)
 from utils.rows import ResultRow, status_rows, write_row
-from utils.specs import DATASET_NAME, ModelSource
+from utils.specs import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -27,27 +28,22 @@ def add_source_flags(ap: argparse.ArgumentParser) -> None:
     """--weights / --weights-path / --data: which model and which data (bench, routes and sweeps)."""
     ap.add_argument("--weights", default="embedded", choices=WEIGHTS,
                     help="embedded: the offline default trained on first use; pretrained: real weights; random: the "
-                         "real architectures (ResNet50 1000 classes, GPT-2 124M) randomly initialised, no download: "
+                         "real architectures (the model declarations' random configs) randomly initialised, no download: "
                          "latency, size and memory only (accuracy cells stay empty); methods that differ from another only "
                          "by calibration (utils/registry.py latency_twins, e.g. ORT entropy/percentile) run only when "
                          "--methods names them")
-    ap.add_argument("--weights-path", default=None,
-                    help="pretrained weights: ResNet50 state-dict file (default: torchvision IMAGENET1K_V1, "
-                         "downloaded when online) or GPT-2 hub id / local directory (default: gpt2)")
-    ap.add_argument("--data", default=None, help="pretrained data: ImageNet-layout folder (resnet50); "
-                                                  "'wikitext-2' or a local text file (gpt2)")
+    ap.add_argument("--weights-path", default=None, help=SOURCE_HELP["weights_path"])
+    ap.add_argument("--data", default=None, help=SOURCE_HELP["data"])
 
 
 def add_measure_flags(ap: argparse.ArgumentParser) -> None:
     """Calibration size, evaluation cap, threads and timing: the flags every route and the bench share."""
     ap.add_argument("--batches", type=int_list, default=None,
-                    help="comma list of latency batch sizes (default: " +
-                         "; ".join(f"{m} {','.join(map(str, b))}" for m, b in DEFAULT_BATCHES.items()) +
-                         "; --weights random: " + "; ".join(f"{m} {','.join(map(str, default_batches(m, 'random')))}"
-                                                           for m in DEFAULT_BATCHES) + ")")
+                    help=f"comma list of latency batch sizes (default: {batches_text()}; --weights random: "
+                         f"{batches_text('random')})")
     ap.add_argument("--calib-samples", type=positive_int, default=None,
-                    help=f"calibration samples from the train split (default: {DEFAULT_CALIB}; --weights random: "
-                         + ", ".join(f"{m} {default_calib(m, 'random')}" for m in DEFAULT_CALIB) + ")")
+                    help=f"calibration samples from the train split (default: {calib_text()}; --weights random: "
+                         f"{calib_text('random')})")
     ap.add_argument("--eval-limit", type=positive_int, default=None,
                     help="cap on evaluation samples (default: all); rows scored on a subset are marked and never "
                          "replace full-evaluation rows")
@@ -74,7 +70,7 @@ def route_parser(toolchain: str, description: str) -> argparse.ArgumentParser:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_selection_flags(ap)
     ap.add_argument("--methods", default=None, help="comma list; per model: " + "; ".join(
-        f"{m}: {','.join(tc.methods(m))}" for m in tc.variants) + (
+        f"{m}: {','.join(tc.methods(m))}" for m in tc.models()) + (
         f"; the default leaves out the opt-in methods ({tc.opt_in_text()}), which run on that device only when named "
         "here" if tc.opt_in_text() else "") + (
         f"; the default times {','.join(tc.latency_twins)} (calibration-only twins of "
@@ -105,9 +101,9 @@ def plan_from_args(toolchain: str, args: argparse.Namespace) -> Plan:
     settings = Settings(weights=args.weights, weights_path=args.weights_path, data=args.data,
                         eval_limit=args.eval_limit, threads=args.threads, min_time=args.min_time,
                         min_iters=args.min_iters)
-    for m in parse_list("model", args.models, tuple(TOOLCHAINS[toolchain].variants)):
+    for m in parse_list("model", args.models, TOOLCHAINS[toolchain].models()):
         ModelSource(m, args.weights, args.weights_path, args.data)  # weights/data combination (one line, exit 2)
-    plan = build_plan(models=args.models or tuple(TOOLCHAINS[toolchain].variants), toolchains=(toolchain,),
+    plan = build_plan(models=args.models or TOOLCHAINS[toolchain].models(), toolchains=(toolchain,),
                       methods=args.methods, devices=args.devices, batches=args.batches,
                       calib_samples=args.calib_samples, settings=settings, runs_dir=args.runs_dir,
                       strict_devices=True)
@@ -171,14 +167,14 @@ class RowWriter:
         self.cfg, self.model, self.device = cfg, model, device
         self.manifest = manifest or {}
         self.source = cfg.source(model)
-        self.dataset = self.manifest.get("dataset") or DATASET_NAME.get((model, cfg.weights), cfg.data or "?")
+        self.dataset = self.manifest.get("dataset") or model_decl(model).dataset(cfg.weights) or cfg.data or "?"
         self.env = environment_record(threads=cfg.threads, gpu=gpu, source=self.source.to_dict(), run_id=run_id(),
                                       eval_limit=cfg.eval_limit, **(hashes or {}), **env_extra)
         self.written: list[ResultRow] = []
 
     def row(self, method: str, precision: str, batch: int, **fields) -> ResultRow:
         base = dict(model=self.model, weights=self.cfg.weights, dataset=self.dataset, toolchain=self.cfg.toolchain,
-                    method=method, precision=precision, device=self.device, batch=batch, metric=METRIC[self.model],
+                    method=method, precision=precision, device=self.device, batch=batch, metric=model_decl(self.model).metric,
                     ops_per_item=self.manifest.get("ops_per_item"), eval_limit=self.cfg.eval_limit,
                     environment=self.env, repeat=self.cfg.repeat)
         base.update(fields)
@@ -203,6 +199,6 @@ class RowWriter:
     def status(self, status: str, reason: str, variants, batches=None) -> list[ResultRow]:
         rows = status_rows(status=status, reason=reason, model=self.model, weights=self.cfg.weights,
                            dataset=self.dataset, toolchain=self.cfg.toolchain, variants=variants, device=self.device,
-                           batches=batches or self.cfg.batches[self.model], metric=METRIC[self.model],
+                           batches=batches or self.cfg.batches[self.model], metric=model_decl(self.model).metric,
                            eval_limit=self.cfg.eval_limit, environment=self.env, repeat=self.cfg.repeat)
         return [self.write(r) for r in rows]

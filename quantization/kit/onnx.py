@@ -303,7 +303,7 @@ def decoder_names(manifest: dict) -> tuple[list[str], list[str]]:
 
 
 def empty_past(manifest: dict, batch: int) -> dict:
-    shape = (batch, int(manifest["n_head"]), 0, int(manifest["head_dim"]))
+    shape = (batch, int(manifest.get("n_kv_head") or manifest["n_head"]), 0, int(manifest["head_dim"]))
     return {n: np.zeros(shape, np.float32) for n in decoder_names(manifest)[0][1:]}
 
 

@@ -1,7 +1,7 @@
 """Task objects: how a model's samples are loaded, scored and fed to the timer, per kind of task.
 
-The kit dispatches on `utils.registry.task_of(model)` once, here; routes and analysis tools ask the
-task instead of comparing model names. NumPy only at import time.
+The kit dispatches on the model declaration's task (models/catalog.py) once, here; routes and analysis tools ask
+the task instead of comparing model names. NumPy only at import time.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from utils.data import (Split, calibration_subset, digits_inputs, digits_splits,
                         subset)
 from utils.errors import SuiteError
 from utils.metrics import ClassificationScore, PerplexityScore, classification_score, strided_perplexity
-from utils.registry import MODEL_DECLS, task_of
-from utils.specs import LM_CALIB_WINDOW, RANDOM, ModelSource, ppl_stride
+from utils.registry import CAUSAL_LM, CLASSIFIER, model_decl, task_of
+from utils.specs import LM_CALIB_WINDOW, ModelSource, ppl_stride
 from utils.text import ids_sha, lm_calibration, lm_latency_input
 
 
@@ -83,7 +83,7 @@ class Task:
 
 
 class ImageClassification(Task):
-    kind = "image-classification"
+    kind = CLASSIFIER
     input_name = "input"
     value_field = "top1"
     default_batch = 64
@@ -97,7 +97,8 @@ class ImageClassification(Task):
             return ImageData(calib, test, manifest["resolution"])
         if source.weights == "random":
             res = int(manifest["resolution"])
-            n_eval = RANDOM["resnet50"]["n_eval"] if eval_limit is None else min(eval_limit, RANDOM["resnet50"]["n_eval"])
+            declared = int(manifest.get("n_eval") or source.recipe.get("n_eval", 64))
+            n_eval = declared if eval_limit is None else min(eval_limit, declared)
             cal, ev = digits_inputs(res, calib_samples, n_eval)
             return ImageData(cal, ev, res)
         cal, ev = image_folder_splits(source.data, n_eval=eval_limit, n_calib=calib_samples)
@@ -146,7 +147,7 @@ class ImageClassification(Task):
 
 
 class LanguageModel(Task):
-    kind = "language-model"
+    kind = CAUSAL_LM
     input_name = "input_ids"
     value_field = "ppl"
 
@@ -232,7 +233,7 @@ def task_for(model: str) -> Task:
 
 
 def metric_of(model: str) -> str:
-    return MODEL_DECLS[model].metric
+    return model_decl(model).metric
 
 
 def load_data(source: ModelSource, manifest: dict, calib_samples: int, eval_limit: int | None = None):
@@ -241,7 +242,7 @@ def load_data(source: ModelSource, manifest: dict, calib_samples: int, eval_limi
 
 
 def data_hashes(data) -> dict:
-    return (TASKS["image-classification"] if isinstance(data, ImageData) else TASKS["language-model"]).hashes(data)
+    return (TASKS[CLASSIFIER] if isinstance(data, ImageData) else TASKS[CAUSAL_LM]).hashes(data)
 
 
 def file_size_mb(path: Path | str) -> float:

@@ -66,7 +66,7 @@ def traffic_record(ctx: ModelContext, v: Variant, batch: int, kind: str, shape=N
     from the manifest's shapes: the memory side of the aggregation's roofline."""
     from utils import traffic
 
-    return traffic.estimate(traffic.shapes_from_manifest(ctx.model, ctx.manifest), size_mb=v.built.size_mb,
+    return traffic.estimate(traffic.shapes_from_manifest(ctx.manifest), size_mb=v.built.size_mb,
                             batch=batch, latency_kind=kind, latency_shape=shape, prompt_tokens=prompt_tokens,
                             new_tokens=new_tokens, compute_precision=v.built.compute_precision)
 

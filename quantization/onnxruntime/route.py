@@ -269,7 +269,7 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
     if reused:
         notes.append("cached artifact reused (calib_seconds from the run that made it)")
     dec_q = None
-    if lm and dec is not None and method in TOOLCHAINS[TOOLCHAIN].generates.get(ctx.model, ()):
+    if lm and dec is not None and method in TOOLCHAINS[TOOLCHAIN].generating(ctx.model):
         dec_q = quantize_decoder(ctx, dec, cal, options, opts, scope.keeps)
         notes.append("decode rows: the KV-cache decoder graph quantized the same way, calibrated on the second half "
                      "of each calibration window with the FP32 keys/values of the first half as its past")

@@ -23,11 +23,11 @@ import logging
 import sys
 from pathlib import Path
 
-from quantization.kit import build_variant, cli_main, setup_logging
+from quantization.kit import build_variant
 from quantization.openvino import ov as O
 from utils.atomic import atomic_write_text
 from utils.cli import ArgParser
-from utils.errors import SuiteError
+from utils.errors import SuiteError, cli_main, setup_logging
 
 log = logging.getLogger("quantization.openvino.dq")
 FIELDS = ["model", "weights", "method", "repeat", "order", "group_size", "off_min_ms", "off_median_ms", "on_min_ms",

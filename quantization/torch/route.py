@@ -33,7 +33,6 @@ import re
 import time
 import types
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -447,10 +446,10 @@ def kept_modules(ctx: ModelContext, method: str) -> tuple[str, ...]:
     return tuple(x for x in ctx.macs["layers"] if ":" not in x and scope.keeps(x))
 
 
-def _resnet(ctx: ModelContext):
-    from models.embedded import load_resnet50
+def _classifier(ctx: ModelContext):
+    from models.embedded import load_manifest_classifier
 
-    return load_resnet50(ctx.manifest["checkpoint"], ctx.manifest["num_classes"])
+    return load_manifest_classifier(ctx.manifest)
 
 
 def _calibration(ctx: ModelContext, seconds: float, method: str = "minmax+histogram (x86 default)") -> Calibration:
@@ -526,7 +525,7 @@ def _build_image(method: str):
         import torch
 
         dtype = _dtype(prec)
-        model = _resnet(ctx).to(device=device, dtype=dtype)
+        model = _classifier(ctx).to(device=device, dtype=dtype)
         size = state_size_mb(model.state_dict())  # in the variant's dtype
         notes = _device_notes(device, prec)
         cl = (device == "cpu" and base in CPU_CHANNELS_LAST) or base == "inductor-cl"
@@ -553,7 +552,7 @@ def _build_image(method: str):
 
 def build_fx(ctx: ModelContext, device: str = "cpu") -> Built:
     t0 = time.time()
-    model = resnet_fx(_resnet(ctx), ctx.task.calib_array(ctx.data), kept_modules(ctx, "fx"))
+    model = resnet_fx(_classifier(ctx), ctx.task.calib_array(ctx.data), kept_modules(ctx, "fx"))
     calib_s = time.time() - t0
     # a converted FX model that first ran at 16x16 stays ~5x slower at 224x224 (kernel state kept from the
     # first shape); the timed copy has only ever seen the latency shape. Both run as frozen TorchScript
@@ -582,7 +581,7 @@ def jit_frozen(model):
 
 def build_pt2e(ctx: ModelContext, device: str = "cpu") -> Built:
     t0 = time.time()
-    q, q_timed = resnet_pt2e(_resnet(ctx), ctx.task.calib_array(ctx.data),
+    q, q_timed = resnet_pt2e(_classifier(ctx), ctx.task.calib_array(ctx.data),
                              latency_resolution=int(ctx.manifest.get("latency_resolution", 224)))
     calib_s, size = time.time() - t0, graph_tensor_mb(q)
     scored, timed = Compiled(q, "pt2e"), Compiled(q_timed, "pt2e-timed")
@@ -622,12 +621,6 @@ def conv1d_to_linear(model) -> int:
     return len(targets)
 
 
-def _block_linear(module, fqn: str) -> bool:
-    import torch
-
-    return isinstance(module, torch.nn.Linear) and ".h." in f".{fqn}"
-
-
 TORCHAO_CONFIGS = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivationInt8WeightConfig",
                    "fp8": "Float8DynamicActivationFloat8WeightConfig"}
 
@@ -641,21 +634,23 @@ def torchao_config(method: str):
     return getattr(tq, TORCHAO_CONFIGS[method])(set_inductor_config=False)
 
 
-def gpt2_quantized(hf_dir: str, method: str, device: str = "cpu", keep=None):
-    """torchao quantization of GPT-2's linear layers (HF Conv1D converted to nn.Linear first); `keep(module path) ->
-    bool`: the quantization scope's layers left FP32 (default: every linear outside the transformer blocks, i.e. the
-    LM head)."""
+def lm_quantized(hf_dir: str, method: str, device: str = "cpu", keep=None):
+    """torchao quantization of a causal LM's linear layers (GPT-2's HF Conv1D converted to nn.Linear first); `keep(module
+    path) -> bool`: the quantization scope's layers left FP32 (default: the output embedding, i.e. the LM head).
+    Returns (model, linear layers)."""
     import torch
     from torchao.quantization import quantize_
 
-    from models.embedded import load_gpt2
+    from models.embedded import load_causal_lm
 
-    model = load_gpt2(hf_dir)
-    n = conv1d_to_linear(model)
+    model = load_causal_lm(hf_dir)
+    conv1d_to_linear(model)
+    n = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     model = model.to(device)
-    filter_fn = _block_linear if keep is None else (
-        lambda m, fqn: isinstance(m, torch.nn.Linear) and not keep(fqn))
-    quantize_(model, torchao_config(method), filter_fn=filter_fn)
+    if keep is None:
+        head = model.get_output_embeddings()
+        keep = lambda fqn: model.get_submodule(fqn) is head  # noqa: E731
+    quantize_(model, torchao_config(method), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and not keep(fqn))
     return model.eval(), n
 
 
@@ -706,11 +701,11 @@ def _build_lm(method: str):
     base, prec = split_method(method)
 
     def build(ctx: ModelContext, device: str) -> Built:
-        from models.embedded import load_gpt2
+        from models.embedded import load_causal_lm
 
-        model = load_gpt2(ctx.manifest["hf_dir"]).to(device=device, dtype=_dtype(prec))
+        model = load_causal_lm(ctx.manifest["hf_dir"]).to(device=device, dtype=_dtype(prec))
         size = state_size_mb(model.state_dict())  # in the variant's dtype
-        notes = ["HF GPT2LMHeadModel (sdpa attention)"] + _device_notes(device, prec)
+        notes = [f"HF {type(model).__name__} (sdpa attention)"] + _device_notes(device, prec)
         extra = {}
         if base != "eager":
             model = Compiled(model, method, COMPILE_MODES[base], device)
@@ -728,13 +723,13 @@ def _build_torchao_lm(method: str):
     def build(ctx: ModelContext, device: str = "cpu") -> Built:
         t0 = time.time()
         scope_name, scope = ctx.scope_for(method)
-        model, n = gpt2_quantized(ctx.manifest["hf_dir"], method, device, keep=scope.keeps)
+        model, n = lm_quantized(ctx.manifest["hf_dir"], method, device, keep=scope.keeps)
         prep_s = time.time() - t0
         swapped = quantized_linears(model)
         scheme = {"weight-only": "weights: per-channel INT8", "dynamic": "weights: per-channel INT8; activations: "
                   "per-token dynamic INT8", "fp8": "weights and activations float8_e4m3fn, per-tensor scales, "
                   "activations scaled dynamically; FP8 matmuls (torch._scaled_mm)"}[method]
-        notes = (f"torchao {TORCHAO_CONFIGS[method]} on {len(swapped)} of {n} Conv1D->Linear layers (quantization "
+        notes = (f"torchao {TORCHAO_CONFIGS[method]} on {len(swapped)} of {n} linear layers (quantization "
                  f"scope '{scope_name}'); no calibration ({scheme}); run eager")
         dynamic = method in ("dynamic", "fp8")  # the matmuls themselves run int8 / fp8
         return Built(lm_logits(model, device), size_mb=state_size_mb(model.state_dict()),

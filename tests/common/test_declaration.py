@@ -29,7 +29,7 @@ def test_a_new_toolchain_is_one_declaration(monkeypatch):
     """Adding a toolchain = one entry: environment, test order, recorded packages and run order follow."""
     new = Toolchain(name="newtc", route="quantization.newtc.route:ROUTE",
                     env=EnvDecl("newtc", (Part("newtc.txt"),), tests="tests/newtc"),
-                    variants={"resnet50": (("fp32", "fp32"), ("int8", "int8"))}, packages=("newtc-lib",),
+                    variants={registry.CLASSIFIER: (("fp32", "fp32"), ("int8", "int8"))}, packages=("newtc-lib",),
                     needs=("onnxruntime",), baseline=("newtc", "fp32"))
     decls = (new,) + registry._DECLS  # declared first, must still run after what it needs
     monkeypatch.setattr(registry, "_DECLS", decls)
@@ -96,9 +96,9 @@ def test_quantization_scopes_are_declared_beside_the_models_and_named_by_the_var
     assert not MODEL_DECLS["resnet50"].scope().keeps("fc")
     for tc in TOOLCHAINS.values():
         for method, scope in tc.method_scopes.items():
-            assert any(method in tc.methods(m) and scope in MODEL_DECLS[m].scopes for m in tc.variants), (tc.name, method)
+            assert any(method in tc.methods(m) and scope in MODEL_DECLS[m].scopes for m in tc.models()), (tc.name, method)
         for method in tc.random_only:
-            assert any(method in tc.methods(m) for m in tc.variants), (tc.name, method)
+            assert any(method in tc.methods(m) for m in tc.models()), (tc.name, method)
     assert scope_of("onnxruntime", "gpt2", "minmax+head")[0] == "head"
     assert scope_of("openvino", "gpt2", "int8+head")[0] == "head"
     assert scope_of("onnxruntime", "gpt2", "minmax") == ("default", default)

@@ -138,7 +138,7 @@ def test_random_weights_skip_calibration_twins_unless_named(tmp_path):
     assert ort.default_methods("gpt2", "cpu") == ("fp32", "minmax", "entropy", "percentile")
     for tc in TOOLCHAINS.values():  # a twin names a declared method of the same precision
         for twin, of in tc.latency_twins.items():
-            for m in tc.variants:
+            for m in tc.models():
                 if twin in tc.methods(m):
                     assert tc.precision(m, twin) == tc.precision(m, of)
     rnd = Settings(weights="random")

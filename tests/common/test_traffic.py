@@ -7,7 +7,10 @@ from evaluation.report.markdown import render_markdown
 from utils import traffic
 from utils.rows import ResultRow
 
-GPT2 = {"arch": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257}
+# GPT-2 small's shapes as models/prepare.py records them in a manifest
+GPT2_MANIFEST = {"n_layer": 12, "n_head": 12, "n_kv_head": 12, "head_dim": 64, "hidden_size": 768, "mlp_inner": 3072,
+                 "mlp_gated": False, "vocab_size": 50257}
+GPT2 = traffic.shapes_from_manifest(GPT2_MANIFEST)
 CEIL = {"fp32_ops_per_s": 200e9, "int8_ops_per_s": 600e9, "mem_bytes_per_s": 20e9, "threads": 2,
         "memory": {"llc_mb": 32.0, "array_mb": 64.0}}
 
@@ -39,25 +42,35 @@ def test_gpt2_decode_reads_the_kv_cache_at_the_mean_past_length():
     assert traffic.estimate(GPT2, size_mb=497.8, batch=1, latency_kind="decode") is None  # no prompt: no estimate
 
 
-def test_resnet50_counts_layer_outputs_at_the_row_precision():
-    shapes = traffic.declared_shapes("resnet50", "random")
-    assert shapes == {"arch": "resnet50", "num_classes": 1000}
-    n = traffic.resnet50_activations(224, 224, 1000)
-    # stem 64x112x112 + pool 64x56x56; the first bottleneck 64x56x56 x2 + 256x56x56 x3 (conv3, downsample, add); ...
-    assert traffic.resnet50_activations(32, 32, 10) < n
-    assert n == 16_837_096
+def test_gpt2_layer_outputs_are_18_widths_per_token_and_a_gated_mlp_adds_its_gate():
+    assert traffic.outputs_per_token(GPT2) == 18 * 768  # ln1, qkv 3, context, proj, add, ln2, fc 4, gelu 4, fc2, add
+    llama = traffic.shapes_from_manifest(dict(GPT2_MANIFEST, n_kv_head=4, mlp_inner=2048, mlp_gated=True))
+    # q 768 + k, v at 4 key-value heads of 64; gate, up, activation, product 4 x 2048, down 768
+    assert traffic.outputs_per_token(llama) == 768 + (768 + 2 * 256) + 768 + 3 * 768 + 4 * 2048 + 768 + 768
+    t = traffic.estimate(llama, size_mb=100.0, batch=1, latency_kind="decode", prompt_tokens=128, new_tokens=32)
+    assert t["kv_cache"] == 2 * 12 * 256 * 4 * (128 + 15 + 1)  # keys/values at the key-value heads' width
+
+
+def test_classifier_counts_its_recorded_layer_outputs_at_the_row_precision():
+    n = 16_837_096  # ResNet50 at 224x224 (tests/torch/test_random_weights.py counts it from the traced graph)
+    shapes = traffic.shapes_from_manifest({"activation_elements": n, "latency_resolution": 224, "num_classes": 1000})
+    assert shapes == {"kind": "classifier", "activation_elements": n, "resolution": 224}
     fp32 = traffic.estimate(shapes, size_mb=102.5, batch=32, latency_kind="host-wall", latency_shape=[32, 3, 224, 224],
                             compute_precision="fp32")
     int8 = traffic.estimate(shapes, size_mb=26.0, batch=32, latency_kind="host-wall", latency_shape=[32, 3, 224, 224],
                             compute_precision="int8")
     assert fp32["activations"] == 2 * 32 * n * 4 and int8["activations"] == 2 * 32 * n  # uint8 activations
     assert fp32["inputs"] == 32 * 3 * 224 * 224 * 4 and fp32["items_per_call"] == 32
-    assert traffic.declared_shapes("gpt2", "pretrained") is None  # a user's model may be another size
+    assert traffic.shapes_from_manifest({"num_classes": 1000}) is None  # a manifest without the count: no estimate
 
 
 def _row(method, precision, kind, p50_ms, throughput, size_mb, compute="fp32", batch=1, **extra):
     ex = {"latency_shape": [batch, 128]} if kind != "decode" else {"generation": {"prompt_tokens": 128,
                                                                                   "new_tokens": 32}}
+    # what the kit records from the manifest's shapes (quantization/kit/variant.py traffic_record)
+    ex["traffic"] = traffic.estimate(GPT2, size_mb=size_mb, batch=batch, latency_kind=kind,
+                                     latency_shape=ex.get("latency_shape"), prompt_tokens=128, new_tokens=32,
+                                     compute_precision=compute)
     ex.update(extra)
     return ResultRow(model="gpt2", weights="random", dataset="random token ids", toolchain="onnxruntime",
                      method=method, precision=precision, device="cpu", batch=batch, metric="ppl", value=None,
@@ -88,7 +101,7 @@ def test_table_columns_and_the_note_above_the_memory_bound():
     fast = _row("fp32", "fp32", "decode", 10.0, 100.0, 497.8)  # faster than streaming 498 MB at 20 GB/s allows
     slow = _row("minmax", "int8", "decode", 40.0, 25.0, 165.0, compute="int8")
     recorded = _row("entropy", "int8", "decode", 40.0, 25.0, 165.0, compute="int8",
-                    traffic={"bytes_per_call": 400e6, "items_per_call": 1})  # the kit's record wins over the fallback
+                    traffic={"bytes_per_call": 400e6, "items_per_call": 1})  # the row's own record
     df = build_table([fast, slow, recorded]).set_index("method")
     assert list(df.columns[df.columns.get_loc("efficiency"):][:4]) == ["efficiency", "bytes_per_call", "bound",
                                                                           "roofline_pct"]

@@ -19,13 +19,14 @@ from quantization.tensorrt import gpu, route, trt_backend
 from quantization.tensorrt.cache import DeviceInfo
 from quantization.tensorrt.calib import CalibrationStream
 from tests.tensorrt import fake_trt
-from tests.tensorrt.fake_trt import BUILDS, FakeStream, FakeTimer, make_fake_trt, write_onnx
+from tests.tensorrt.fake_trt import BUILDS, FakeTimer, make_fake_trt, write_onnx
 from utils import artifacts
-from utils.specs import EMBEDDED, ModelSource
+from models.catalog import MODEL_DECLS
+from utils.specs import ModelSource
 
 V10, V10_OTHER, V11 = "10.16.1.11", "10.16.2.5", "11.1.0"
 SEQ, VOCAB = 64, fake_trt.VOCAB
-RES = EMBEDDED["resnet50"]["resolution"]  # accuracy resolution of the embedded ResNet50 (16)
+RES = MODEL_DECLS["resnet50"].embedded["resolution"]  # accuracy resolution of the embedded ResNet50 (16)
 LAT_RES = 32  # the manifest's latency_resolution below
 GPU = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0")
 TIMER_CALLS: list[tuple[int, int]] = []  # (repeat, lead) of every GPU-event sample, across engines

@@ -45,11 +45,11 @@ def imagenette(root: Path, train: int, val: int) -> Path:
 
 @pytest.fixture(scope="module")
 def resnet_weights(tmp_path_factory) -> Path:
-    from models.embedded import build_resnet50
+    from models.embedded import build_classifier
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("w") / "resnet50.pth"
-    torch.save(build_resnet50(1000).state_dict(), path)
+    torch.save(build_classifier("resnet50", 1000).state_dict(), path)
     return path
 
 

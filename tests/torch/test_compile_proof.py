@@ -140,14 +140,14 @@ def test_cudnn_benchmark_is_on_only_around_the_variants_calls(monkeypatch):
     assert seen == [True] and torch.backends.cudnn.benchmark is False
 
 
-def test_the_route_writes_compiled_rows_that_prove_it(tmp_path, monkeypatch):
+def test_the_route_writes_compiled_rows_that_prove_it(tmp_path, monkeypatch, embedded_models):
     """The torch route in one process on the embedded ResNet50's data (a tiny network in its place: the compiles take
     seconds): four compiled variants, each scored (16x16, batch 120) and timed at batch 1 and 32 (224x224), 12 graphs
     in one process, more than the recompile limit. Every compiled row is ok and records its own graphs, none fell
     back; the eager baseline records none."""
     from quantization import kit
 
-    monkeypatch.setattr(tr, "_resnet", lambda ctx: tiny(0, int(ctx.manifest["num_classes"])))
+    monkeypatch.setattr(tr, "_classifier", lambda ctx: tiny(0, int(ctx.manifest["num_classes"])))
     # the CPU half casts run where oneDNN has the dtype natively; here they run whatever the CPU (tiny model)
     monkeypatch.setattr(tr, "capabilities", lambda: {"cpu_fp16": True, "cpu_bf16": True, "cuda_bf16": False})
     methods = ["eager", "inductor", "inductor-bf16", "inductor-fp16", "inductor-max"]

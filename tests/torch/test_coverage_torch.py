@@ -15,12 +15,12 @@ def test_onnx_mac_table_equals_torch_flop_count_and_names_the_modules(tmp_path):
     and every weight layer is a torch module path of the model (the LM head, the blocks' Conv1D layers)."""
     from transformers.pytorch_utils import Conv1D
 
-    from models.embedded import load_gpt2
+    from models.embedded import load_causal_lm
     from models.prepare import _LogitsOnly, count_flops, export_onnx
     from quantization.kit.macs import count_macs
 
     _tiny_gpt2().save_pretrained(tmp_path / "hf")
-    m = load_gpt2(tmp_path / "hf", attn_implementation="eager")  # as models.prepare loads it (SDPA has no FLOP count)
+    m = load_causal_lm(tmp_path / "hf", attn_implementation="eager")  # as models.prepare loads it (SDPA has no FLOP count)
     wrapped = _LogitsOnly(m)
     path = tmp_path / "gpt2.onnx"
     export_onnx(wrapped, torch.zeros(2, 8, dtype=torch.long), path, "input_ids",
@@ -48,10 +48,10 @@ def test_fx_and_pt2e_report_the_modules_they_quantized():
 
 @pytest.mark.parametrize("scope,head", [("default", False), ("head", True)])
 def test_torchao_follows_the_scope_and_reports_the_swapped_layers(tmp_path, scope, head):
-    from quantization.torch.route import gpt2_quantized, quantized_linears
+    from quantization.torch.route import lm_quantized, quantized_linears
 
     _tiny_gpt2().save_pretrained(tmp_path)
-    q, n = gpt2_quantized(str(tmp_path), "dynamic", keep=MODEL_DECLS["gpt2"].scope(scope).keeps)
+    q, n = lm_quantized(str(tmp_path), "dynamic", keep=MODEL_DECLS["gpt2"].scope(scope).keeps)
     blocks = [f"transformer.h.{i}.{x}" for i in range(2) for x in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
                                                                       "mlp.c_proj")]
     assert quantized_linears(q) == blocks + (["lm_head"] if head else [])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from utils.paths import REPO_ROOT
-from utils.specs import EMBEDDED, ModelSource
+from models.catalog import MODEL_DECLS
+from utils.specs import ModelSource
 
 
 def run(*args, env=None, timeout=1500):
@@ -51,13 +52,13 @@ def test_resnet_training_is_deterministic(tmp_path):
     """Same config, same seed -> bit-identical weights (so a rerun gives identical accuracy)."""
     import torch
 
-    from models.embedded import train_resnet50
+    from models.embedded import train_classifier
 
-    cfg = dict(EMBEDDED["resnet50"], epochs=1, batch_size=256)
+    cfg = dict(MODEL_DECLS["resnet50"].embedded, epochs=1, batch_size=256)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    ra = train_resnet50(tmp_path / "a", cfg)
-    rb = train_resnet50(tmp_path / "b", cfg)
+    ra = train_classifier(tmp_path / "a", cfg, "resnet50")
+    rb = train_classifier(tmp_path / "b", cfg, "resnet50")
     assert ra["train_test_top1"] == rb["train_test_top1"]
     sa, sb = torch.load(ra["checkpoint"]), torch.load(rb["checkpoint"])
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -26,11 +26,11 @@ def run(*args, env):
 
 
 def test_pretrained_resnet50_from_local_file_and_image_folder(tmp_path):
-    from models.embedded import build_resnet50
+    from models.embedded import build_classifier
 
     torch.manual_seed(0)
     weights = tmp_path / "resnet50.pth"
-    torch.save(build_resnet50(1000).state_dict(), weights)
+    torch.save(build_classifier("resnet50", 1000).state_dict(), weights)
     rng = np.random.default_rng(0)
     for split, n in (("train", 3), ("val", 2)):
         for wnid in sorted(IMAGENETTE_TO_IMAGENET)[:2]:

@@ -3,7 +3,8 @@ through the torch route: latency, size and memory filled, accuracy cells empty w
 import numpy as np
 import pytest
 
-from utils.specs import RANDOM, RANDOM_REASON, ModelSource
+from models.catalog import MODEL_DECLS
+from utils.specs import RANDOM_REASON, ModelSource
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +18,11 @@ def random_resnet():
 def test_prepared_real_shape_without_download(random_resnet):
     import torch
 
-    from models.embedded import load_resnet50
+    from models.embedded import load_classifier
 
     src, man = random_resnet
-    assert man["num_classes"] == 1000 and man["resolution"] == 224 and man["random_init"] == RANDOM["resnet50"]
-    model = load_resnet50(man["checkpoint"], 1000)
+    assert man["num_classes"] == 1000 and man["resolution"] == 224 and man["random_init"] == MODEL_DECLS["resnet50"].random
+    model = load_classifier("resnet50", man["checkpoint"], 1000)
     assert model.fc.weight.shape == (1000, 2048)
     assert 25.4e6 < sum(p.numel() for p in model.parameters()) < 25.7e6  # ResNet50's 25.56M parameters
     # torchvision's default init (not zero-initialised residual BN): every block contributes
@@ -57,7 +58,7 @@ def test_route_rows_have_latency_and_fidelity_but_no_accuracy(random_resnet, tmp
         assert r.status == "ok" and r.weights == "random" and r.value is None and r.top5 is None
         assert r.notes.startswith(RANDOM_REASON) and r.dataset == "digits-224 inputs"
         assert r.latency_p50_ms > 0 and r.peak_mem_mb > 0
-        assert r.environment["n_eval"] == RANDOM["resnet50"]["n_eval"] and r.environment["n_calib"] == 8
+        assert r.environment["n_eval"] == MODEL_DECLS["resnet50"].random["n_eval"] and r.environment["n_calib"] == 8
     assert rows["eager"].size_mb > 90  # 25.6M FP32 parameters
     fx = rows["fx"]
     assert fx.value is None and fx.top5 is None and fx.fidelity_vs == "torch/eager"
@@ -82,14 +83,15 @@ def test_route_rows_have_latency_and_fidelity_but_no_accuracy(random_resnet, tmp
     assert fx.speedup_ci_low <= fx.speedup_paired <= fx.speedup_ci_high
 
 
-def test_resnet50_activation_count_matches_torchvision():
-    """utils.traffic counts ResNet50's layer outputs by arithmetic; torchvision's own network, hooked, agrees: every
-    convolution, the max pool, each bottleneck's residual add, the pooled features and the logits."""
+def test_classifier_activation_count_matches_the_hooked_layers():
+    """models.prepare counts a classifier's layer outputs from its fx-traced graph (utils/traffic.py's activations);
+    torchvision's ResNet50, hooked, agrees: every convolution, the max pool, each bottleneck's residual add (+ ReLU),
+    the pooled features and the logits."""
     import torch
     from torchvision.models import resnet50
     from torchvision.models.resnet import Bottleneck
 
-    from utils.traffic import resnet50_activations
+    from models.prepare import activation_elements
 
     net = resnet50(num_classes=1000).eval()
     counted = []
@@ -97,8 +99,9 @@ def test_resnet50_activation_count_matches_torchvision():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d, Bottleneck, torch.nn.AdaptiveAvgPool2d,
                           torch.nn.Linear)):
             m.register_forward_hook(lambda mod, inp, out: counted.append(out.numel()))
-    with torch.inference_mode():
-        for h, w in ((224, 224), (64, 96)):
-            counted.clear()
+    for h, w in ((224, 224), (64, 96)):
+        counted.clear()
+        with torch.inference_mode():
             net(torch.zeros(1, 3, h, w))
-            assert sum(counted) == resnet50_activations(h, w, 1000), (h, w)
+        assert activation_elements(net, torch.zeros(1, 3, h, w)) == sum(counted), (h, w)
+    assert activation_elements(net, torch.zeros(1, 3, 224, 224)) == 16_837_096

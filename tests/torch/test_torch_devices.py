@@ -146,7 +146,7 @@ def test_a_cuda_build_is_timed_with_cuda_events(monkeypatch, fake_events):
     then takes every sample from it (no GPU: the device move is stubbed, the events are fakes)."""
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                torch.nn.Linear(4, 10)).eval()
-    monkeypatch.setattr(tr, "_resnet", lambda ctx: tiny)
+    monkeypatch.setattr(tr, "_classifier", lambda ctx: tiny)
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
     monkeypatch.setattr(tr, "_to_device", lambda t, device, dtype=None, channels_last=False: t)
     built = tr.BUILDERS[("image-classification", "eager")](SimpleNamespace(), "cuda")
@@ -327,7 +327,7 @@ def test_channels_last_cudnn_benchmark_variant_on_cuda(monkeypatch, fake_events)
     """inductor-cl on cuda (faked device): compiled and proven, input converted to channels-last once outside the
     timed call, cudnn.benchmark on around its calls only, the settings recorded, timed with CUDA events."""
     calls = []
-    monkeypatch.setattr(tr, "_resnet", lambda ctx: _tiny())
+    monkeypatch.setattr(tr, "_classifier", lambda ctx: _tiny())
     _cuda_stubs(monkeypatch, calls)
     seen = []
     real = tr.with_cudnn_benchmark
@@ -362,7 +362,7 @@ def test_max_autotune_variant_on_cuda_marks_each_cudagraph_step(monkeypatch, fak
     """inductor-max on cuda (faked device, real max-autotune compile on the CPU): mode recorded, CUDA graphs said,
     and every timed call begins a new CUDA-graph step (torch.compiler.cudagraph_mark_step_begin)."""
     calls, steps = [], []
-    monkeypatch.setattr(tr, "_resnet", lambda ctx: _tiny())
+    monkeypatch.setattr(tr, "_classifier", lambda ctx: _tiny())
     _cuda_stubs(monkeypatch, calls)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
     built = tr.BUILDERS[("image-classification", "inductor-max")](SimpleNamespace(), "cuda")

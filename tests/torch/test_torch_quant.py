@@ -1,5 +1,4 @@
 """Torch route pieces on tiny models: real FX / torchao quantization, numbers asserted."""
-import numpy as np
 import pytest
 import torch
 
@@ -92,17 +91,17 @@ def test_conv1d_to_linear_is_exact():
 
 @pytest.mark.parametrize("method,bound", [("weight-only", 0.02), ("dynamic", 0.05)])
 def test_gpt2_torchao_int8_relative_error(tmp_path, method, bound):
-    from quantization.torch.route import gpt2_quantized
+    from quantization.torch.route import lm_quantized
 
     m = _tiny_gpt2()
     m.save_pretrained(tmp_path)
     ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = m(ids).logits.numpy()
-    q, n = gpt2_quantized(str(tmp_path), method)
+    q, n = lm_quantized(str(tmp_path), method)
     with torch.no_grad():
         out = q(ids, use_cache=False).logits.numpy()
-    assert n == 8
+    assert n == 9  # the blocks' 8 Conv1D layers (now nn.Linear) and the LM head
     err = relative_error(ref, out)
     assert 0 < err < bound  # quantized (not identical) yet close
     wt = q.transformer.h[0].mlp.c_fc.weight
@@ -121,13 +120,13 @@ def test_flop_counter_counts_a_linear_layer():
 def test_cached_generation_equals_hf_generate(tmp_path, method):
     """The route's KV-cache step (Built.generate) under the kit's greedy loop gives Hugging Face generate()'s greedy
     tokens, for the FP32 model and a torchao-quantized one."""
-    from models.embedded import load_gpt2
+    from models.embedded import load_causal_lm
     from quantization.kit import greedy
-    from quantization.torch.route import gpt2_quantized, lm_generate
+    from quantization.torch.route import lm_quantized, lm_generate
 
     m = _tiny_gpt2()
     m.save_pretrained(tmp_path)
-    model = load_gpt2(tmp_path) if method == "fp32" else gpt2_quantized(str(tmp_path), method)[0]
+    model = load_causal_lm(tmp_path) if method == "fp32" else lm_quantized(str(tmp_path), method)[0]
     prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=9, do_sample=False,
