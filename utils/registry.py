@@ -172,6 +172,15 @@ class Toolchain:
     # methods that run by default only with --weights random (elsewhere when --methods names them): the scope
     # variants, whose point is the real model's speed and whose cost the embedded default run need not carry
     random_only: tuple[str, ...] = ()
+    # sweeps (evaluation/launch/sweep.py) that take it when no --toolchain(s) names one: "calib", "batch"
+    default_sweeps: tuple[str, ...] = ()
+    # methods a calibration sweep leaves out unless --methods names them (too slow to repeat once per size)
+    calib_sweep_exclude: tuple[str, ...] = ()
+    # methods that use no calibration data (weights only, casts, activation ranges computed at run time): a
+    # calibration sweep has nothing to vary for them
+    uncalibrated: tuple[str, ...] = ()
+    # task -> the methods a batch sweep runs by default (a task not listed: all of its methods)
+    batch_sweep_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -263,6 +272,12 @@ _DECLS = (
         # max-autotune benchmarks candidate kernels at every new shape (scoring, each batch): not measured here yet,
         # planned at several times the default compile until a run's item records say better
         estimate_factor={m: 6.0 for m, _ in _TORCH_MAX},
+        default_sweeps=("batch",),
+        calib_sweep_exclude=("pt2e",),  # compiles two graphs with torch.compile per run
+        # weights only, dynamic activation ranges (fp8: dynamic scales), and the half-precision casts
+        uncalibrated=("weight-only", "dynamic", "fp8", *(m for m, p in _TORCH_HALF + _TORCH_CL + _TORCH_MAX
+                                                           if p != "fp32")),
+        batch_sweep_methods={"image-classification": ("eager", "fx"), "language-model": ("eager", "dynamic")},
     ),
     Toolchain(
         name="onnxruntime",
@@ -284,6 +299,8 @@ _DECLS = (
         measures_ceilings=True,
         method_scopes={"minmax+head": "head"},
         random_only=("minmax+head",),
+        default_sweeps=("calib", "batch"),
+        batch_sweep_methods={"image-classification": ("fp32", "minmax"), "language-model": ("fp32", "minmax")},
     ),
     Toolchain(
         name="modelopt-onnx",
@@ -298,6 +315,7 @@ _DECLS = (
         baseline=("onnxruntime", "fp32"),
         latency_twins={"entropy": "max"},
         marker="D",
+        batch_sweep_methods={"image-classification": ("max",)},
     ),
     Toolchain(
         name="openvino",
@@ -348,6 +366,7 @@ _DECLS = (
         baseline=("tensorrt", "fp32"),
         requires="TensorRT (NVIDIA's package index) and a CUDA GPU",
         marker="v",
+        batch_sweep_methods={"image-classification": ("fp32", "fp16", "int8-qdq")},
     ),
 )
 TOOLCHAINS: dict[str, Toolchain] = {t.name: t for t in _DECLS}
