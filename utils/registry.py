@@ -150,7 +150,6 @@ class Toolchain:
     requires: str = ""  # one line: what it needs beyond its environment
     marker: str = "x"  # matplotlib marker in plots
     prepares_models: bool = False  # its environment runs models.prepare (training, ONNX export, op counts)
-    measures_ceilings: bool = False  # its environment adds its libraries' matmul rates to the device ceilings
     # device -> methods that run on that device only when named in --methods (bench, sweeps, the route); on the
     # other devices they run by default
     opt_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -181,6 +180,10 @@ class Toolchain:
     uncalibrated: tuple[str, ...] = ()
     # task -> the methods a batch sweep runs by default (a task not listed: all of its methods)
     batch_sweep_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # "module:attribute" of its device ceilings in its route folder (a utils.ceilings.Provider: its libraries' CPU
+    # matmul and memory kernels, the GPU's own through it), resolved lazily; a toolchain declaring one measures them in
+    # its environment and the bench merges them into the run's device record
+    ceilings: str = ""
 
     @property
     def module(self) -> str:
@@ -255,7 +258,6 @@ _DECLS = (
                           **{m: "inductor" for m, _ in _TORCH_CL + _TORCH_MAX}},
         marker="o",
         prepares_models=True,
-        measures_ceilings=True,
         # the half-precision casts on the CPU run only when named in --methods: slow (compiled or emulated there) and
         # rarely what a CPU deployment runs; on cuda they run by default. The GPU fast paths likewise: the CPU default
         # plan is unchanged by them (inductor-max runs on the CPU when named; the others are declared cuda-only below)
@@ -278,6 +280,7 @@ _DECLS = (
         uncalibrated=("weight-only", "dynamic", "fp8", *(m for m, p in _TORCH_HALF + _TORCH_CL + _TORCH_MAX
                                                            if p != "fp32")),
         batch_sweep_methods={"image-classification": ("eager", "fx"), "language-model": ("eager", "dynamic")},
+        ceilings="quantization.torch.ceilings:CEILINGS",
     ),
     Toolchain(
         name="onnxruntime",
@@ -296,11 +299,11 @@ _DECLS = (
         latency_twins={"entropy": "minmax", "percentile": "minmax"},
         generates={"gpt2": ("fp32", "minmax", "entropy", "percentile")},  # the exported KV-cache decoder graph
         marker="s",
-        measures_ceilings=True,
         method_scopes={"minmax+head": "head"},
         random_only=("minmax+head",),
         default_sweeps=("calib", "batch"),
         batch_sweep_methods={"image-classification": ("fp32", "minmax"), "language-model": ("fp32", "minmax")},
+        ceilings="quantization.onnxruntime.ceilings:CEILINGS",
     ),
     Toolchain(
         name="modelopt-onnx",
