@@ -129,7 +129,6 @@ class Toolchain:
     requires: str = ""  # one line: what it needs beyond its environment
     marker: str = "x"  # matplotlib marker in plots
     prepares_models: bool = False  # its environment runs models.prepare (training, ONNX export, op counts)
-    measures_ceilings: bool = False  # its environment adds its libraries' matmul rates to the device ceilings
     # device -> methods that run on that device only when named in --methods (bench, sweeps, the route); on the
     # other devices they run by default
     opt_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -154,6 +153,19 @@ class Toolchain:
     # the architectures its route implements ("hf:gpt2"), where not every architecture of a task: other models of
     # the task have no variants of it
     archs: tuple[str, ...] = ()
+    # sweeps (evaluation/launch/sweep.py) that take it when no --toolchain(s) names one: "calib", "batch"
+    default_sweeps: tuple[str, ...] = ()
+    # methods a calibration sweep leaves out unless --methods names them (too slow to repeat once per size)
+    calib_sweep_exclude: tuple[str, ...] = ()
+    # methods that use no calibration data (weights only, casts, activation ranges computed at run time): a
+    # calibration sweep has nothing to vary for them
+    uncalibrated: tuple[str, ...] = ()
+    # task -> the methods a batch sweep runs by default (a task not listed: all of its methods)
+    batch_sweep_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # "module:attribute" of its device ceilings in its route folder (a utils.ceilings.Provider: its libraries' CPU
+    # matmul and memory kernels, the GPU's own through it), resolved lazily; a toolchain declaring one measures them in
+    # its environment and the bench merges them into the run's device record
+    ceilings: str = ""
 
     @property
     def module(self) -> str:
@@ -243,7 +255,6 @@ _DECLS = (
                           **{m: "inductor" for m, _ in _TORCH_CL + _TORCH_MAX}},
         marker="o",
         prepares_models=True,
-        measures_ceilings=True,
         # the half-precision casts on the CPU run only when named in --methods: slow (compiled or emulated there) and
         # rarely what a CPU deployment runs; on cuda they run by default. The GPU fast paths likewise: the CPU default
         # plan is unchanged by them (inductor-max runs on the CPU when named; the others are declared cuda-only below)
@@ -260,6 +271,13 @@ _DECLS = (
         # max-autotune benchmarks candidate kernels at every new shape (scoring, each batch): not measured here yet,
         # planned at several times the default compile until a run's item records say better
         estimate_factor={m: 6.0 for m, _ in _TORCH_MAX},
+        default_sweeps=("batch",),
+        calib_sweep_exclude=("pt2e",),  # compiles two graphs with torch.compile per run
+        # weights only, dynamic activation ranges (fp8: dynamic scales), and the half-precision casts
+        uncalibrated=("weight-only", "dynamic", "fp8", *(m for m, p in _TORCH_HALF + _TORCH_CL + _TORCH_MAX
+                                                           if p != "fp32")),
+        batch_sweep_methods={CLASSIFIER: ("eager", "fx"), CAUSAL_LM: ("eager", "dynamic")},
+        ceilings="quantization.torch.ceilings:CEILINGS",
     ),
     Toolchain(
         name="onnxruntime",
@@ -278,9 +296,11 @@ _DECLS = (
         latency_twins={"entropy": "minmax", "percentile": "minmax"},
         generates={CAUSAL_LM: ("fp32", "minmax", "entropy", "percentile")},  # the exported KV-cache decoder graph
         marker="s",
-        measures_ceilings=True,
         method_scopes={"minmax+head": "head"},
         random_only=("minmax+head",),
+        default_sweeps=("calib", "batch"),
+        batch_sweep_methods={CLASSIFIER: ("fp32", "minmax"), CAUSAL_LM: ("fp32", "minmax")},
+        ceilings="quantization.onnxruntime.ceilings:CEILINGS",
     ),
     Toolchain(
         name="modelopt-onnx",
@@ -295,6 +315,7 @@ _DECLS = (
         baseline=("onnxruntime", "fp32"),
         latency_twins={"entropy": "max"},
         marker="D",
+        batch_sweep_methods={CLASSIFIER: ("max",)},
     ),
     Toolchain(
         name="openvino",
@@ -347,6 +368,7 @@ _DECLS = (
         baseline=("tensorrt", "fp32"),
         requires="TensorRT (NVIDIA's package index) and a CUDA GPU",
         marker="v",
+        batch_sweep_methods={CLASSIFIER: ("fp32", "fp16", "int8-qdq")},
     ),
 )
 TOOLCHAINS: dict[str, Toolchain] = {t.name: t for t in _DECLS}

@@ -121,16 +121,16 @@ def join_env_builds(builds: envs.Builds) -> None:
 
 def measure_ceilings(args, toolchains, out: Path, ensure, failures: list[str], devices=("cpu",)) -> None:
     """The device's matmul ceilings: first in the model-preparing environment (a fresh record: the CPU's, and the
-    GPU's through torch when `devices` has cuda), then merged with the CPU rates of every other selected toolchain
-    that declares `measures_ceilings` (e.g. an ORT kernel beats torch's BLAS). A run on cuda only measures the GPU
-    alone. Runs only after every environment creation finished: nothing else loads the machine. A failed
+    GPU's through its declared library when `devices` has cuda), then merged with the CPU rates of every other
+    selected toolchain that declares `ceilings` (e.g. an ORT kernel beats torch's BLAS). Each environment runs its own
+    toolchain's declared libraries (and NumPy's). A run on cuda only measures the GPU alone. Runs only after every environment creation finished: nothing else loads the machine. A failed
     measurement is said in the closing line (the efficiency column stays empty where it has no ceiling)."""
     device_json = str(out / "device.json")
     devices = [d for d in ("cpu", "cuda") if d in devices] or ["cpu"]
     for tc_name in dict.fromkeys([PREPARE_TOOLCHAIN, *toolchains]):
         tc = TOOLCHAINS[tc_name]
         first = tc.prepares_models
-        if not first and (not tc.measures_ceilings or "cpu" not in devices):
+        if not first and (not tc.ceilings or "cpu" not in devices):
             continue
         try:
             ensure(tc.env.name)
@@ -140,6 +140,7 @@ def measure_ceilings(args, toolchains, out: Path, ensure, failures: list[str], d
         say(f"device ceilings through {tc_name}'s libraries")
         rc = envs.run_in_env(tc.env.name, ["-m", "utils.ceilings", "--threads", str(args.threads), "--out",
                                            device_json, "--devices", ",".join(devices) if first else "cpu"]
+                             + (["--toolchains", tc_name] if tc.ceilings else [])
                              + ([] if first else ["--merge"])).returncode
         if rc != 0:
             failures.append(f"ceilings through {tc_name}'s libraries exited {rc}" +

@@ -27,21 +27,26 @@ from utils.plan import Settings, build_plan, parse_methods
 from utils.registry import MODELS, ORDER, TOOLCHAINS, check_choice, model_decl, parse_list, task_of
 
 SWEEPS_DIR = LOCAL_DIR / "sweeps"  # a user's sweeps; --publish: results/sweeps and the plots in results/
-# calibration sweep: every non-FP32 method of the toolchain, except those too slow to repeat per size
-# (pt2e compiles two graphs with torch.compile per run)
-CALIB_DEFAULT_EXCLUDE = {"torch": ("pt2e",)}
-# methods that use no calibration data (weights only, or activation ranges computed at run time)
-NO_CALIBRATION = {("torch", "weight-only"), ("torch", "dynamic"), ("torch", "fp8"),  # fp8: dynamic scales
-                  *(("torch", m) for m in ("eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16",
-                                           "inductor-cl-fp16", "inductor-max-fp16"))}  # casts
+# a calibration sweep runs every calibrating non-FP32 method of the toolchain by default, less the ones its declaration
+# leaves out (Toolchain.calib_sweep_exclude, .uncalibrated); a batch sweep its declared batch_sweep_methods
 DEFAULT_CALIB_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 # batch sweep: each model declares its default batches (models/catalog.py sweep_batches, bounded for a 2-core CPU)
-# task -> toolchain -> methods a batch sweep runs by default (a toolchain not listed runs all its methods)
-DEFAULT_BATCH_METHODS = {
-    "image-classification": {"torch": ("eager", "fx"), "onnxruntime": ("fp32", "minmax"), "modelopt-onnx": ("max",),
-                             "tensorrt": ("fp32", "fp16", "int8-qdq"), "modelopt-tripy": ("fp32",)},
-    "language-model": {"torch": ("eager", "dynamic"), "onnxruntime": ("fp32", "minmax")},
-}
+
+
+def default_sweep_toolchains(sweep: str) -> tuple[str, ...]:
+    """The toolchains a sweep ("calib", "batch") takes when no --toolchain(s) names one (Toolchain.default_sweeps)."""
+    return tuple(t for t in ORDER if sweep in TOOLCHAINS[t].default_sweeps)
+
+
+def _batch_defaults_text() -> str:
+    return "; ".join(f"{t}: " + ", ".join(f"{task} {','.join(ms)}" for task, ms in TOOLCHAINS[t].batch_sweep_methods.items())
+                     for t in default_sweep_toolchains("batch"))
+
+
+def default_batch_methods(toolchain: str, model: str) -> tuple[str, ...]:
+    """The methods a batch sweep runs by default: the declaration's for the model's task, else all of them."""
+    tc = TOOLCHAINS[toolchain]
+    return tc.batch_sweep_methods.get(task_of(model), tc.methods(model))
 
 
 def say(msg: str) -> None:
@@ -70,9 +75,8 @@ def batch_dir(model: str, root: Path = SWEEPS_DIR) -> Path:
 
 def default_calib_methods(toolchain: str, model: str) -> tuple[str, ...]:
     tc = TOOLCHAINS[toolchain]
-    skip = CALIB_DEFAULT_EXCLUDE.get(toolchain, ())
     return tuple(m for m, p in tc.model_variants(model)
-                 if p != "fp32" and m not in skip and (toolchain, m) not in NO_CALIBRATION)
+                 if p != "fp32" and m not in tc.calib_sweep_exclude and m not in tc.uncalibrated)
 
 
 def source_flags(args) -> list[str]:
@@ -112,20 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("calib", help="accuracy vs calibration size, per method",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    c.add_argument("--toolchain", default="onnxruntime", help=f"one of {', '.join(ORDER)}")
+    c.add_argument("--toolchain", default=(default_sweep_toolchains("calib") or ORDER)[0], help=f"one of {', '.join(ORDER)}")
     c.add_argument("--sizes", default=",".join(map(str, DEFAULT_CALIB_SIZES)), help="calibration sizes (train split)")
-    c.add_argument("--methods", default=None, help="comma list (default: the toolchain's INT methods; torch: fx)")
+    c.add_argument("--methods", default=None,
+                   help="comma list (default: the toolchain's calibrating methods, less the ones it declares too slow "
+                        "to repeat per size: " + "; ".join(f"{t}: {','.join(tc.calib_sweep_exclude)}" for t, tc in
+                                                            TOOLCHAINS.items() if tc.calib_sweep_exclude) + ")")
     c.add_argument("--batches", default="1", help="latency batches per point (accuracy does not depend on it)")
     c.add_argument("--no-baseline", action="store_true", help="do not run the FP32 baseline once")
     common(c, 0.2, 2)
 
     b = sub.add_parser("batch", help="latency/throughput vs batch, per toolchain and method",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--toolchains", default="torch,onnxruntime", help="comma list")
+    b.add_argument("--toolchains", default=",".join(default_sweep_toolchains("batch")), help="comma list")
     b.add_argument("--batches", default=None, help="comma list (default: the model declaration's sweep batches: " +
                    "; ".join(f"{m} {','.join(map(str, model_decl(m).sweep_batches))}" for m in MODELS) + ")")
     b.add_argument("--methods", default=None,
-                   help="comma list; each toolchain runs the ones it has (default: torch eager,fx; onnxruntime fp32,minmax)")
+                   help="comma list; each toolchain runs the ones it has (default: its declared batch-sweep methods "
+                        f"for the model's task; {_batch_defaults_text()})")
     b.add_argument("--calib-samples", type=positive_int, default=None)
     common(b, 0.2, 2)
 
@@ -195,7 +203,7 @@ def run_calib(args) -> int:
     fp32 = [m for m in methods if dict(tc.model_variants(model))[m] == "fp32"]
     if fp32:
         raise SuiteError(f"{', '.join(fp32)} is FP32 and does not calibrate; the baseline runs once by itself")
-    uncal = [m for m in (methods or valid) if (toolchain, m) in NO_CALIBRATION]
+    uncal = [m for m in (methods or valid) if m in tc.uncalibrated]
     if uncal and (not methods or any(m in uncal for m in methods)):
         raise SuiteError(f"{toolchain}/{model}: {', '.join(uncal)} use(s) no calibration data; nothing to sweep"
                          + ("" if methods else " (the toolchain has no calibrating method for this model)"))
@@ -261,8 +269,7 @@ def run_batch(args) -> int:
         if not tc.methods(model):
             raise SuiteError(f"toolchain {t} has no {model} variants")
         have = tc.methods(model)
-        defaults = DEFAULT_BATCH_METHODS[task_of(model)].get(t, have)
-        plan[t] = tuple(m for m in have if m in (wanted or defaults))
+        plan[t] = tuple(m for m in have if m in (wanted or default_batch_methods(t, model)))
     if wanted:
         unknown = [m for m in wanted if not any(m in ms for ms in plan.values())]
         if unknown:

@@ -59,11 +59,12 @@ def render_markdown(df: pd.DataFrame, rows: list[ResultRow], crit: Criterion = C
                             f"{(ceil.get('memory') or {}).get('llc_mb')} MB)" if ceil.get("mem_bytes_per_s") else "")
                          + ".")
         gpu = ceil.get("cuda") or {}
-        if gpu.get("available"):  # the GPU's own (utils.ceilings.measure_cuda)
+        if gpu.get("available"):  # the GPU's own (utils.ceilings.measure_cuda, through its declared library)
             rates = ", ".join(f"{p.upper()} {gpu[f'{p}_ops_per_s'] / 1e12:.0f}" for p in CUDA_CEILING_PRECISIONS
                               if gpu.get(f"{p}_ops_per_s"))
-            lines.append(f"GPU ceilings ({gpu.get('gpu')}, compute capability {gpu.get('capability')}, through torch "
-                         f"{gpu.get('torch')}): matmul TOP/s {rates}.")
+            lib = f", through {gpu['library']}" if gpu.get("library") else ""
+            lines.append(f"GPU ceilings ({gpu.get('gpu')}, compute capability {gpu.get('capability')}{lib}): "
+                         f"matmul TOP/s {rates}.")
         over = [r.extra.get("harness_overhead_ms") for r in rows if r.status == "ok" and r.extra.get("harness_overhead_ms")]
         b1 = [r.latency_p50_ms for r in rows if r.status == "ok" and r.batch == 1 and r.latency_p50_ms]
         if over and b1:

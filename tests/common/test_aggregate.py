@@ -200,7 +200,7 @@ def test_run_folders_from_several_machines_merge_by_key_and_timestamp(tmp_path):
 
 # ------------------------------------------------------------------------------ efficiency on cuda rows
 
-GPU_CEIL = {"available": True, "gpu": "NVIDIA H200", "capability": "9.0", "torch": "2.11.0+cu130",
+GPU_CEIL = {"available": True, "gpu": "NVIDIA H200", "capability": "9.0", "library": "torch 2.11.0+cu130",
             "fp32_ops_per_s": 50e12, "bf16_ops_per_s": 700e12, "fp16_ops_per_s": 720e12, "fp8_ops_per_s": 1400e12,
             "int8_ops_per_s": 1300e12, "bf16_method": "torch.mm bfloat16", "fp32_method": "torch.mm float32"}
 

@@ -239,3 +239,62 @@ def test_memory_bandwidth_real_numpy_kernels():
     k = r["memory"]["kernels"]
     assert all(k[name]["available"] and len(k[name]["rates"]) >= 3 for name in k)
     assert 1e9 < r["mem_bytes_per_s"] < 2e12 and r["mem_bytes_per_s"] == max(x["bytes_per_s"] for x in k.values())
+
+
+# ------------------------------------------------------------------------------ declared per toolchain
+
+def test_a_toolchains_declared_ceilings_are_measured_and_merged(monkeypatch):
+    """Toolchain.ceilings names a Provider in the route folder: its libraries and memory kernels join NumPy's, in its
+    environment only when named, and the GPU entry comes from the first declared Gpu."""
+    import dataclasses
+
+    from utils import registry
+    from utils.ceilings import (Library, MemoryKernel, Provider, declared, declared_gpu, known_kernels,
+                                known_libraries)
+
+    assert set(known_libraries([])) == {"numpy.matmul"} and set(known_kernels([])) == {"numpy.read", "numpy.copy",
+                                                                                         "numpy.triad"}
+    for name, provider in declared().items():  # every declared one resolves here, without its library imported
+        assert registry.TOOLCHAINS[name].ceilings and isinstance(provider, Provider)
+        assert set(provider.libraries) <= set(known_libraries())
+    fake = Provider(libraries={"fake.int8": Library(_fake(6e9), "int8", "the fake's int8 GEMM")},
+                    memory={"fake.copy": MemoryKernel(_fake_stream(0.005), 2, "the fake's copy")})
+    globals()["FAKE_PROVIDER"] = fake
+    tc = dataclasses.replace(registry.TOOLCHAINS["openvino"], name="faketc",
+                             ceilings="tests.common.test_ceilings:FAKE_PROVIDER")
+    monkeypatch.setattr(registry, "TOOLCHAINS", {**registry.TOOLCHAINS, "faketc": tc})
+    monkeypatch.setattr(registry, "ORDER", registry.ORDER + ("faketc",))
+    assert declared(["faketc"]) == {"faketc": fake} and "fake.int8" in known_libraries()
+    r = measure(1, 0.3, sizes=(100,), bursts=3, min_burst_s=0.0, toolchains=["faketc"], extra_bursts=False)
+    assert set(r["libraries"]) == {"numpy.matmul", "fake.int8"}
+    assert r["int8_library"] == "fake.int8" and r["int8_method"] == "the fake's int8 GEMM"
+    mem = measure_memory_of(["faketc"])
+    assert mem["memory"]["kernels"]["fake.copy"]["method"] == "the fake's copy"
+    assert declared_gpu(["faketc"]) is None
+    none = measure_cuda(1.0, toolchains=["faketc"])
+    assert none["available"] is False and "declares GPU ceilings" in none["reason"]
+
+
+def measure_memory_of(toolchains):
+    from utils.ceilings import measure_memory
+
+    return measure_memory(1, 0.0, array_mb=1.0, passes=2, kernels=("fake.copy",), toolchains=toolchains)
+
+
+def test_the_command_names_one_toolchain_and_refuses_others(tmp_path):
+    import subprocess
+    import sys
+
+    from utils.paths import REPO_ROOT
+
+    out = tmp_path / "device.json"
+    p = subprocess.run([sys.executable, "-m", "utils.ceilings", "--threads", "1", "--budget", "0.3", "--memory-budget",
+                        "0.2", "--devices", "cpu", "--toolchains", "onnxruntime", "--out", str(out)], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(out.read_text())
+    assert set(rec["libraries"]) == {"numpy.matmul", "onnxruntime.MatMul", "onnxruntime.MatMulInteger"}
+    assert rec["fp32_library"] == "numpy.matmul" or rec["libraries"]["onnxruntime.MatMul"]["available"]
+    bad = subprocess.run([sys.executable, "-m", "utils.ceilings", "--toolchains", "openvino"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "declares no ceilings" in bad.stderr

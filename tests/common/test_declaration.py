@@ -106,3 +106,26 @@ def test_quantization_scopes_are_declared_beside_the_models_and_named_by_the_var
     for tc, method in (("onnxruntime", "minmax+head"), ("openvino", "int8+head")):
         assert method in TOOLCHAINS[tc].default_methods("gpt2", "cpu", "random")
         assert method not in TOOLCHAINS[tc].default_methods("gpt2", "cpu", "embedded")
+
+
+def test_sweep_defaults_are_declared_with_their_toolchain():
+    """The sweeps' per-toolchain defaults (Toolchain.default_sweeps, calib_sweep_exclude, uncalibrated,
+    batch_sweep_methods) name the toolchain's own methods and the declared tasks; sweep.py reads them."""
+    from evaluation.launch import sweep
+    from utils.registry import MODEL_DECLS, TOOLCHAINS
+
+    tasks = {d.task for d in MODEL_DECLS.values()}
+    for tc in TOOLCHAINS.values():
+        assert set(tc.default_sweeps) <= {"calib", "batch"}, tc.name
+        every = {m for model in tc.variants for m in tc.methods(model)}
+        assert set(tc.calib_sweep_exclude) | set(tc.uncalibrated) <= every, tc.name
+        for task, methods in tc.batch_sweep_methods.items():
+            assert task in tasks, (tc.name, task)
+            models = [m for m, d in MODEL_DECLS.items() if d.task == task and m in tc.variants]
+            assert models and all(set(methods) <= set(tc.methods(m)) for m in models), (tc.name, task)
+    assert sweep.default_sweep_toolchains("calib")[:1] == ("onnxruntime",)
+    assert sweep.default_sweep_toolchains("batch") == ("torch", "onnxruntime")
+    assert sweep.default_calib_methods("torch", "resnet50") == ("fx",)  # pt2e excluded, the casts calibrate nothing
+    assert sweep.default_calib_methods("torch", "gpt2") == ()  # weight-only, dynamic: no calibration data
+    assert sweep.default_batch_methods("tensorrt", "resnet50") == ("fp32", "fp16", "int8-qdq")
+    assert sweep.default_batch_methods("openvino", "gpt2") == TOOLCHAINS["openvino"].methods("gpt2")  # none declared

@@ -1,4 +1,5 @@
-"""utils.ceilings' onnxruntime MatMulInteger library (one-node model) at tiny sizes, in the onnxruntime env."""
+"""The onnxruntime toolchain's declared ceilings (quantization/onnxruntime/ceilings.py: MatMulInteger, one-node model)
+at tiny sizes, measured by utils.ceilings in the onnxruntime env."""
 import json
 
 import pytest
@@ -6,7 +7,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from utils.ceilings import _ort_matmul_integer, measure  # noqa: E402
+from quantization.onnxruntime.ceilings import _ort_matmul_fp32, _ort_matmul_integer  # noqa: E402
+from utils.ceilings import measure  # noqa: E402
 
 
 def test_ort_matmul_integer_is_exact():
@@ -28,3 +30,16 @@ def test_measure_with_ort_int8():
     lib = r["libraries"]["onnxruntime.MatMulInteger"]
     assert lib["available"] and lib["precision"] == "int8" and set(lib["sizes"]) == {"64", "128"}
     assert r["int8_library"] == "onnxruntime.MatMulInteger" and r["int8_ops_per_s"] == lib["ops_per_s"] > 1e8
+
+
+def test_ort_matmul_fp32_computes_the_product_and_measure_names_the_declared_library():
+    import numpy as np
+
+    (y,) = _ort_matmul_fp32(16, 1)()
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((16, 16)).astype(np.float32)
+    a = rng.standard_normal((16, 16)).astype(np.float32)
+    np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-4)
+    r = measure(1, 1.0, sizes=(64,), bursts=2, min_burst_s=0.001, toolchains=["onnxruntime"], extra_bursts=False)
+    assert set(r["libraries"]) == {"numpy.matmul", "onnxruntime.MatMul", "onnxruntime.MatMulInteger"}
+    assert r["libraries"]["onnxruntime.MatMul"]["method"].startswith("onnxruntime MatMul float32")

@@ -1,4 +1,5 @@
-"""utils.ceilings with the real torch (and numpy) kernels at tiny sizes: shape, libraries, plausibility."""
+"""utils.ceilings with the real torch (and numpy) kernels at tiny sizes: shape, libraries, plausibility. The torch
+kernels are the torch toolchain's declared ceilings (quantization/torch/ceilings.py)."""
 import json
 
 import pytest
@@ -39,7 +40,16 @@ def test_measure_small_sizes_real_kernels(restore_threads):
 
 # ------------------------------------------------------------------------------ the GPU's ceilings: real torch kernels
 
+from quantization.torch import ceilings as tce  # noqa: E402
 from utils import ceilings as ce  # noqa: E402
+from utils.registry import TOOLCHAINS, resolve  # noqa: E402
+
+
+def test_the_torch_toolchain_declares_these_ceilings():
+    provider = resolve(TOOLCHAINS["torch"].ceilings)
+    assert provider is tce.CEILINGS and provider.gpu.matmul is tce.cuda_matmul
+    assert {"torch.mm", "torch._int_mm"} <= set(ce.known_libraries(["torch"]))
+    assert "torch.triad" in ce.known_kernels(["torch"]) and ce.declared_gpu(["torch"]) is provider.gpu
 
 
 def _wall_seconds(fn, calls):
@@ -57,7 +67,7 @@ def test_cuda_ceiling_kernels_run_for_real_on_the_cpu(restore_threads):
     torch.set_num_threads(1)
     info = {"gpu": "cpu stand-in", "capability": "9.0", "cc": (9, 0), "torch": torch.__version__}
     r = ce.measure_cuda(5.0, sizes=(64, 128), bursts=3, min_burst_s=0.002, info=info,
-                        factory=lambda p, n: ce.cuda_matmul(p, n, "cpu", (9, 0)), timer=_wall_seconds)
+                        factory=lambda p, n: tce.cuda_matmul(p, n, "cpu", (9, 0)), timer=_wall_seconds)
     json.dumps(r)
     for prec in ("bf16", "fp16", "fp32", "int8"):
         rec = r["precisions"][prec]
@@ -69,16 +79,16 @@ def test_cuda_ceiling_kernels_run_for_real_on_the_cpu(restore_threads):
 
 def test_cuda_matmul_computes_the_product():
     """The operands are what the rate is counted for: an n x n x n product in that dtype."""
-    fn = ce.cuda_matmul("bf16", 32, "cpu")
+    fn = tce.cuda_matmul("bf16", 32, "cpu")
     out = fn()
     assert out.shape == (32, 32) and out.dtype == torch.bfloat16
-    i8 = ce.cuda_matmul("int8", 32, "cpu")()
+    i8 = tce.cuda_matmul("int8", 32, "cpu")()
     assert i8.shape == (32, 32) and i8.dtype == torch.int32
 
 
 def test_fp8_ceiling_needs_compute_capability_8_9():
     with pytest.raises(ce.Unavailable, match=r"compute capability 8\.0 < 8\.9"):
-        ce.cuda_matmul("fp8", 64, "cpu", (8, 0))
+        tce.cuda_matmul("fp8", 64, "cpu", (8, 0))
 
 
 class FakeEvent:
@@ -102,7 +112,7 @@ class FakeEvent:
 def test_cuda_event_seconds_brackets_the_burst(monkeypatch):
     FakeEvent.log = []
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
-    s = ce.cuda_event_seconds(lambda: FakeEvent.log.append(("call",)), 3)
+    s = tce.cuda_event_seconds(lambda: FakeEvent.log.append(("call",)), 3)
     assert s == 0.0125
     assert FakeEvent.log == [("new", "ev0"), ("new", "ev1"), ("record", "ev0"), ("call",), ("call",), ("call",),
                              ("record", "ev1"), ("sync", "ev1")]
@@ -111,7 +121,7 @@ def test_cuda_event_seconds_brackets_the_burst(monkeypatch):
 @pytest.mark.requires_cuda
 def test_cuda_ceilings_on_the_gpu():
     r = ce.measure_cuda(10.0)
-    assert r["available"] and r["gpu"]
+    assert r["available"] and r["gpu"] and r["library"].startswith("torch ")
     assert r["bf16_ops_per_s"] > r["fp32_ops_per_s"] > 1e12
     if tuple(int(x) for x in r["capability"].split(".")) >= (8, 9):
         assert r["fp8_ops_per_s"] and r["fp8_ops_per_s"] > r["bf16_ops_per_s"]
@@ -119,12 +129,9 @@ def test_cuda_ceilings_on_the_gpu():
 
 def test_memory_bandwidth_torch_triad_writes_the_triad(restore_threads):
     """torch.triad really computes a = b + 3c over the shared arrays (it streams what it claims) at a plausible rate."""
-    from utils import ceilings
-
-    fn = ceilings._mem_torch_triad(1000, 1)
+    fn = tce._mem_torch_triad(1000, 1)
     fn()
-    a, b, c = ceilings._MEM_ARRAYS[1000]
+    a, b, c = ce.memory_arrays(1000)
     assert (a == b + 3.0 * c).all() and float(a[0]) == 7.0
-    ceilings._MEM_ARRAYS.clear()
-    r = ceilings.measure_memory(1, 0.2, array_mb=16.0, passes=3, kernels=("torch.triad",))
+    r = ce.measure_memory(1, 0.2, array_mb=16.0, passes=3, kernels=("torch.triad",))
     assert r["mem_library"] == "torch.triad" and 1e9 < r["mem_bytes_per_s"] < 2e12

@@ -24,7 +24,7 @@ def test_declaration_has_cuda_and_the_half_variants():
     tc = TOOLCHAINS["torch"]
     assert tc.devices == ("cpu", "cuda") and tc.default_device() == "cpu" and tc.device_flag
     for model in ("resnet50", "gpt2"):
-        v = dict(tc.variants[model])
+        v = dict(tc.model_variants(model))
         assert v["eager"] == "fp32" and v["inductor"] == "fp32"
         assert v["eager-fp16"] == v["inductor-fp16"] == "fp16"
         assert v["eager-bf16"] == v["inductor-bf16"] == "bf16"
