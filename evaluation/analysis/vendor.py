@@ -389,8 +389,8 @@ def recipe_torch(ctx, method: str, threads: int) -> Recipe:
         q = convert_fx(prepared)
         reduced = _quantized_module_paths(q)
     else:  # pt2e
-        import torch._inductor.config as ind
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        import torch._inductor.config as inductor_config
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86_quantizer
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         res = int(ctx.manifest.get("latency_resolution", 224))
@@ -399,7 +399,8 @@ def recipe_torch(ctx, method: str, threads: int) -> Recipe:
         example = (torch.from_numpy(np.ascontiguousarray(calib[:2])),)
         ep = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
                                  strict=True)
-        quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+        quantizer = x86_quantizer.X86InductorQuantizer().set_global(
+            x86_quantizer.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(ep.module(), quantizer)
         for i in range(0, len(calib), 32):
             prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + 32])))
@@ -411,7 +412,7 @@ def recipe_torch(ctx, method: str, threads: int) -> Recipe:
                 stack = n.meta.get("nn_module_stack") or {}
                 if stack:
                     reduced.append(str(list(stack.values())[-1][0]))
-        ind.freezing = True
+        inductor_config.freezing = True
         q = torch.compile(converted)
 
     def timed(x):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantization.kit import Calibration, ModelContext, SkipVariant, main_for, unavailable_import
-from quantization.kit import onnx as oc
+from quantization.kit import onnx as onnx_kit
 from utils import artifacts
 from utils.atomic import atomic_write_json, sha256_file
 from utils.errors import SuiteError
@@ -80,7 +80,7 @@ def modelopt_quantize(src: Path, out: Path, reader, *, mode: str, calibration_me
     """Quantize a private copy of `src` into `out`; returns seconds. `src` is never handed to ModelOpt."""
     before = sha256_file(src)
     with tempfile.TemporaryDirectory(prefix="modelopt-") as tmp:
-        work = oc.copy_for_tool(src, Path(tmp), "model.onnx")
+        work = onnx_kit.copy_for_tool(src, Path(tmp), "model.onnx")
         with _in_dir(Path(tmp)):
             try:
                 from modelopt.onnx.quantization import quantize
@@ -175,7 +175,7 @@ def fix_block_axes(path: Path) -> list[str]:
 def ort_loadable(path: Path) -> str | None:
     """None if ORT's CPU EP can load the model, else ORT's one-line complaint."""
     try:
-        oc.make_session(path, 1, [oc.CPU_EP])
+        onnx_kit.make_session(path, 1, [onnx_kit.CPU_EP])
     except SuiteError as exc:
         return str(exc)
     return None
@@ -244,9 +244,9 @@ def scope_exclusions(ctx: ModelContext, method: str) -> tuple[str, list[str]]:
     return name, [re.escape(n) + "$" for n in nodes_kept(ctx.macs, scope.keeps)]
 
 
-def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> oc.Artifact:
+def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> onnx_kit.Artifact:
     src, src_sha = ctx.state["src"]
-    calib = oc.calib_key(ctx)
+    calib = onnx_kit.calib_key(ctx)
     eps, options = opts.eps, parse_options(opts.mo_option)
     scope_name, excluded = scope_exclusions(ctx, method)
     if excluded:
@@ -260,18 +260,18 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
             "rtn_dq" if ctx.source.weights == "random" else "awq_clip")
     key = {"src": src_sha, "mode": mode, "calibration_method": cal, **calib, "eps": eps,
            "high_precision_dtype": opts.high_precision_dtype, "options": options, "modelopt": _version()}
-    out = oc.artifact_path(ctx.cache_dir, method, key)
+    out = onnx_kit.artifact_path(ctx.cache_dir, method, key)
 
     def build(tmp_out: Path) -> dict:
-        reader = oc.ArrayCalibrationReader(ctx.task.input_name, oc.calibration_batches(ctx))
+        reader = onnx_kit.ArrayCalibrationReader(ctx.task.input_name, onnx_kit.calibration_batches(ctx))
         secs = modelopt_quantize(src, tmp_out, reader, mode=mode, calibration_method=cal, calibration_eps=eps,
                                  high_precision_dtype=opts.high_precision_dtype, options=options)
         patched = fix_block_axes(tmp_out) if mode == "int4" else []
-        oc.check_onnx(tmp_out)
+        onnx_kit.check_onnx(tmp_out)
         return {"calib_seconds": secs, "calib_samples_fed": reader.passes, "qdq": qdq_counts(tmp_out),
                 "patched_block_axis": patched, "qdq_nodes": qdq_nodes(tmp_out), **key}
 
-    path, meta, reused = oc.cached_artifact(out, build)
+    path, meta, reused = onnx_kit.cached_artifact(out, build)
     qdq = meta.get("qdq", {})
     if not qdq.get("QuantizeLinear") and not qdq.get("DequantizeLinear"):
         raise SkipVariant(f"ModelOpt {mode} ({cal}) quantized no node of this model on CPU "
@@ -283,7 +283,7 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
              "calibration_method": cal, "src_onnx_sha": src_sha, "high_precision_dtype": opts.high_precision_dtype,
              "options": options, "made": meta.get("file", {}).get("mtime_ns")}
     why = ort_loadable(path)
-    write_index(ctx.cache_dir, oc.config_key(key, 16), entry)
+    write_index(ctx.cache_dir, onnx_kit.config_key(key, 16), entry)
     if why and "float8" in why:
         op = why.split("of operator (", 1)[-1].split(")", 1)[0] if "of operator (" in why else "an op"
         raise SkipVariant(
@@ -309,10 +309,11 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
                      "of MACs): what the artifact quantizes, whatever the runtime computes them in")
     if reused:
         notes.append("cached artifact reused (calib_seconds from the run that made it)")
-    return oc.Artifact(path, method, precision,
-                       calibration=Calibration(calib["n_calib"], round(meta["calib_seconds"], 3), cal), notes=notes,
-                       extra={"modelopt": key, "qdq": qdq, "calib_samples_fed": meta.get("calib_samples_fed")},
-                       float_precision=opts.high_precision_dtype)
+    return onnx_kit.Artifact(path, method, precision,
+                             calibration=Calibration(calib["n_calib"], round(meta["calib_seconds"], 3), cal),
+                             notes=notes,
+                             extra={"modelopt": key, "qdq": qdq, "calib_samples_fed": meta.get("calib_samples_fed")},
+                             float_precision=opts.high_precision_dtype)
 
 
 def _version() -> str:
@@ -324,7 +325,7 @@ def _version() -> str:
         return "?"
 
 
-class ModelOptOnnxRoute(oc.OnnxRoute):
+class ModelOptOnnxRoute(onnx_kit.OnnxRoute):
     toolchain = TOOLCHAIN
     description = ("NVIDIA ModelOpt ONNX PTQ (INT8 max/entropy, FP8, INT4) evaluated with ONNX Runtime "
                    "(CPU EP; CUDA/TensorRT EPs when this ORT build has them and a GPU is present).")
@@ -348,15 +349,15 @@ class ModelOptOnnxRoute(oc.OnnxRoute):
         return unavailable_import("onnxruntime", "modelopt.onnx.quantization",
                                   hint="nvidia-modelopt[onnx] is not installed in this environment")
 
-    def make_artifact(self, ctx: ModelContext, method: str, precision: str) -> oc.Artifact:
+    def make_artifact(self, ctx: ModelContext, method: str, precision: str) -> onnx_kit.Artifact:
         return make_artifact(ctx, method, precision, ctx.opts)
 
-    def slow_reason(self, rec: oc.ProviderRecord) -> str | None:
-        if rec.main_provider == oc.CPU_EP and rec.int_kernels == 0 and rec.dq_kernels:
+    def slow_reason(self, rec: onnx_kit.ProviderRecord) -> str | None:
+        if rec.main_provider == onnx_kit.CPU_EP and rec.int_kernels == 0 and rec.dq_kernels:
             return ("slower than FP32 on ORT CPU: ModelOpt places Q/DQ for TensorRT (inputs/weights only, no output Q), "
                     "which ORT's CPU EP cannot fuse into QLinearConv/QLinearMatMul; it runs FP32 convs/matmuls plus "
                     f"{rec.dq_kernels} standalone DequantizeLinear kernels")
-        if rec.main_provider == oc.CPU_EP and rec.dq_kernels:
+        if rec.main_provider == onnx_kit.CPU_EP and rec.dq_kernels:
             return (f"partly fused on ORT CPU: {rec.int_kernels} integer kernels, {rec.dq_kernels} standalone "
                     "DequantizeLinear kernels")
         return None

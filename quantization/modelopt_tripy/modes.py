@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from utils.errors import SuiteError
 
 INT4_BLOCK = 128  # ModelOpt INT4_AWQ_CFG: blocks of 128 along the last (input) dimension of the weight
+QUANT_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the quantized linears of each GPT-2 block
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from quantization.modelopt_tripy.modes import INT4_BLOCK, get_mode
-from quantization.modelopt_tripy.weights import QUANT_LINEARS
+from quantization.modelopt_tripy.modes import INT4_BLOCK, QUANT_LINEARS, get_mode
 from utils.errors import SuiteError
 
 

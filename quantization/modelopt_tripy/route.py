@@ -196,6 +196,8 @@ class TripyRoute(Route):
 
 def _padded(compiled, ids, seq_len):
     """Run a (1, seq_len)-compiled model on a shorter window: right-pad (causal, so logits are unaffected)."""
+    from quantization.modelopt_tripy.tripy_model import run_compiled
+
     n = ids.shape[1]
     if n < seq_len:
         ids = np.concatenate([ids, np.zeros((1, seq_len - n), dtype=ids.dtype)], axis=1)

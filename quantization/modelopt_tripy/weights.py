@@ -19,12 +19,11 @@ import logging
 import re
 from pathlib import Path
 
-from quantization.modelopt_tripy.modes import INT4_BLOCK, get_mode
+from quantization.modelopt_tripy.modes import INT4_BLOCK, QUANT_LINEARS, get_mode
 from utils.errors import SuiteError
 
 log = logging.getLogger(__name__)
 
-QUANT_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 EMBEDDED = "embedded"
 CODE_TOLERANCE = 1e-4  # max |codes*scale - fake_quant_weight| relative to max |weight|
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantization.kit import Calibration, ModelContext, main_for, unavailable_import
-from quantization.kit import onnx as oc
+from quantization.kit import onnx as onnx_kit
 from quantization.kit.macs import MAC_OPS, node_layer
 from utils.errors import SuiteError, failure_reason
 from utils.registry import DEFAULT_SCOPE, TOOLCHAINS
@@ -85,15 +85,15 @@ def preprocess(src: Path, src_sha: str, cache_root: Path) -> tuple[Path, str]:
     """quant_pre_process output (cached); on failure the source itself, with a note."""
     from onnxruntime.quantization import quant_pre_process
 
-    out = oc.artifact_path(cache_root, "preprocessed", {"src": src_sha, "step": "quant_pre_process"})
+    out = onnx_kit.artifact_path(cache_root, "preprocessed", {"src": src_sha, "step": "quant_pre_process"})
 
     def make(tmp_out: Path) -> dict:
         quant_pre_process(str(src), str(tmp_out), skip_symbolic_shape=False, auto_merge=True)
-        oc.check_onnx(tmp_out)
+        onnx_kit.check_onnx(tmp_out)
         return {"src_sha": src_sha}
 
     try:
-        path, _, _ = oc.cached_artifact(out, make)
+        path, _, _ = onnx_kit.cached_artifact(out, make)
         return path, "quant_pre_process applied"
     except Exception as exc:  # noqa: BLE001 - symbolic shape inference can fail on unusual graphs
         log.warning("quant_pre_process failed (%s); quantizing the FP32 ONNX as exported", failure_reason(exc))
@@ -152,7 +152,7 @@ def quantize_static_onnx(src: Path, out: Path, reader, *, method: str, task_kind
     with _entropy_bins(entropy_bins if cm == CalibrationMethod.Entropy else None):
         quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=cm, calibration_providers=[oc.CPU_EP], extra_options=opts, **kw)
+                        calibrate_method=cm, calibration_providers=[onnx_kit.CPU_EP], extra_options=opts, **kw)
     if cm == CalibrationMethod.Entropy:
         info["entropy_bins"] = entropy_bins
     return info
@@ -234,14 +234,14 @@ def entropy_threshold(self, histogram, num_quantized_bins: int):
     return lo, hi
 
 
-def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> oc.Artifact:
+def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options) -> onnx_kit.Artifact:
     src, src_sha = ctx.state["src"]
     dec = Path(ctx.manifest["decoder_onnx"]) if ctx.manifest.get("decoder_onnx") else None
     if method == "fp32":
-        return oc.Artifact(src, method, precision, notes=["FP32 ONNX from models.prepare, ORT graph optimisations"],
-                           decoder=dec)
+        return onnx_kit.Artifact(src, method, precision,
+                                 notes=["FP32 ONNX from models.prepare, ORT graph optimisations"], decoder=dec)
     lm = ctx.task.kind == "language-model"
-    calib = oc.calib_key(ctx)
+    calib = onnx_kit.calib_key(ctx)
     scope_name, scope = ctx.scope_for(method)
     cal = calib_method(method)
     if "pre" not in ctx.state:
@@ -251,14 +251,15 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
                "scope": scope_name, "scope_keeps": list(scope.keep), "float_logits": not lm,
                "entropy_bins": opts.entropy_bins if cal == "entropy" else None}
     stem = f"{cal}-int8" if scope_name == DEFAULT_SCOPE else f"{cal}-{scope_name}-int8"
-    out = oc.artifact_path(ctx.cache_dir, stem, {"src": src_sha, "method": cal, **calib, **options})
+    out = onnx_kit.artifact_path(ctx.cache_dir, stem, {"src": src_sha, "method": cal, **calib, **options})
 
     def build(tmp_out: Path) -> dict:
-        reader = oc.ArrayCalibrationReader(_input_name(pre, ctx.task.input_name), oc.calibration_batches(ctx))
+        reader = onnx_kit.ArrayCalibrationReader(_input_name(pre, ctx.task.input_name),
+                                                 onnx_kit.calibration_batches(ctx))
         return {**_quantize_copy(ctx, pre, tmp_out, reader, cal, opts, scope.keeps), "options": options, **calib,
                 "src_sha": src_sha}
 
-    path, meta, reused = oc.cached_artifact(out, build)
+    path, meta, reused = onnx_kit.cached_artifact(out, build)
     notes = [pre_note, f"QDQ per-channel U8/S8 (ActivationSymmetric=False, WeightSymmetric=True; S8 activations "
                        f"measured slower on the CPU EP), {CALIB_METHODS[cal]} calibration"]
     if lm:
@@ -273,22 +274,23 @@ def make_artifact(ctx: ModelContext, method: str, precision: str, opts: Options)
         dec_q = quantize_decoder(ctx, dec, cal, options, opts, scope.keeps)
         notes.append("decode rows: the KV-cache decoder graph quantized the same way, calibrated on the second half "
                      "of each calibration window with the FP32 keys/values of the first half as its past")
-    return oc.Artifact(path, method, precision, decoder=dec_q,
-                       calibration=Calibration(calib["n_calib"], round(meta["calib_seconds"], 3),
-                                               CALIB_METHODS[cal].lower()),
-                       notes=notes, extra={"quant_options": options, "calib_samples_fed": meta.get("calib_samples_fed")})
+    return onnx_kit.Artifact(path, method, precision, decoder=dec_q,
+                             calibration=Calibration(calib["n_calib"], round(meta["calib_seconds"], 3),
+                                                     CALIB_METHODS[cal].lower()),
+                             notes=notes,
+                             extra={"quant_options": options, "calib_samples_fed": meta.get("calib_samples_fed")})
 
 
 def _quantize_copy(ctx: ModelContext, pre: Path, tmp_out: Path, reader, method: str, opts: Options, keep=None) -> dict:
     """quantize_static on a private copy of `pre` (ORT writes augmented models next to its input); returns what was
     quantized, the calibration seconds and the samples fed per pass."""
     with tempfile.TemporaryDirectory(prefix="ortq-") as tmp:
-        work = oc.copy_for_tool(pre, Path(tmp), "model.onnx")
+        work = onnx_kit.copy_for_tool(pre, Path(tmp), "model.onnx")
         t0 = time.perf_counter()
         info = quantize_static_onnx(work, tmp_out, reader, method=method, task_kind=ctx.task.kind, keep=keep,
-                                    entropy_bins=opts.entropy_bins, bounded=oc.large_model(pre))
+                                    entropy_bins=opts.entropy_bins, bounded=onnx_kit.large_model(pre))
         secs = time.perf_counter() - t0
-    oc.check_onnx(tmp_out)
+    onnx_kit.check_onnx(tmp_out)
     return {"calib_seconds": secs, "calib_samples_fed": reader.passes, **info}
 
 
@@ -298,18 +300,19 @@ def quantize_decoder(ctx: ModelContext, dec: Path, method: str, options: dict, o
 
     rec = (ctx.manifest.get("files") or {}).get("decoder_onnx") or {}
     dec_sha = rec.get("sha256") or sha256_file(dec)
-    calib = oc.calib_key(ctx)
-    out = oc.artifact_path(ctx.cache_dir, f"{method}-int8-decoder", {"src": dec_sha, "method": method, **calib,
-                                                                     **options})
+    calib = onnx_kit.calib_key(ctx)
+    out = onnx_kit.artifact_path(ctx.cache_dir, f"{method}-int8-decoder",
+                                 {"src": dec_sha, "method": method, **calib, **options})
 
     def build(tmp_out: Path) -> dict:
         pre, _ = preprocess(dec, dec_sha, ctx.cache_dir) if opts.preprocess else (dec, "")
-        feeds = oc.decoder_calibration_feeds(ctx.manifest, dec, oc.calibration_batches(ctx), ctx.cfg.threads)
-        reader = oc.FeedCalibrationReader(feeds)
+        feeds = onnx_kit.decoder_calibration_feeds(ctx.manifest, dec, onnx_kit.calibration_batches(ctx),
+                                                   ctx.cfg.threads)
+        reader = onnx_kit.FeedCalibrationReader(feeds)
         return {**_quantize_copy(ctx, pre, tmp_out, reader, method, opts, keep), "options": options, **calib,
                 "src_sha": dec_sha}
 
-    path, _, _ = oc.cached_artifact(out, build)
+    path, _, _ = onnx_kit.cached_artifact(out, build)
     return path
 
 
@@ -320,7 +323,7 @@ def _input_name(path: Path, preferred: str) -> str:
     return preferred if preferred in names else names[0]
 
 
-class OrtRoute(oc.OnnxRoute):
+class OrtRoute(onnx_kit.OnnxRoute):
     toolchain = TOOLCHAIN
     description = ("ONNX Runtime: FP32 ONNX baseline and static INT8 (QDQ, per-channel, U8 act / S8 wt) with "
                    "MinMax/Entropy/Percentile calibration, on the CPU execution provider.")
@@ -339,10 +342,10 @@ class OrtRoute(oc.OnnxRoute):
         return unavailable_import("onnx", "onnxruntime", "onnxruntime.quantization",
                                   hint="create the environment with `python3 -m evaluation.launch.envs onnxruntime`")
 
-    def make_artifact(self, ctx: ModelContext, method: str, precision: str) -> oc.Artifact:
+    def make_artifact(self, ctx: ModelContext, method: str, precision: str) -> onnx_kit.Artifact:
         return make_artifact(ctx, method, precision, ctx.opts)
 
-    def slow_reason(self, rec: oc.ProviderRecord) -> str | None:
+    def slow_reason(self, rec: onnx_kit.ProviderRecord) -> str | None:
         if rec.int_kernels == 0 and rec.dq_kernels:
             return "Q/DQ not fused into integer kernels on this EP: runs as FP32 compute plus (de)quantize overhead"
         return None

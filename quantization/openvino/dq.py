@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from quantization.kit import build_variant
-from quantization.openvino import ov as O
+from quantization.openvino import ov as ov_calls
 from utils.atomic import atomic_write_text
 from utils.cli import ArgParser
 from utils.errors import SuiteError, cli_main, setup_logging
@@ -48,15 +48,15 @@ def experiment(model: str, weights: str, methods: list[str], repeats: int = 3, t
         li = ctx.task.latency_input(1, ctx.manifest, ctx.data)
         ops = float(ctx.manifest.get("ops_per_item") or 0.0) * li.items
         del built  # its compiled model: one compiled copy at a time from here on
-        model_ir = O.load_model(artifact) if Path(artifact).suffix == ".xml" else O.read_onnx(artifact)
+        model_ir = ov_calls.load_model(artifact) if Path(artifact).suffix == ".xml" else ov_calls.read_onnx(artifact)
         runs = {"off": [], "on": []}
         for rep in range(repeats):
             order = ("off", "on") if rep % 2 == 0 else ("on", "off")
             one = {}
             for which in order:
-                compiled, _ = O.compile_cpu(model_ir, threads, latency=True, inference_precision="f32",
-                                            dynamic_quantization_group_size=0 if which == "off" else None)
-                one[which] = O.timed_run(compiled, li.x, budget_s=budget_s)
+                compiled, _ = ov_calls.compile_cpu(model_ir, threads, latency=True, inference_precision="f32",
+                                                   dynamic_quantization_group_size=0 if which == "off" else None)
+                one[which] = ov_calls.timed_run(compiled, li.x, budget_s=budget_s)
                 del compiled
                 runs[which].append(one[which])
             lines.append(_line(model, weights, method, str(rep + 1), "-".join(order), one["off"], one["on"], ops))
@@ -75,7 +75,7 @@ def _pool(records: list[dict]) -> dict:
 
 
 def _line(model, weights, method, rep, order, off, on, ops) -> dict:
-    acc = O.dq_account(off, on)
+    acc = ov_calls.dq_account(off, on)
     return {"model": model, "weights": weights, "method": method, "repeat": rep, "order": order,
             "group_size": acc["group_size"], "off_min_ms": off["min_ms"], "off_median_ms": round(off["median_ms"], 4),
             "on_min_ms": on["min_ms"], "on_median_ms": round(on["median_ms"], 4),

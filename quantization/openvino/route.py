@@ -30,9 +30,9 @@ import numpy as np
 
 from quantization.kit import Built, Calibration, ModelContext, Route, calibration_batches, main_for, unavailable_import
 from quantization.kit import cache
-from quantization.kit import onnx as oc
+from quantization.kit import onnx as onnx_kit
 from quantization.kit.tasks import file_size_mb
-from quantization.openvino import ov as O
+from quantization.openvino import ov as ov_calls
 from utils import artifacts
 from utils.errors import SuiteError
 
@@ -55,8 +55,8 @@ class Options:
     dq_probe: bool = True
 
     def __post_init__(self) -> None:
-        if self.preset not in O.PRESETS:
-            raise SuiteError(f"--preset must be one of {', '.join(O.PRESETS)} (got {self.preset!r})")
+        if self.preset not in ov_calls.PRESETS:
+            raise SuiteError(f"--preset must be one of {', '.join(ov_calls.PRESETS)} (got {self.preset!r})")
         if self.int4_mode not in ("int4_sym", "int4_asym"):
             raise SuiteError(f"--int4-mode must be int4_sym or int4_asym (got {self.int4_mode!r})")
         if self.group_size < 1 and self.group_size != -1:
@@ -86,7 +86,7 @@ def ignored_names(ctx: ModelContext, method: str) -> tuple[str, list[str]]:
         return name, []
     table = ctx.macs
     out = []
-    for op in O.mac_op_names(O.read_onnx(ctx.state["src"][0])):
+    for op in ov_calls.mac_op_names(ov_calls.read_onnx(ctx.state["src"][0])):
         node = node_of(table, op)
         if node is not None and scope.keeps(table["nodes"][node]["layer"]):
             out.append(op)
@@ -101,7 +101,7 @@ def make_ir(ctx: ModelContext, method: str, opts: Options) -> tuple[Path, dict, 
         scope, ignored = ignored_names(ctx, method)
         settings = {"kind": "ptq", "preset": opts.preset, "model_type": "transformer" if lm else None,
                     "fast_bias_correction": opts.fast_bias_correction, "scope": scope, "ignored": ignored,
-                    **oc.calib_key(ctx)}
+                    **onnx_kit.calib_key(ctx)}
     elif method in WEIGHT_ONLY:
         mode = WEIGHT_ONLY[method] or opts.int4_mode
         int4 = mode.startswith("int4")
@@ -113,15 +113,17 @@ def make_ir(ctx: ModelContext, method: str, opts: Options) -> tuple[Path, dict, 
     out = cache.artifact_path(ctx.cache_dir, method, key, suffix=".xml")
 
     def make(tmp_out: Path) -> dict:
-        model = O.read_onnx(src)
+        model = ov_calls.read_onnx(src)
         if settings["kind"] == "ptq":
             batches = calibration_batches(ctx)
-            model, info = O.ptq_int8(model, batches, model_type=settings["model_type"], preset=opts.preset,
-                                     subset_size=len(batches), fast_bias_correction=opts.fast_bias_correction,
-                                     ignored_scope={"names": settings["ignored"]} if settings["ignored"] else None)
+            model, info = ov_calls.ptq_int8(model, batches, model_type=settings["model_type"], preset=opts.preset,
+                                            subset_size=len(batches), fast_bias_correction=opts.fast_bias_correction,
+                                            ignored_scope=({"names": settings["ignored"]} if settings["ignored"]
+                                                           else None))
         else:
-            model, info = O.compress_weights(model, settings["mode"], group_size=opts.group_size, ratio=opts.ratio)
-        O.save_model(model, tmp_out)
+            model, info = ov_calls.compress_weights(model, settings["mode"], group_size=opts.group_size,
+                                                    ratio=opts.ratio)
+        ov_calls.save_model(model, tmp_out)
         return {"settings": settings, "info": info, "src_sha": src_sha, **versions()}
 
     return cache.cached_artifact(out, make, companions=(".bin",))
@@ -152,7 +154,7 @@ class OpenVinoRoute(Route):
 
     def add_options(self, ap: argparse.ArgumentParser) -> None:
         g = ap.add_argument_group("OpenVINO / NNCF")
-        g.add_argument("--preset", default="performance", choices=O.PRESETS,
+        g.add_argument("--preset", default="performance", choices=ov_calls.PRESETS,
                        help="NNCF quantization preset (performance: symmetric activations and weights)")
         g.add_argument("--fast-bias-correction", default=True, action=argparse.BooleanOptionalAction,
                        help="NNCF FastBiasCorrection after quantization (off: no bias correction)")
@@ -172,7 +174,8 @@ class OpenVinoRoute(Route):
                                   hint="create the environment with `python3 -m evaluation.launch.envs openvino`")
 
     def open(self, ctx: ModelContext) -> None:
-        ctx.state["src"] = oc.source_onnx(ctx.manifest)  # corrupt/missing FP32 ONNX -> one-line error before any row
+        # corrupt/missing FP32 ONNX -> one-line error before any row
+        ctx.state["src"] = onnx_kit.source_onnx(ctx.manifest)
 
     def build(self, ctx: ModelContext, method: str, precision: str, device: str) -> Built:
         opts: Options = ctx.opts
@@ -181,12 +184,12 @@ class OpenVinoRoute(Route):
         calibration = None
         extra: dict = {"versions": versions()}
         if method == "fp32":
-            model = O.read_onnx(src)
+            model = ov_calls.read_onnx(src)
             size_mb, artifact = file_size_mb(src), src
             notes.append("FP32 ONNX from models.prepare read by OpenVINO's ONNX frontend")
         else:
             xml, meta, reused = make_ir(ctx, method, opts)
-            model, size_mb, artifact = O.load_model(xml), O.model_size_mb(xml), xml
+            model, size_mb, artifact = ov_calls.load_model(xml), ov_calls.model_size_mb(xml), xml
             info, settings = meta["info"], meta["settings"]
             if settings["kind"] == "ptq":
                 notes.append(f"NNCF quantize: preset {settings['preset']}, model_type "
@@ -210,30 +213,31 @@ class OpenVinoRoute(Route):
         x1 = ctx.task.latency_input(1, ctx.manifest, ctx.data).x
         off = None
         if method in WEIGHT_ONLY and opts.dq_probe:  # before the row's own compile: one compiled copy at a time
-            off_compiled, _ = O.compile_cpu(model, ctx.cfg.threads, latency=True, pin=opts.pin,
-                                            inference_precision="f32", dynamic_quantization_group_size=0)
-            off = O.timed_run(off_compiled, x1)
+            off_compiled, _ = ov_calls.compile_cpu(model, ctx.cfg.threads, latency=True, pin=opts.pin,
+                                                   inference_precision="f32", dynamic_quantization_group_size=0)
+            off = ov_calls.timed_run(off_compiled, x1)
             del off_compiled
-        compiled, props = O.compile_cpu(model, ctx.cfg.threads, latency=True, pin=opts.pin, inference_precision="f32")
+        compiled, props = ov_calls.compile_cpu(model, ctx.cfg.threads, latency=True, pin=opts.pin,
+                                               inference_precision="f32")
         notes.append("OpenVINO CPU properties set: " + ", ".join(f"{k}={v}" for k, v in props["set"].items()))
         if props["mismatch"]:
             notes.append("read back differently: " + ", ".join(f"{k}={props['read'].get(k)}" for k in props["mismatch"]))
         dq = props["read"].get("DYNAMIC_QUANTIZATION_GROUP_SIZE")
         if dq is not None:
             notes.append(f"plugin default kept: DYNAMIC_QUANTIZATION_GROUP_SIZE={dq}")
-        predict = O.predict_fn(compiled)
+        predict = ov_calls.predict_fn(compiled)
         predict(x1)  # kernels are picked at the first inference
-        rp = O.runtime_precisions(compiled)
-        reduced = O.reduced_original_names(compiled) if method != "fp32" else None
+        rp = ov_calls.runtime_precisions(compiled)
+        reduced = ov_calls.reduced_original_names(compiled) if method != "fp32" else None
         compute = compute_precision(rp)
         notes.append(precision_note(rp))
         if off is not None:
-            acc = O.dq_account(off, O.timed_run(compiled, x1))
+            acc = ov_calls.dq_account(off, ov_calls.timed_run(compiled, x1))
             extra["dynamic_quantization"] = acc
-            notes.append(O.dq_note(acc))
+            notes.append(ov_calls.dq_note(acc))
             if acc["active"]:  # the weight-compressed layers multiply in integers: they count in the coverage
                 compute = "int8"
-                reduced = list(dict.fromkeys((reduced or []) + O.weight_compressed_original_names(compiled)))
+                reduced = list(dict.fromkeys((reduced or []) + ov_calls.weight_compressed_original_names(compiled)))
         extra.update(openvino_properties=props, runtime_precisions={k: rp[k] for k in (
             "compute", "runtime", "kernels", "int_compute", "float_compute", "executed")},
             artifact=artifacts.relative_to(ctx.source.cache_dir, artifact))

@@ -239,10 +239,10 @@ class Compiled:
 
     def __init__(self, model, label: str, mode: str | None = None, device: str = "cpu", cudnn_benchmark: bool = False):
         import torch
-        import torch._inductor.config as ind
+        import torch._inductor.config as inductor_config
 
         torch._dynamo.reset()
-        ind.freezing = True
+        inductor_config.freezing = True
         self.model, self.label, self.mode, self.device = model, label, mode, device
         self.fn = _own_code(model, label)
         self.run = torch.compile(self.fn, fullgraph=True, dynamic=False, **({"mode": mode} if mode else {}))
@@ -364,15 +364,16 @@ def compile_extra(*compiled: Compiled) -> dict:
 
 def _pt2e_prepared(model, example):
     import torch
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86_quantizer
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     # batch dynamic; spatial dims static (at 16x16 the last stages are 1x1, which export specialises)
     ep = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
                              strict=True)
     # the documented x86 defaults, spelled out: static PTQ, full-range u8 activations (VNNI: no reduce_range)
-    config = xiq.get_default_x86_inductor_quantization_config(is_qat=False, is_dynamic=False, reduce_range=False)
-    quantizer = xiq.X86InductorQuantizer().set_global(config)
+    config = x86_quantizer.get_default_x86_inductor_quantization_config(is_qat=False, is_dynamic=False,
+                                                                         reduce_range=False)
+    quantizer = x86_quantizer.X86InductorQuantizer().set_global(config)
     return prepare_pt2e(ep.module(), quantizer)
 
 
@@ -629,9 +630,9 @@ def torchao_config(method: str):
     """The torchao config of a method, with set_inductor_config=False: by default torchao sets process-wide inductor
     options (coordinate-descent tuning, ...) when it quantizes, which every variant compiled later in the process
     would then inherit; these models run eager."""
-    import torchao.quantization as tq
+    import torchao.quantization as torchao_quantization
 
-    return getattr(tq, TORCHAO_CONFIGS[method])(set_inductor_config=False)
+    return getattr(torchao_quantization, TORCHAO_CONFIGS[method])(set_inductor_config=False)
 
 
 def lm_quantized(hf_dir: str, method: str, device: str = "cpu", keep=None):
@@ -804,10 +805,10 @@ def capabilities() -> dict:
 def torch_settings(device: str, built: Built) -> dict:
     """The backend settings a row ran under (recorded in its extra): threads, oneDNN, inductor, quantized engine."""
     import torch
-    import torch._inductor.config as ind
+    import torch._inductor.config as inductor_config
 
     handle = built.handle
-    out = {"threads": torch.get_num_threads(), "inductor_freezing": bool(ind.freezing),
+    out = {"threads": torch.get_num_threads(), "inductor_freezing": bool(inductor_config.freezing),
            "channels_last": CHANNELS_LAST_NOTE in built.notes or CUDA_CHANNELS_LAST_NOTE in built.notes,
            "compile_mode": handle.stats["mode"] if isinstance(handle, Compiled) else None}
     if device == "cpu":

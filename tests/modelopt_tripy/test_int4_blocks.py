@@ -13,9 +13,9 @@ blocks are ModelOpt's input blocks. With one block per row (in = 128) a transpos
 import torch
 
 from quantization.modelopt_tripy import build_tripy_state_dict, convert_to_scale
-from quantization.modelopt_tripy.modes import INT4_BLOCK
+from quantization.modelopt_tripy.modes import INT4_BLOCK, QUANT_LINEARS
 from quantization.modelopt_tripy.reference import dequantize_weight_in_out
-from quantization.modelopt_tripy.weights import QUANT_LINEARS, _weight_out_in, quantized_linear_params
+from quantization.modelopt_tripy.weights import _weight_out_in, quantized_linear_params
 from utils.errors import SuiteError
 
 MODE = "int4-weight-only"

@@ -18,9 +18,8 @@ import pytest
 import torch
 
 from quantization.modelopt_tripy import tripy_model
-from quantization.modelopt_tripy.modes import MODES, get_mode
+from quantization.modelopt_tripy.modes import MODES, QUANT_LINEARS, get_mode
 from quantization.modelopt_tripy.reference import GPTShape
-from quantization.modelopt_tripy.weights import QUANT_LINEARS
 
 
 class TripyError(Exception):

@@ -31,8 +31,8 @@ def test_declaration_has_cuda_and_the_half_variants():
         for m in v:  # every declared method has a builder
             assert (("image-classification" if model == "resnet50" else "language-model"), m) in tr.BUILDERS
     # the CPU rows that existed before keep their (method, precision) and order
-    assert tc.variants["resnet50"][:4] == (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"))
-    assert tc.variants["gpt2"][:3] == (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"))
+    assert tc.model_variants("resnet50")[:4] == (("eager", "fp32"), ("fx", "int8"), ("inductor", "fp32"), ("pt2e", "int8"))
+    assert tc.model_variants("gpt2")[:3] == (("eager", "fp32"), ("weight-only", "int8"), ("dynamic", "int8"))
     assert tc.baseline_for("inductor-bf16") == ("torch", "inductor") and tc.baseline_for("eager-fp16") == ("torch", "eager")
     # the half casts and the GPU fast paths are opt-in on the CPU (only when --methods names them), default on cuda
     half = {"eager-fp16", "eager-bf16", "inductor-fp16", "inductor-bf16"}
@@ -230,8 +230,8 @@ def test_gpu_fast_paths_are_declared_planned_on_cuda_and_leave_the_cpu_plan_alon
     from utils.plan import build_plan
 
     tc = TOOLCHAINS["torch"]
-    assert dict(tc.variants["resnet50"])["inductor-cl"] == "fp32" and dict(tc.variants["resnet50"])["inductor-cl-fp16"] == "fp16"
-    assert dict(tc.variants["gpt2"])["fp8"] == "fp8" and "inductor-cl" not in dict(tc.variants["gpt2"])
+    assert dict(tc.model_variants("resnet50"))["inductor-cl"] == "fp32" and dict(tc.model_variants("resnet50"))["inductor-cl-fp16"] == "fp16"
+    assert dict(tc.model_variants("gpt2"))["fp8"] == "fp8" and "inductor-cl" not in dict(tc.model_variants("gpt2"))
     for m in ("inductor-cl", "inductor-cl-fp16", "inductor-max", "inductor-max-fp16"):
         assert tc.baseline_for(m) == ("torch", "inductor")  # one change from the inductor row each
     assert tc.baseline_for("fp8") == ("torch", "eager") and "fp8" in tc.generates["gpt2"]
