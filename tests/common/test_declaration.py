@@ -117,11 +117,11 @@ def test_sweep_defaults_are_declared_with_their_toolchain():
     tasks = {d.task for d in MODEL_DECLS.values()}
     for tc in TOOLCHAINS.values():
         assert set(tc.default_sweeps) <= {"calib", "batch"}, tc.name
-        every = {m for model in tc.variants for m in tc.methods(model)}
+        every = {m for model in tc.models() for m in tc.methods(model)}
         assert set(tc.calib_sweep_exclude) | set(tc.uncalibrated) <= every, tc.name
         for task, methods in tc.batch_sweep_methods.items():
             assert task in tasks, (tc.name, task)
-            models = [m for m, d in MODEL_DECLS.items() if d.task == task and m in tc.variants]
+            models = [m for m, d in MODEL_DECLS.items() if d.task == task and m in tc.models()]
             assert models and all(set(methods) <= set(tc.methods(m)) for m in models), (tc.name, task)
     assert sweep.default_sweep_toolchains("calib")[:1] == ("onnxruntime",)
     assert sweep.default_sweep_toolchains("batch") == ("torch", "onnxruntime")
