@@ -34,6 +34,11 @@ def model_decl(model: str) -> ModelDecl:
         raise SuiteError(f"unknown model {model!r}; valid: {', '.join(MODELS)}") from None
 
 
+def models_of(task: str) -> tuple[str, ...]:
+    """The declared models of `task`, the built-in ones first (an analysis's default model is the first)."""
+    return tuple(m for m in MODELS if task_of(m) == task)
+
+
 def default_batches(model: str, weights: str = "embedded") -> tuple[int, ...]:
     d = model_decl(model)
     return d.random_batches if weights == "random" else d.batches
@@ -166,6 +171,11 @@ class Toolchain:
     # matmul and memory kernels, the GPU's own through it), resolved lazily; a toolchain declaring one measures them in
     # its environment and the bench merges them into the run's device record
     ceilings: str = ""
+    # analysis -> the module in its route folder that implements it for this toolchain (quantization/<toolchain>/...),
+    # imported lazily (utils.registry.tool) by the evaluation command of that name, which documents what the module
+    # provides: layer_report, planted, profile, options, vendor (evaluation/analysis/<name>.py); dq (the on/off
+    # timing the results table's notes cite, python -m <module>)
+    tools: dict[str, str] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -278,6 +288,8 @@ _DECLS = (
                                                            if p != "fp32")),
         batch_sweep_methods={CLASSIFIER: ("eager", "fx"), CAUSAL_LM: ("eager", "dynamic")},
         ceilings="quantization.torch.ceilings:CEILINGS",
+        tools={"layer_report": "quantization.torch.layer_report", "planted": "quantization.torch.planted",
+               "profile": "quantization.torch.profile"},
     ),
     Toolchain(
         name="onnxruntime",
@@ -301,6 +313,7 @@ _DECLS = (
         default_sweeps=("calib", "batch"),
         batch_sweep_methods={CLASSIFIER: ("fp32", "minmax"), CAUSAL_LM: ("fp32", "minmax")},
         ceilings="quantization.onnxruntime.ceilings:CEILINGS",
+        tools={"layer_report": "quantization.onnxruntime.layer_report"},
     ),
     Toolchain(
         name="modelopt-onnx",
@@ -421,6 +434,16 @@ def test_order() -> list[str]:
 def recorded_packages() -> tuple[str, ...]:
     """Every distribution any toolchain records (the environment record looks up the ones installed)."""
     return tuple(dict.fromkeys(p for t in _DECLS for p in t.packages))
+
+
+def with_tool(name: str) -> tuple[str, ...]:
+    """The toolchains that declare the analysis `name` (Toolchain.tools), in run order."""
+    return tuple(t for t in ORDER if name in TOOLCHAINS[t].tools)
+
+
+def tool(toolchain: str, name: str):
+    """A toolchain's module for the analysis `name` (Toolchain.tools), imported now."""
+    return resolve(TOOLCHAINS[toolchain].tools[name])
 
 
 def resolve(ref: str):

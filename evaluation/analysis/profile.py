@@ -1,11 +1,12 @@
-"""Where a variant's time goes: torch.profiler over a built variant's timed call (torch environment).
+"""Where a variant's time goes: the toolchain's own profiler over a built variant's timed call (its environment).
 
     .venvs/torch/bin/python -m evaluation.analysis.profile --method fx --batch 32            # -> results/local/
     .venvs/torch/bin/python -m evaluation.analysis.profile --method pt2e --batch 32 --publish  # -> results/ (docs render it)
 
 The variant is built exactly as the bench builds it (quantization.kit.build_variant), its timed callable (what the
-latency rows time) is called `--warmup` times, then `--calls` times under torch.profiler (CPU activities); the CSV
-has one line per operator: calls per forward, self CPU milliseconds per forward, share of the total self time.
+latency rows time) is called `--warmup` times, then `--calls` times under the profiler of a toolchain that declares
+one (Toolchain.tools["profile"]: quantization/torch/profile.py, torch.profiler's CPU activities); the CSV has one
+line per operator: calls per forward, self CPU milliseconds per forward, share of the total self time.
 """
 from __future__ import annotations
 
@@ -18,33 +19,19 @@ from utils.atomic import atomic_write_text
 from utils.cli import ArgParser, positive_int
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils.paths import LOCAL_DIR, RESULTS_DIR
+from utils.registry import CLASSIFIER, check_choice, models_of, tool, with_tool
 
 FIELDS = ("op", "calls_per_forward", "self_cpu_ms_per_forward", "share_pct")
 
 
-def profile_ops(fn, calls: int, top: int) -> list[dict]:
-    """torch.profiler over `calls` calls of `fn`: the `top` operators by self CPU time, per call."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(calls):
-            fn()
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    del torch
-    return [{"op": e.key, "calls_per_forward": round(e.count / calls, 2),
-             "self_cpu_ms_per_forward": round(e.self_cpu_time_total / 1000.0 / calls, 3),
-             "share_pct": round(100.0 * e.self_cpu_time_total / total, 1)} for e in events[:top]]
-
-
 @cli_main
 def main(argv: list[str] | None = None) -> int:
+    profilers = with_tool("profile")
     ap = ArgParser(prog="python -m evaluation.analysis.profile", description=__doc__.split("\n\n")[0],
                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="resnet50")
-    ap.add_argument("--method", default="fx", help="a torch method of the model (quantization/torch/route.py)")
+    ap.add_argument("--toolchain", default=profilers[0], help=f"whose variant and profiler: {', '.join(profilers)}")
+    ap.add_argument("--model", default=models_of(CLASSIFIER)[0])
+    ap.add_argument("--method", default=None, help="a method of the toolchain (default: its profiler's DEFAULT_METHOD)")
     ap.add_argument("--batch", type=positive_int, default=32)
     ap.add_argument("--calls", type=positive_int, default=5, help="profiled calls")
     ap.add_argument("--warmup", type=positive_int, default=3, help="calls before profiling (compilation, caches)")
@@ -57,19 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish and args.out is not None:
         raise SuiteError("--publish writes results/; drop --out")
     out = RESULTS_DIR if args.publish else (args.out or LOCAL_DIR)
+    tc = check_choice("toolchain", args.toolchain, profilers)
+    profiler = tool(tc, "profile")
+    method = args.method or profiler.DEFAULT_METHOD
     from quantization.kit import build_variant
 
-    ctx, built = build_variant("torch", args.model, args.method, device="cpu", argv=["--threads", str(args.threads)])
+    ctx, built = build_variant(tc, args.model, method, device="cpu", argv=["--threads", str(args.threads)])
     li = ctx.task.latency_input(args.batch, ctx.manifest, ctx.data)
     fn = built.timed(li.x) if built.timed is not None else (lambda: built.predict(li.x))
     for _ in range(args.warmup):
         fn()
-    rows = profile_ops(fn, args.calls, args.top)
+    rows = profiler.profile_ops(fn, args.calls, args.top)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    path = out / f"profile_torch_{args.method}_{args.model}_b{args.batch}.csv"
+    path = out / f"profile_{tc}_{method}_{args.model}_b{args.batch}.csv"
     atomic_write_text(path, buf.getvalue())
     print(buf.getvalue() + f"-> {path}")
     return 0

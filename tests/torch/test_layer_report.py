@@ -1,12 +1,14 @@
-"""Per-layer report on a tiny FX INT8 model: real quantization, numbers asserted (torch env)."""
+"""Per-layer report on a tiny FX INT8 model: real quantization, numbers asserted (torch env). The FX comparison and
+the plants are the torch toolchain's layer_report tool (quantization/torch/layer_report.py); the CSV is the command's."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from evaluation.analysis.layer_report import (apply_plant, layer_errors, parse_plant, plant_weight_bits, quantized_layers,
-                                     read_csv, write_csv)
+from evaluation.analysis.layer_report import read_csv, write_csv
+from quantization.torch.layer_report import (apply_plant, layer_errors, parse_plant, plant_weight_bits,
+                                             quantized_layers)
 from utils.metrics import sqnr_db
 from utils.errors import SuiteError
 
