@@ -289,7 +289,7 @@ _DECLS = (
         batch_sweep_methods={CLASSIFIER: ("eager", "fx"), CAUSAL_LM: ("eager", "dynamic")},
         ceilings="quantization.torch.ceilings:CEILINGS",
         tools={"layer_report": "quantization.torch.layer_report", "planted": "quantization.torch.planted",
-               "profile": "quantization.torch.profile"},
+               "profile": "quantization.torch.profile", "vendor": "quantization.torch.vendor"},
     ),
     Toolchain(
         name="onnxruntime",
@@ -313,7 +313,7 @@ _DECLS = (
         default_sweeps=("calib", "batch"),
         batch_sweep_methods={CLASSIFIER: ("fp32", "minmax"), CAUSAL_LM: ("fp32", "minmax")},
         ceilings="quantization.onnxruntime.ceilings:CEILINGS",
-        tools={"layer_report": "quantization.onnxruntime.layer_report"},
+        tools={"layer_report": "quantization.onnxruntime.layer_report", "vendor": "quantization.onnxruntime.vendor"},
     ),
     Toolchain(
         name="modelopt-onnx",
@@ -348,6 +348,7 @@ _DECLS = (
         marker="P",
         method_scopes={"int8+head": "head"},
         random_only=("int8+head",),
+        tools={"vendor": "quantization.openvino.vendor"},
     ),
     Toolchain(
         name="modelopt-tripy",
