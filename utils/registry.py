@@ -329,6 +329,7 @@ _DECLS = (
         latency_twins={"entropy": "max"},
         marker="D",
         batch_sweep_methods={CLASSIFIER: ("max",)},
+        tools={"options": "quantization.modelopt_onnx.options"},
     ),
     Toolchain(
         name="openvino",
