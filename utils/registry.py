@@ -349,7 +349,7 @@ _DECLS = (
         marker="P",
         method_scopes={"int8+head": "head"},
         random_only=("int8+head",),
-        tools={"vendor": "quantization.openvino.vendor"},
+        tools={"vendor": "quantization.openvino.vendor", "dq": "quantization.openvino.dq"},
     ),
     Toolchain(
         name="modelopt-tripy",

@@ -158,13 +158,15 @@ def _efficiency_note(r: ResultRow, rec: dict) -> str:
                     f"although the on/off timing did not call the plugin's dynamic quantization active (the same IR "
                     f"with DYNAMIC_QUANTIZATION_GROUP_SIZE=0 took {dq.get('off_over_on_min')}x the {dq.get('clock', 'wall')} time, below "
                     f"{dq.get('threshold')}x); {against}")
+        tc = TOOLCHAINS.get(r.toolchain)
+        onoff = f"python -m {tc.tools['dq']}, " if tc and "dq" in tc.tools else ""  # the toolchain's on/off timing
         return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}), which "
                 f"no {r.compute_precision} kernel reaches: this row predates the on/off measurement and took its "
                 "compute precision from the runtime model's kernel names, which read f32 for weight-compressed "
                 "matmuls whether or not the plugin's dynamic quantization (DYNAMIC_QUANTIZATION_GROUP_SIZE) quantizes "
                 "their activations to int8 on the fly; timed with the setting at 0 the same IR runs far slower while "
-                "FP32 and static INT8 IRs do not change (python -m quantization.openvino.dq, "
-                f"docs/routes/openvino.md), so its matmuls ran integer; {against}")
+                f"FP32 and static INT8 IRs do not change ({onoff}docs/routes/{r.toolchain}.md), so its matmuls ran "
+                f"integer; {against}")
     if r.metric != "top1":
         return (f"efficiency {rec['efficiency']:.0f}% is above the measured {r.compute_precision} ceiling ({lib}); the "
                 "FLOP count is torch's FlopCounterMode count of the model (2 x MACs)")
