@@ -10,7 +10,8 @@ from utils.registry import EnvDecl, Part, Toolchain
 
 
 def test_layers_name_no_toolchain():
-    """envs, test and bench read the declaration: no toolchain literal in them."""
+    """envs, test and bench read the declaration: no toolchain name in them, not even in prose (the whole tree's
+    string literals: tests/common/test_layers.py)."""
     for f in ("evaluation/launch/envs.py", "evaluation/launch/tests.py", "evaluation/launch/bench.py"):
         text = (REPO_ROOT / f).read_text()
         for lit in ("onnxruntime", "modelopt", "tensorrt", "tripy"):
