@@ -160,7 +160,9 @@ def fake_resnet_cache(cache: Path, onnx_path: Path | None = None) -> Path:
     rel = onnx_path.relative_to(d) if d in onnx_path.parents else onnx_path  # stored relative, as models.prepare does
     (d / "manifest.json").write_text(json.dumps({
         "onnx": str(rel), "files": {"onnx": fingerprint(onnx_path)}, "resolution": 32, "num_classes": 10, "latency_resolution": 224,
-        "dataset": "sklearn-digits-32px", "ops_per_item": 1.0e6}))
+        "dataset": "sklearn-digits-32px", "ops_per_item": 1.0e6,
+        # what models.prepare records for a classifier (the traffic estimate reads it; here the real ResNet50's count)
+        "arch_name": "resnet50", "activation_elements": 16_836_106}))
     return d
 
 
@@ -174,7 +176,9 @@ def fake_gpt2_cache(cache: Path, seq_len: int = 64, vocab: int = 64) -> Path:
     (d / "manifest.json").write_text(json.dumps({
         "onnx": "model.onnx", "files": {"onnx": fingerprint(d / "model.onnx")}, "train_ids": "train_ids.npy",
         "val_ids": "val_ids.npy", "seq_len": seq_len, "vocab_size": vocab, "dataset": "random-ids",
-        "ops_per_item": 1.0e4}))
+        "ops_per_item": 1.0e4,
+        # what models.prepare records for a causal LM; this stand-in has no attention or MLP to describe
+        "arch_name": "gpt2", "n_kv_head": None, "mlp_inner": None}))
     return d
 
 
