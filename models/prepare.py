@@ -10,6 +10,7 @@ measures the device's FP32/INT8 matmul ceilings once (results/device.json) with 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -527,6 +528,19 @@ def cached_ok(src: ModelSource) -> dict | None:
     return manifest
 
 
+TRAINING_KEYS = ("train_test_top1", "train_seconds", "ppl_untrained", "ppl_trained", "train_tokens", "val_tokens")
+
+
+def _earlier_training(src: ModelSource) -> dict:
+    """What the cached manifest says about the training of the checkpoint a re-preparation keeps (the preparers retrain
+    only when the checkpoint is missing); {} when there is none."""
+    try:
+        manifest = json.loads(src.manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: manifest[k] for k in TRAINING_KEYS if k in manifest}
+
+
 def prepare(src: ModelSource, force: bool = False) -> dict:
     out = src.cache_dir
     if force and out.exists():
@@ -538,6 +552,7 @@ def prepare(src: ModelSource, force: bool = False) -> dict:
             return manifest
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    earlier = {} if force else _earlier_training(src)
     t0 = time.time()
     try:
         info = PREPARERS[task_of(src.model)](src, out, force)
@@ -545,6 +560,8 @@ def prepare(src: ModelSource, force: bool = False) -> dict:
         if fresh and not src.manifest_path.exists():  # a failed first preparation leaves no half-made cache folder
             shutil.rmtree(out, ignore_errors=True)
         raise
+    for k, v in earlier.items():  # re-prepared around a kept checkpoint: its training record stays
+        info.setdefault(k, v)
     info.update(source=src.to_dict(), key=src.key, embedded_config=src.recipe if src.weights == "embedded" else None,
                 prepared_seconds=time.time() - t0)
     info["layer_macs"] = layer_macs(info, task_of(src.model))

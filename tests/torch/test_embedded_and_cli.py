@@ -116,7 +116,7 @@ def test_missing_dataset_folder_and_corrupt_checkpoint(tmp_path):
     line = _one_error_line(run("-m", "models.prepare", "--model", "resnet50", "--weights", "pretrained",
                                "--weights-path", str(bad), "--data", str(tmp_path / "imgs"),
                                env={"SUITE_CACHE_DIR": str(tmp_path / "cache")}))
-    assert f"cannot load ResNet50 weights from {bad}" in line and "state dict" in line
+    assert f"cannot load resnet50 weights from {bad}" in line and "state dict" in line
 
 
 @pytest.mark.slow

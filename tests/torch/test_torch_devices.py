@@ -234,7 +234,7 @@ def test_gpu_fast_paths_are_declared_planned_on_cuda_and_leave_the_cpu_plan_alon
     assert dict(tc.model_variants("gpt2"))["fp8"] == "fp8" and "inductor-cl" not in dict(tc.model_variants("gpt2"))
     for m in ("inductor-cl", "inductor-cl-fp16", "inductor-max", "inductor-max-fp16"):
         assert tc.baseline_for(m) == ("torch", "inductor")  # one change from the inductor row each
-    assert tc.baseline_for("fp8") == ("torch", "eager") and "fp8" in tc.generates["gpt2"]
+    assert tc.baseline_for("fp8") == ("torch", "eager") and "fp8" in tc.generating("gpt2")
     plan = build_plan(models="resnet50,gpt2", toolchains="torch", runs_dir=tmp_path)
 
     def methods(model, device):
