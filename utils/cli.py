@@ -50,3 +50,22 @@ def int_list(text: str) -> tuple[int, ...]:
 def int_list_text(text: str) -> str:
     """int_list, kept as its canonical text (for passing on to a child command)."""
     return ",".join(map(str, int_list(text)))
+
+
+def add_output_flags(ap: argparse.ArgumentParser, what: str, local: str = "results/local/",
+                     published: str = "results/") -> None:
+    """--out and --publish of a command that writes files: a user's run goes to `local` (git-ignored), the
+    committed reference (--publish) to `published`."""
+    from pathlib import Path
+
+    ap.add_argument("--out", type=Path, default=None, help=f"where {what} go(es) (default {local})")
+    ap.add_argument("--publish", action="store_true", help=f"write the committed {what} in {published}")
+
+
+def output_folder(args, local, published):
+    """The folder --out/--publish name (add_output_flags); both at once is a one-line error."""
+    if args.publish and args.out is not None:
+        from utils.paths import REPO_ROOT
+
+        raise SuiteError(f"--publish writes {published.relative_to(REPO_ROOT)}/; drop --out")
+    return published if args.publish else (args.out or local)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.cli import add_output_flags, output_folder
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils.paths import LOCAL_DIR, RESULTS_DIR
 from utils.registry import CLASSIFIER, models_of, tool, with_tool
@@ -134,16 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--eval-limit", type=int, default=None, help="cap on test samples (default: all 359)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="where the CSV and PNG go (default results/local/)")
-    ap.add_argument("--publish", action="store_true", help="the committed report: --out results/")
+    add_output_flags(ap, "the CSV and PNG")
     ap.add_argument("--top", type=int, default=10, help="layers printed")
     ap.add_argument("--plot-csv", type=Path, default=None, help="only draw the PNG next to an existing report CSV")
     ap.add_argument("--title", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     setup_logging()
-    if args.publish and args.out is not None:
-        raise SuiteError("--publish writes results/; drop --out")
-    args.out = RESULTS_DIR if args.publish else (args.out or LOCAL_DIR)
+    args.out = output_folder(args, LOCAL_DIR, RESULTS_DIR)
     if args.plot_csv:
         if plot(read_csv(args.plot_csv), args.plot_csv.with_suffix(".png"), args.title or args.plot_csv.stem) is None:
             raise SuiteError("matplotlib is not installed in this environment (use the report env)")

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from pathlib import Path
 
 from utils.atomic import atomic_write_text
-from utils.cli import ArgParser, positive_int
-from utils.errors import SuiteError, cli_main, setup_logging
+from utils.cli import ArgParser, add_output_flags, output_folder, positive_int
+from utils.errors import cli_main, setup_logging
 from utils.paths import LOCAL_DIR, RESULTS_DIR
 from utils.registry import CLASSIFIER, check_choice, models_of, tool, with_tool
 
@@ -30,13 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--toolchain", default=declaring[0], help=f"whose option sets: {', '.join(declaring)}")
     ap.add_argument("--model", default=models_of(CLASSIFIER)[0])
     ap.add_argument("--calib-samples", type=positive_int, default=32)
-    ap.add_argument("--out", type=Path, default=None, help="folder of the CSV (default results/local/)")
-    ap.add_argument("--publish", action="store_true", help="write the committed CSV in results/")
+    add_output_flags(ap, "the CSV")
     args = ap.parse_args(argv)
     setup_logging()
-    if args.publish and args.out is not None:
-        raise SuiteError("--publish writes results/; drop --out")
-    out = RESULTS_DIR if args.publish else (args.out or LOCAL_DIR)
+    out = output_folder(args, LOCAL_DIR, RESULTS_DIR)
     tc = check_choice("toolchain", args.toolchain, declaring)
     options = tool(tc, "options")
     from quantization.kit import build_variant

@@ -20,8 +20,8 @@ import argparse
 import json
 import logging
 import time
-from pathlib import Path
 
+from utils.cli import add_output_flags, output_folder
 from utils.errors import cli_main, setup_logging
 from utils.paths import LOCAL_DIR, RESULTS_DIR
 from utils.registry import with_tool
@@ -69,17 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list; '+' joins faults into one plant (int4:fc+act-x4) (default: the toolchain's)")
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None,
-                    help="rows go to <out>/runs; reports and tables to <out> (default results/local/planted)")
-    ap.add_argument("--publish", action="store_true", help="the committed check: --out results/planted")
+    add_output_flags(ap, "rows (<out>/runs), reports and tables", "results/local/planted", "results/planted")
     ap.add_argument("--no-aggregate", action="store_true", help="do not run evaluation.report.aggregate on the runs dir")
     args = ap.parse_args(argv)
     setup_logging()
-    if args.publish and args.out is not None:
-        from utils.errors import SuiteError
-
-        raise SuiteError("--publish writes results/planted; drop --out")
-    args.out = PLANTED_DIR if args.publish else (args.out or LOCAL_PLANTED_DIR)
+    args.out = output_folder(args, LOCAL_PLANTED_DIR, PLANTED_DIR)
     from evaluation.analysis.layer_report import write_csv
     from quantization.kit import build_variant, score_built
     from quantization.kit.config import RouteConfig, RowWriter

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from utils.cli import ArgParser, positive_int
+from utils.cli import ArgParser, add_output_flags, output_folder, positive_int
 from utils.errors import SuiteError, cli_main, setup_logging
 from utils.paths import LOCAL_DIR, RESULTS_DIR
 from utils.registry import MODEL_DECLS, MODELS, PREPARE_TOOLCHAIN, TOOLCHAINS, parse_list, task_of, tool, with_tool
@@ -91,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="calibration samples (default: the declaration's for the weights)")
         p.add_argument("--threads", type=positive_int, default=2)
         p.add_argument("--min-iters", type=positive_int, default=10, help="interleaved trials per batch")
-        p.add_argument("--out", type=Path, default=None, help="folder of the CSVs (default results/local/)")
-        p.add_argument("--publish", action="store_true", help="write the committed CSVs in results/")
+        add_output_flags(p, "the CSVs")
         p.add_argument("-v", "--verbose", action="store_true")
     sub.choices["measure"].add_argument("--part", type=Path, required=True, help="JSON file the rows go to")
     return ap
@@ -129,9 +128,7 @@ def batches_of(args, model: str) -> tuple[int, ...]:
 
 
 def out_dir(args) -> Path:
-    if args.publish and args.out is not None:
-        raise SuiteError("--publish writes results/; drop --out")
-    return RESULTS_DIR if args.publish else (args.out or LOCAL_DIR)
+    return output_folder(args, LOCAL_DIR, RESULTS_DIR)
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

@@ -235,25 +235,38 @@ def run_calib(args) -> int:
             if rc:
                 problems.append(f"baseline exited {rc}")
         for n in sizes:
-            t0 = time.time()
             say(f"{toolchain}/{model}: calibration size {n}")
-            rc = _run(args, toolchains=(toolchain,), methods=tuple(methods), batches=args.batches, calib_samples=n,
-                      runs_dir=out_dir / f"n{n}")
-            if rc == 2:
+            if _point(args, f"n{n}", problems, toolchains=(toolchain,), methods=tuple(methods), batches=args.batches,
+                      calib_samples=n, runs_dir=out_dir / f"n{n}") == 2:
                 return 2
-            if rc:
-                problems.append(f"n{n} exited {rc}")
-            say(f"n{n} done in {time.time() - t0:.0f} s" + (f" (exit {rc}; rows it wrote are kept)" if rc else ""))
         if problems:
             say("problems: " + "; ".join(problems))
-    if args.no_plot:
+    if not _plotting(args):
         return 0
-    _ensure(["report"])
     from evaluation.launch import envs
 
     rc = envs.run_in_env("report", ["-m", "evaluation.report.sweeps", "plot-calib", "--toolchain", toolchain, "--model", model,
                                     "--dir", str(out_dir), "--png", str(png), "--csv", str(csv)]).returncode
     return rc
+
+
+def _point(args, label: str, problems: list[str], **run) -> int:
+    """One sweep point (a route run, _run's keywords): its exit code, a problem line when it failed (the rows it wrote
+    are kept), its time."""
+    t0 = time.time()
+    rc = _run(args, **run)
+    if rc and rc != 2:
+        problems.append(f"{label} exited {rc}")
+    say(f"{label} done in {time.time() - t0:.0f} s" + (f" (exit {rc}; rows it wrote are kept)" if rc else ""))
+    return rc
+
+
+def _plotting(args) -> bool:
+    """Whether the sweep draws its plot (then the report environment is ready)."""
+    if args.no_plot:
+        return False
+    _ensure(["report"])
+    return True
 
 
 def run_batch(args) -> int:
@@ -292,20 +305,14 @@ def run_batch(args) -> int:
                 problems.append(f"{t}: environment unavailable ({exc})")
                 say(problems[-1])
                 continue
-            t0 = time.time()
             say(f"{t}/{model}: {','.join(methods)} at batches {','.join(map(str, batches))} -> {out_dir}")
-            rc = _run(args, toolchains=(t,), methods=tuple(methods), batches=batches, calib_samples=args.calib_samples,
-                      runs_dir=out_dir)
-            if rc == 2:
+            if _point(args, t, problems, toolchains=(t,), methods=tuple(methods), batches=batches,
+                      calib_samples=args.calib_samples, runs_dir=out_dir) == 2:
                 return 2
-            if rc:
-                problems.append(f"{t} exited {rc}")
-            say(f"{t} done in {time.time() - t0:.0f} s" + (f" (exit {rc}; rows it wrote are kept)" if rc else ""))
         if problems:
             say("problems: " + "; ".join(problems))
-    if args.no_plot:
+    if not _plotting(args):
         return 0
-    _ensure(["report"])
     from evaluation.launch import envs
 
     return envs.run_in_env("report", ["-m", "evaluation.report.sweeps", "plot-batch", "--model", model, "--dir", str(out_dir),
