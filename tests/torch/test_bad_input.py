@@ -24,7 +24,6 @@ from PIL import Image
 from tests import bench_proc
 from utils.data import IMAGENETTE_TO_IMAGENET
 from utils.paths import REPO_ROOT
-from utils.specs import ModelSource
 
 FAST_S = 5.0  # "in a fraction of a second" (utils/inputs.py); generous for a loaded 2-core machine
 
@@ -54,12 +53,11 @@ def resnet_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory) -> Path:
-    emb = ModelSource("gpt2")
-    if not emb.manifest_path.exists():
-        pytest.skip("embedded GPT-2 not prepared (run python -m models.prepare --model gpt2)")
+def gpt2_dir(tmp_path_factory, embedded_models) -> Path:
+    """A saved GPT-2 directory (config, weights, tokenizer): the embedded one, prepared by the session fixture
+    (tests/torch/conftest.py), which fails rather than skips when preparation fails."""
     dst = tmp_path_factory.mktemp("gpt2") / "gpt2-local"
-    shutil.copytree(emb.load_manifest()["hf_dir"], dst)  # a saved model dir: config, weights, tokenizer
+    shutil.copytree(embedded_models["gpt2"]["hf_dir"], dst)
     return dst
 
 
