@@ -24,7 +24,7 @@ def test_ort_matmul_integer_is_exact():
 
 
 def test_measure_with_ort_int8():
-    r = measure(1, 2.0, sizes=(64, 128), bursts=5, min_burst_s=0.005,
+    r = measure(1, 10.0, sizes=(64, 128), bursts=5, min_burst_s=0.005,
                 libraries=("numpy.matmul", "onnxruntime.MatMulInteger"))
     json.dumps(r)
     lib = r["libraries"]["onnxruntime.MatMulInteger"]
